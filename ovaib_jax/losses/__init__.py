@@ -1,0 +1,105 @@
+"""Objectives for multi-modal contrastive alignment, as pure JAX functions.
+
+Every objective is ``fn(z, *, <hyper-parameters>, axis_name=None, chunk_size=None)
+-> (loss, aux)`` over embeddings ``z`` of shape ``(M, N, d)``; it can be jitted,
+differentiated and vmapped, called inside ``jax.shard_map`` over a batch-sharded ``z``
+(``axis_name``), and blocked over candidates (``chunk_size``). See ``SPEC.md`` for the
+formulas and the decisions taken where the papers are ambiguous.
+
+Example::
+
+    import jax, jax.numpy as jnp
+    from ovaib_jax import losses
+
+    z = jax.random.normal(jax.random.key(0), (3, 64, 32))  # 3 modalities, batch 64
+    loss, aux = losses.ova_ib(z, tau=0.1, beta=1.0)
+    grads = jax.grad(lambda z: losses.get("ova_ib")(z)[0])(z)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency
+from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
+from ovaib_jax.losses.scores import (
+    clip_score,
+    gram_score,
+    ova_score,
+    symile_score,
+    triangle_score,
+)
+from ovaib_jax.losses.symile import symile
+from ovaib_jax.losses.volume import gram, triangle
+
+OBJECTIVES: dict[str, Callable] = {
+    "ova_ib": ova_ib,
+    "ova_sufficiency": ova_sufficiency,
+    "pairwise_clip": pairwise_clip,
+    "pairwise_clip_ib": pairwise_clip_ib,
+    "anchor_clip": anchor_clip,
+    "symile": symile,
+    "gram": gram,
+    "triangle": triangle,
+}
+
+# Each objective's own similarity, for retrieval (SPEC section 4).
+SCORERS: dict[str, Callable] = {
+    "ova_ib": ova_score,
+    "ova_sufficiency": ova_score,
+    "pairwise_clip": clip_score,
+    "pairwise_clip_ib": clip_score,
+    "anchor_clip": clip_score,
+    "symile": symile_score,
+    "gram": gram_score,
+    "triangle": triangle_score,
+}
+
+
+def names() -> tuple[str, ...]:
+    """The registered objective names."""
+    return tuple(OBJECTIVES)
+
+
+def get(name: str) -> Callable:
+    """The objective registered as ``name``; an unknown name lists the valid ones."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown objective {name!r}; valid objectives: {', '.join(OBJECTIVES)}."
+        ) from None
+
+
+def get_scorer(name: str) -> Callable:
+    """The retrieval scorer of objective ``name``: ``(queries (Q, Nq, d), cands (Nc, d))
+    -> (Nq, Nc)``; an unknown name lists the valid ones."""
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown objective {name!r} for a scorer; valid names: {', '.join(SCORERS)}."
+        ) from None
+
+
+__all__ = [
+    "OBJECTIVES",
+    "SCORERS",
+    "anchor_clip",
+    "clip_score",
+    "get",
+    "get_scorer",
+    "gram",
+    "gram_score",
+    "names",
+    "ova_ib",
+    "ova_minimality",
+    "ova_score",
+    "ova_sufficiency",
+    "pairwise_clip",
+    "pairwise_clip_ib",
+    "symile",
+    "symile_score",
+    "triangle",
+    "triangle_score",
+]

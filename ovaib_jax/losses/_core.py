@@ -1,0 +1,356 @@
+"""Shared machinery of every objective: input checks, safe normalisation, collectives and
+the blocked (chunked, sharded) InfoNCE engine.
+
+Conventions used throughout ``ovaib_jax.losses``:
+
+* ``z`` has shape ``(M, N, d)``: M modalities, N samples (the *local* batch when called
+  inside ``jax.shard_map`` with ``axis_name``), embedding dimension d.
+* A *score* ``s[i, j]`` is the raw similarity of query i (a local sample) and candidate j
+  (a global sample, gathered from all devices); *logits* are ``s * scale``.
+* Every objective returns ``(loss, aux)``: ``loss`` a float32 scalar, identical on every
+  device; ``aux`` a flat dict of float32 scalars with ``"/"``-separated keys.
+
+All arithmetic is done in float32 (bfloat16 inputs are upcast on entry; gradients flow
+back in the input dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+AxisName = Any  # a mesh axis name or a tuple of them, as accepted by jax.lax collectives.
+
+# Squared-norm floor of the normalisation: a vector of norm < 1e-15 is treated as zero.
+# It keeps the gradient of x / |x| finite at x = 0 while leaving norms down to 1e-12 exact.
+_NORM_FLOOR_SQ = 1e-30
+# Floor of a squared score before a square root (gradient of sqrt is infinite at 0).
+SQRT_FLOOR = 1e-12
+_LOWEST = float(jnp.finfo(jnp.float32).min)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_embeddings(
+    z: jax.Array,
+    fn_name: str,
+    *,
+    min_modalities: int = 2,
+    num_modalities: int | None = None,
+) -> jax.Array:
+    """Validates ``z`` of shape ``(M, N, d)`` and returns it as float32.
+
+    Raises:
+      ValueError: naming the shape received and the one expected.
+    """
+    z = jnp.asarray(z)
+    if z.ndim != 3:
+        raise ValueError(
+            f"{fn_name}: expected embeddings z of shape (M, N, d) = (modalities, batch, "
+            f"embedding dim), got an array of shape {tuple(z.shape)} (rank {z.ndim}). "
+            "Stack the per-modality embeddings with jnp.stack([z_1, ..., z_M])."
+        )
+    m, n, d = z.shape
+    if num_modalities is not None and m != num_modalities:
+        raise ValueError(
+            f"{fn_name}: is defined for exactly M = {num_modalities} modalities; got z of "
+            f"shape {tuple(z.shape)} (M = {m})."
+        )
+    if m < min_modalities:
+        raise ValueError(
+            f"{fn_name}: needs at least M = {min_modalities} modalities; got z of shape "
+            f"{tuple(z.shape)} (M = {m}); expected (M >= {min_modalities}, N, d)."
+        )
+    if n < 1 or d < 1:
+        raise ValueError(f"{fn_name}: empty batch or embedding: z has shape {tuple(z.shape)}.")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise ValueError(f"{fn_name}: z must be a floating-point array, got dtype {z.dtype}.")
+    return z.astype(jnp.float32)
+
+
+def check_modality_index(index: int, m: int, what: str, fn_name: str) -> int:
+    """Returns ``index`` as a non-negative modality index or raises a ValueError."""
+    if not isinstance(index, int) or not -m <= index < m:
+        raise ValueError(f"{fn_name}: {what}={index!r} is not a modality index for M = {m}.")
+    return index % m
+
+
+def check_chunk_size(chunk_size: int | None, fn_name: str) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(
+            f"{fn_name}: chunk_size must be a positive int or None, got {chunk_size!r}."
+        )
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """``x / |x|`` along ``axis``; a (near-)zero vector maps to (near-)zero, gradients finite."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_FLOOR_SQ))
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(max(x, 1e-12))``: value error <= 1e-6 near 0, no infinite gradient."""
+    return jnp.sqrt(jnp.maximum(x, SQRT_FLOOR))
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+def axis_size(axis_name: AxisName | None) -> int:
+    return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+
+def all_gather(x: Any, axis_name: AxisName | None) -> Any:
+    """Concatenates the leading axis of every leaf across devices (identity unsharded)."""
+    if axis_name is None:
+        return x
+    return jax.tree.map(lambda a: jax.lax.all_gather(a, axis_name, axis=0, tiled=True), x)
+
+
+def psum(x: Any, axis_name: AxisName | None) -> Any:
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def pmax(x: jax.Array, axis_name: AxisName | None) -> jax.Array:
+    return x if axis_name is None else jax.lax.pmax(x, axis_name)
+
+
+def row_offset(n_local: int, axis_name: AxisName | None) -> jax.Array:
+    """Global index of this device's first sample (the batch is sharded contiguously)."""
+    if axis_name is None:
+        return jnp.zeros((), jnp.int32)
+    return (jax.lax.axis_index(axis_name) * n_local).astype(jnp.int32)
+
+
+def global_mean(x: jax.Array, n_global: int, axis_name: AxisName | None) -> jax.Array:
+    """Mean over the global batch of per-sample values ``x`` of shape (n_local,)."""
+    return psum(jnp.sum(x), axis_name) / n_global
+
+
+# --------------------------------------------------------------------------- InfoNCE engine
+
+
+class RowStats(NamedTuple):
+    """Per local query row, over all (global) candidate columns. Shapes (n,)."""
+
+    lse: jax.Array  # logsumexp of logits over the candidates in the denominator
+    pos: jax.Array  # raw positive score s[i, i]
+    logit_sum: jax.Array  # sum of logits over all valid candidates (label smoothing)
+    neg_max: jax.Array  # max raw negative score (no gradient)
+    score_sum: jax.Array  # sum of raw scores over valid candidates (no gradient)
+
+
+class ColStats(NamedTuple):
+    """Per global candidate column, over all (global) query rows. Shapes (n_cols,).
+
+    Replicated: every device holds the same values (reduced across devices).
+    """
+
+    lse: jax.Array
+    pos: jax.Array  # raw positive score s[j, j] (no gradient)
+    logit_sum: jax.Array
+    neg_max: jax.Array
+
+
+class Contrast(NamedTuple):
+    rows: RowStats
+    cols: ColStats | None
+    n_rows_global: int
+    n_cols: int
+
+
+def contrast(
+    score_block: Callable[[jax.Array], jax.Array],
+    *,
+    n_rows: int,
+    n_cols: int,
+    scale: jax.Array | float,
+    axis_name: AxisName | None = None,
+    chunk_size: int | None = None,
+    exclude_positive: bool = False,
+    positive: jax.Array | None = None,
+    symmetric: bool = False,
+) -> Contrast:
+    """Statistics of the InfoNCE score matrix, computed block by block.
+
+    The (n_rows x n_cols) matrix of raw scores ``s`` is never formed whole when
+    ``chunk_size`` is set: columns are visited in blocks of ``chunk_size`` with an online
+    logsumexp (``lax.scan``), and each block is rematerialised in the backward pass
+    (``jax.checkpoint``), so memory is O(n_rows x chunk_size). Without ``chunk_size`` the
+    whole row block is one matrix (fastest; memory O(n_rows x n_cols)).
+
+    Args:
+      score_block: ``cols (C,) int32 -> (n_rows, C)`` raw scores of the local rows against
+        the global candidate columns ``cols`` (always valid indices, < n_cols).
+      n_rows: local number of query rows n.
+      n_cols: global number of candidate columns.
+      scale: multiplies scores into logits (``1 / tau``).
+      axis_name: mesh axis the rows are sharded over (inside ``jax.shard_map``), or None.
+      chunk_size: candidate columns per block, or None for one block.
+      exclude_positive: leave the positive out of the denominator (the paper's literal
+        ``sum_{n' != n}``); the default keeps it (standard InfoNCE).
+      positive: optional (n_rows,) raw scores replacing the diagonal entries (Symile's
+        shuffled negatives put the true positive tuple on the diagonal this way).
+      symmetric: also compute column statistics (softmax over rows for each column), as
+        needed by symmetric (two-direction) losses; reduced across devices per block.
+
+    The positive of local row i is global column ``row_offset + i``.
+    """
+    n_dev = axis_size(axis_name)
+    offset = row_offset(n_rows, axis_name)
+    block = n_cols if chunk_size is None else min(chunk_size, n_cols)
+    n_blocks = -(-n_cols // block)
+    row_ids = offset + jnp.arange(n_rows, dtype=jnp.int32)
+    neg_inf = jnp.float32(-jnp.inf)
+
+    def block_stats(b):
+        cols = b * block + jnp.arange(block, dtype=jnp.int32)
+        valid = cols < n_cols
+        s = score_block(jnp.minimum(cols, n_cols - 1)).astype(jnp.float32)
+        is_pos = cols[None, :] == row_ids[:, None]
+        if positive is not None:
+            s = jnp.where(is_pos, positive[:, None], s)
+        logits = s * scale
+        in_lse = valid[None, :] & ~is_pos if exclude_positive else valid[None, :]
+        masked = jnp.where(in_lse, logits, neg_inf)
+        is_neg = valid[None, :] & ~is_pos
+        r_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
+        # An empty block (all masked) keeps the lowest finite max, so merges stay exact.
+        r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
+        rows = (
+            r_max,
+            jnp.sum(jnp.exp(masked - r_max[:, None]), axis=1),
+            jnp.sum(jnp.where(is_pos, s, 0.0), axis=1),
+            jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=1),
+            jax.lax.stop_gradient(jnp.max(jnp.where(is_neg, s, neg_inf), axis=1)),
+            jax.lax.stop_gradient(jnp.sum(jnp.where(valid[None, :], s, 0.0), axis=1)),
+        )
+        if not symmetric:
+            return rows, None
+        c_max = pmax(jax.lax.stop_gradient(jnp.max(masked, axis=0)), axis_name)
+        c_max = jnp.where(jnp.isfinite(c_max), c_max, _LOWEST)
+        c_sum = psum(jnp.sum(jnp.exp(masked - c_max[None, :]), axis=0), axis_name)
+        # Padded columns have an empty sum: keep log() away from 0 (and its gradient finite).
+        c_lse = jnp.where(valid, c_max + jnp.log(jnp.where(valid, c_sum, 1.0)), 0.0)
+        cols_out = ColStats(
+            lse=c_lse,
+            pos=jax.lax.stop_gradient(psum(jnp.sum(jnp.where(is_pos, s, 0.0), axis=0), axis_name)),
+            logit_sum=psum(jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=0), axis_name),
+            neg_max=pmax(
+                jax.lax.stop_gradient(jnp.max(jnp.where(is_neg, s, neg_inf), axis=0)), axis_name
+            ),
+        )
+        return rows, cols_out
+
+    def merge(carry, new):
+        m0, s0, p0, l0, n0, t0 = carry
+        m1, s1, p1, l1, n1, t1 = new
+        m = jnp.maximum(m0, m1)
+        return (
+            m,
+            s0 * jnp.exp(m0 - m) + s1 * jnp.exp(m1 - m),
+            p0 + p1,
+            l0 + l1,
+            jnp.maximum(n0, n1),
+            t0 + t1,
+        )
+
+    if n_blocks == 1:
+        rows, cols = block_stats(0)
+    else:
+        # The first block initialises the carry (so that carries have the same
+        # device-varying type inside shard_map), the scan folds in the others.
+        stats_fn = jax.checkpoint(block_stats)
+        rows, cols0 = stats_fn(0)
+
+        def body(carry, b):
+            new_rows, new_cols = stats_fn(b)
+            return merge(carry, new_rows), new_cols
+
+        rows, cols_rest = jax.lax.scan(body, rows, jnp.arange(1, n_blocks))
+        cols = None
+        if symmetric:
+            cols = jax.tree.map(
+                lambda a, r: jnp.concatenate([a, r.reshape(-1)])[:n_cols], cols0, cols_rest
+            )
+    m, s, pos, logit_sum, neg_max, score_sum = rows
+    row_stats = RowStats(
+        lse=m + jnp.log(s), pos=pos, logit_sum=logit_sum, neg_max=neg_max, score_sum=score_sum
+    )
+    if cols is not None and n_blocks == 1:
+        cols = jax.tree.map(lambda a: a[:n_cols], cols)
+    return Contrast(row_stats, cols, n_rows * n_dev, n_cols)
+
+
+class InfoNCE(NamedTuple):
+    """Losses and diagnostics of one contrast, all global scalars."""
+
+    loss_rows: jax.Array
+    loss_cols: jax.Array | None
+    accuracy_rows: jax.Array
+    accuracy_cols: jax.Array | None
+    pos_mean: jax.Array
+    neg_mean: jax.Array
+
+
+def infonce(
+    c: Contrast,
+    *,
+    scale: jax.Array | float,
+    axis_name: AxisName | None = None,
+    label_smoothing: float = 0.0,
+) -> InfoNCE:
+    """Cross-entropy of each row (and column) against its positive.
+
+    With label smoothing eps the target puts ``1 - eps`` on the positive and ``eps``
+    spread uniformly over all candidates (the positive included), as in
+    ``optax.softmax_cross_entropy`` with smoothed one-hot labels.
+
+    Top-1 accuracy counts a row as correct when its positive scores strictly above every
+    negative (ties count as errors).
+    """
+    r = c.rows
+    n = c.n_rows_global
+    pos_logit = r.pos * scale
+    target = (1.0 - label_smoothing) * pos_logit + label_smoothing * r.logit_sum / c.n_cols
+    loss_rows = global_mean(r.lse - target, n, axis_name)
+    acc_rows = global_mean((r.pos > r.neg_max).astype(jnp.float32), n, axis_name)
+    pos_total = psum(jnp.sum(jax.lax.stop_gradient(r.pos)), axis_name)
+    score_total = psum(jnp.sum(r.score_sum), axis_name)
+    n_neg = max(n * c.n_cols - n, 1)
+    loss_cols = acc_cols = None
+    if c.cols is not None:
+        k = c.cols
+        # Column j's positive is s[j, j] = rows' positive of sample j: sum once over j.
+        pos_logit_total = psum(jnp.sum(pos_logit), axis_name)
+        smooth_total = jnp.sum(k.logit_sum) / n
+        loss_cols = (
+            jnp.sum(k.lse)
+            - (1.0 - label_smoothing) * pos_logit_total
+            - label_smoothing * smooth_total
+        ) / c.n_cols
+        acc_cols = jnp.mean((k.pos > k.neg_max).astype(jnp.float32))
+    return InfoNCE(
+        loss_rows=loss_rows,
+        loss_cols=loss_cols,
+        accuracy_rows=acc_rows,
+        accuracy_cols=acc_cols,
+        pos_mean=pos_total / n,
+        neg_mean=(score_total - pos_total) / n_neg,
+    )
+
+
+def take_rows(x: Any, cols: jax.Array) -> Any:
+    """Rows ``cols`` of every leaf of ``x`` (a gather along the leading axis)."""
+    return jax.tree.map(lambda a: jnp.take(a, cols, axis=0), x)
+
+
+def mean_of(values: Sequence[jax.Array]) -> jax.Array:
+    return sum(values) / len(values)

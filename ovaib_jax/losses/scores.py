@@ -1,0 +1,77 @@
+"""Retrieval scorers: each method scores a query set against candidates with its own
+similarity (SPEC section 4).
+
+A scorer maps query embeddings of a set of Q modalities ``(Q, Nq, d)`` and candidate
+embeddings of one modality ``(Nc, d)`` to scores ``(Nq, Nc)`` (higher = more similar).
+Per-query quantities (bases, products) are computed once, and the scores are one matmul.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ovaib_jax.losses import _core
+from ovaib_jax.losses._basis import projected_sq_norm, span_basis
+
+
+def _check(queries: jax.Array, cands: jax.Array, fn_name: str) -> tuple[jax.Array, jax.Array]:
+    queries, cands = jnp.asarray(queries), jnp.asarray(cands)
+    if queries.ndim != 3 or cands.ndim != 2 or queries.shape[2] != cands.shape[1]:
+        raise ValueError(
+            f"{fn_name}: expected queries of shape (Q, Nq, d) and candidates of shape "
+            f"(Nc, d) with the same d; got {tuple(queries.shape)} and {tuple(cands.shape)}."
+        )
+    return queries.astype(jnp.float32), cands.astype(jnp.float32)
+
+
+def ova_score(queries: jax.Array, cands: jax.Array, *, lam: float = 1e-8) -> jax.Array:
+    """OVA-IB: ``cos(c_j, P_i c_j) = ||P_i c^_j||``, P_i projecting onto span{queries of i}.
+
+    Args:
+      queries: (Q, Nq, d). cands: (Nc, d).
+
+    Returns:
+      (Nq, Nc) scores in [0, 1].
+    """
+    queries, cands = _check(queries, cands, "ova_score")
+    basis, _ = span_basis(jnp.moveaxis(queries, 0, 1), lam)  # (Nq, Q, d)
+    return _core.safe_sqrt(projected_sq_norm(_core.l2_normalize(cands), basis).T)
+
+
+def clip_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
+    """Pairwise CLIP: mean over query modalities q of ``cos(z[q, i], c_j)``. (Nq, Nc)."""
+    queries, cands = _check(queries, cands, "clip_score")
+    mean_q = jnp.mean(_core.l2_normalize(queries), axis=0)
+    return mean_q @ _core.l2_normalize(cands).T
+
+
+def symile_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
+    """Symile: multilinear inner product ``MIP(z[q_1, i], ..., z[q_Q, i], c_j)``. (Nq, Nc)."""
+    queries, cands = _check(queries, cands, "symile_score")
+    return jnp.prod(queries, axis=0) @ cands.T
+
+
+def gram_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
+    """GRAM: ``-Vol(c^_j, z^[q, i] for q in Q)`` of the normalised vectors. (Nq, Nc)."""
+    queries, cands = _check(queries, cands, "gram_score")
+    basis, r = span_basis(jnp.moveaxis(queries, 0, 1), 1e-8)
+    residual = jnp.maximum(1.0 - projected_sq_norm(_core.l2_normalize(cands), basis), 0.0)
+    return -_core.safe_sqrt(jnp.prod(r, axis=-1)[:, None] * residual.T)
+
+
+def triangle_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
+    """TRIANGLE: ``-area(z^[q_1, i], z^[q_2, i], c^_j)`` (Q = 2 query modalities). (Nq, Nc)."""
+    queries, cands = _check(queries, cands, "triangle_score")
+    if queries.shape[0] != 2:
+        raise ValueError(
+            f"triangle_score: needs exactly Q = 2 query modalities, got queries of shape "
+            f"{tuple(queries.shape)}."
+        )
+    q1, q2 = _core.l2_normalize(queries)
+    c = _core.l2_normalize(cands)
+    # The triangle (c, q1, q2) with c as the shared vertex: u = c - q1, w = c - q2.
+    x = q1 @ c.T  # (Nq, Nc)
+    y = q2 @ c.T
+    k = jnp.sum(q1 * q2, axis=-1)[:, None]
+    return -0.5 * ((2.0 - 2.0 * x) * (2.0 - 2.0 * y) - jnp.square(1.0 - x - y + k))
