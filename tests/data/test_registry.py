@@ -1,0 +1,197 @@
+"""The dataset registry: names, specs without data, configs, build-once, the build command."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ovaib_jax import data
+from ovaib_jax.data import base, build
+from ovaib_jax.data.spec import DatasetSpec
+
+OFFLINE = ("ovaib_parity", "ovaib_latent", "uci_mfeat", "mnist_views")
+TINY_PARITY = dict(config="m3", k=2, num_train=40, num_test=10)
+
+
+def test_names_are_the_eight_registered_datasets():
+    assert data.names() == tuple(sorted(data.BUILDERS))
+    assert len(data.names()) == 8
+    assert set(OFFLINE) <= set(data.names())
+
+
+@pytest.mark.parametrize("call", [data.get_spec, data.get_builder, data.builder_class])
+def test_unknown_name_lists_the_valid_names(call, tmp_path):
+    kwargs = {"data_dir": tmp_path} if call is data.get_builder else {}
+    with pytest.raises(ValueError, match="Unknown dataset 'imagenet'") as e:
+        call("imagenet", **kwargs)
+    for name in data.names():
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_specs_need_no_data(name):
+    spec = data.get_spec(name)
+    assert isinstance(spec, DatasetSpec) and spec.name == name
+    assert not spec.manual
+    assert set(spec.splits) == {"train", "test"}
+    assert len(set(spec.modality_names)) == len(spec.modalities) >= 1
+
+
+def test_configs_and_overrides_change_the_spec():
+    assert len(data.get_spec("ovaib_parity", config="m5").modalities) == 5
+    assert len(data.get_spec("ovaib_latent", config="m3").modalities) == 3
+    spec = data.get_spec("ovaib_parity", config="m4", k=3, dim=16)
+    assert len(spec.modalities) == 4
+    assert spec.modalities[0].shape == (16,)
+    assert spec.targets[0].num_classes == 8
+    assert len(data.get_spec("mnist_views", M=2).modalities) == 2
+    with pytest.raises(ValueError, match="unknown config 'm9'"):
+        data.get_spec("ovaib_parity", config="m9")
+    with pytest.raises(ValueError, match=r"unknown config fields \['bogus'\]"):
+        data.get_spec("ovaib_parity", bogus=1)
+    with pytest.raises(ValueError, match="M >= 3"):
+        data.get_spec("ovaib_parity", M=2)
+
+
+def test_custom_config_names_encode_the_overrides():
+    cls = data.builder_class("ovaib_parity")
+    default = cls.make_config()
+    assert default.name == "m3"
+    assert cls.make_config("m3", p=1) is cls.BUILDER_CONFIGS[0]  # p=1 is the default 1.0
+    a = cls.make_config("m4", p=0.5, k=2)
+    b = cls.make_config("m4", k=2, p=0.5)
+    c = cls.make_config("m4", p=0.25, k=2)
+    assert a.name == b.name == "m4-k2-p0.5"
+    assert c.name != a.name
+    assert (a.M, a.k, a.p) == (4, 2, 0.5)
+    assert cls.BUILDER_CONFIGS[1].p == 1.0  # the registered config is not modified
+
+
+def test_default_data_dir(monkeypatch):
+    monkeypatch.delenv("OVAIB_DATA_DIR", raising=False)
+    assert data.default_data_dir() == os.path.expanduser("~/tensorflow_datasets")
+    monkeypatch.setenv("OVAIB_DATA_DIR", "/somewhere")
+    assert data.default_data_dir() == "/somewhere"
+
+
+def test_prepare_builds_once_and_make_source_reads(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not built"):
+        data.make_source("ovaib_parity", "train", data_dir=tmp_path, build=False, **TINY_PARITY)
+    builder = data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    assert data.is_built(builder)
+    files = sorted(p for p in tmp_path.rglob("*.array_record*"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert len(files) == 2
+    data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)  # reused, not rewritten
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    src = data.make_source(
+        "ovaib_parity", "train[:25%]", data_dir=tmp_path, build=False, **TINY_PARITY
+    )
+    assert len(src) == 10
+    assert len(data.make_source("ovaib_parity", "test", data_dir=tmp_path, **TINY_PARITY)) == 10
+
+
+def test_spec_features():
+    spec = data.get_spec("ovaib_latent", config="m3")
+    features = base.spec_features(spec)
+    assert features["x0"].shape == (32,) and features["x0"].np_dtype == np.float32
+    assert features["label"].num_classes == 4
+    assert features["target"].shape == (1,)
+
+
+# A manual dataset, as the paper builders are written: one clear error for missing files.
+@dataclasses.dataclass(eq=False)
+class _ToyConfig(tfds.core.BuilderConfig):
+    n: int = 3
+
+
+class ToyManualForTests(base.SpecBuilder):
+    """A two-file manual dataset used only by these tests."""
+
+    VERSION = tfds.core.Version("0.1.0")
+    BUILDER_CONFIGS = [_ToyConfig(name="default")]  # noqa: RUF012
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Get a.txt and parts/*.csv from the toy site."
+
+    @classmethod
+    def spec_for(cls, config):
+        return DatasetSpec(
+            name="toy_manual_for_tests",
+            modalities=(data.Modality("v", (2,), "float32", "mlp"),),
+            targets=(data.Target("label", "classification", num_classes=2),),
+            splits=("train",),
+            manual=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        root = self.require_manual_files(dl_manager, "a.txt", "parts/*.csv")
+        return {"train": self._generate_examples(root)}
+
+    def _generate_examples(self, root):
+        scale = float((root / "a.txt").read_text())
+        for i in range(self.builder_config.n):
+            yield i, {"v": np.full(2, scale * i, np.float32), "label": i % 2}
+
+
+def test_missing_manual_files_one_clear_error_and_nothing_left(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "a.txt").write_text("2")
+    builder = ToyManualForTests(data_dir=tmp_path / "data", manual_dir=manual)
+    with pytest.raises(data.MissingDataError) as e:
+        builder.download_and_prepare()
+    message = str(e.value)
+    assert "toy_manual_for_tests" in message and "['parts/*.csv']" in message
+    assert str(manual) in message and "from the toy site" in message
+    assert "a.txt'" not in message  # present files are not reported
+    assert not data.is_built(builder)
+    assert not list((tmp_path / "data").rglob("dataset_info.json"))
+    assert not [p for p in (tmp_path / "data").rglob("*") if "incomplete" in p.name]
+    # Once the files are there, the same builder builds.
+    (manual / "parts").mkdir()
+    (manual / "parts" / "x.csv").write_text("")
+    builder.download_and_prepare()
+    src = builder.as_data_source("train")
+    assert sorted(float(src[i]["v"][0]) for i in range(3)) == [0.0, 2.0, 4.0]
+
+
+def test_build_command_prints_a_summary(tmp_path, capsys):
+    args = [
+        "ovaib_parity",
+        "--data_dir",
+        str(tmp_path),
+        "--config",
+        "m4",
+        "--set",
+        "k=1",
+        "--set",
+        "num_train=30",
+        "--set",
+        "num_test=6",
+    ]
+    assert build.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ovaib_parity/m4-k1-num_test6-num_train30/1.0.0" in out
+    assert "test 6, train 30" in out
+    assert "modality x3: (32,) float32" in out
+    counts = out.split("train:")[1].split()[:2]  # label balance of the train split
+    assert sum(int(c) for c in counts) == 30
+
+
+def test_build_command_missing_files_exit_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OVAIB_NO_DOWNLOAD", "1")
+    rc = build.main(["uci_mfeat", "--data_dir", str(tmp_path), "--manual_dir", str(tmp_path)])
+    assert rc == 1
+    assert "uci_mfeat" in capsys.readouterr().err
+
+
+def test_parse_overrides():
+    assert build.parse_overrides(["M=4", "p=0.5", "s=abc", "t=(1, 2)"]) == {
+        "M": 4,
+        "p": 0.5,
+        "s": "abc",
+        "t": (1, 2),
+    }
+    with pytest.raises(ValueError, match="key=value"):
+        build.parse_overrides(["M"])
