@@ -1,0 +1,239 @@
+"""Every objective against the literal NumPy reference (values and gradients), the
+chunked form against the plain one, and the invariants of SPEC sections 1-3."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ovaib_jax import losses
+from tests.losses import reference as ref
+
+TAU = 0.1
+
+
+def _z(m, n=5, d=7, seed=0):
+    return jax.random.normal(jax.random.key(seed), (m, n, d), jnp.float32)
+
+
+# name -> (kwargs for the library, reference fn of z returning the loss)
+CASES = {
+    "ova_sufficiency": ({"tau": TAU}, lambda z: ref.ova_sufficiency(z, TAU)[0]),
+    "ova_sufficiency_excl": (
+        {"tau": TAU, "exclude_positive": True},
+        lambda z: ref.ova_sufficiency(z, TAU, exclude_positive=True)[0],
+    ),
+    "ova_ib": (
+        {"tau": TAU, "beta": 0.7},
+        lambda z: ref.ova_sufficiency(z, TAU)[0] + 0.7 * ref.ova_minimality(z)[0],
+    ),
+    "ova_ib_excl_raw_mu": (
+        {"tau": TAU, "beta": 0.3, "exclude_positive": True, "normalize_minimality": False},
+        lambda z: ref.ova_sufficiency(z, TAU, exclude_positive=True)[0]
+        + 0.3 * ref.ova_minimality(z, normalize=False)[0],
+    ),
+    "pairwise_clip": ({"tau": TAU}, lambda z: ref.pairwise_clip(z, TAU)),
+    "pairwise_clip_ib": ({"tau": TAU, "beta": 0.5}, lambda z: ref.pairwise_clip_ib(z, TAU, 0.5)),
+    "pairwise_clip_ib_sq": (
+        {"tau": TAU, "beta": 0.5, "alignment": "squared"},
+        lambda z: ref.pairwise_clip_ib(z, TAU, 0.5, "squared"),
+    ),
+    "anchor_clip": ({"tau": TAU, "anchor": 1}, lambda z: ref.anchor_clip(z, TAU, 1)),
+    "symile": ({"logit_scale": 3.0}, lambda z: ref.symile_n_cyclic(z, 3.0)),
+    "symile_n_squared": (
+        {"logit_scale": 3.0, "negatives": "n_squared"},
+        lambda z: ref.symile_n_squared(z, 3.0),
+    ),
+    "gram": ({"tau": TAU, "anchor": 1}, lambda z: ref.gram(z, TAU, 1)),
+    "gram_no_smoothing": (
+        {"tau": TAU, "label_smoothing": 0.0},
+        lambda z: ref.gram(z, TAU, 0, 0.0),
+    ),
+    "triangle": ({"tau": TAU, "anchor": 2}, lambda z: ref.triangle(z, TAU, 2)),
+}
+
+
+def _fn(case):
+    name = case.split("_excl")[0].split("_no_")[0].split("_n_squared")[0].split("_sq")[0]
+    return losses.get(name)
+
+
+def _ms(case):
+    if case == "triangle":
+        return [3]
+    if case == "symile_n_squared":
+        return [2, 3, 4]  # N^(M-1) candidates: keep the literal reference small
+    return [2, 3, 4, 5, 6]
+
+
+VALUE_PARAMS = [(c, m) for c in CASES for m in _ms(c)]
+
+
+@pytest.mark.parametrize("case,m", VALUE_PARAMS)
+def test_value_matches_literal_reference(case, m):
+    kwargs, reference = CASES[case]
+    n = 4 if case == "symile_n_squared" else 5
+    z = _z(m, n=n, seed=m)
+    fn = _fn(case)
+    loss, aux = fn(z, **kwargs)  # eager: op-by-op compiles are shared across cases
+    expected = reference(np.asarray(z))
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5, atol=2e-5)
+    for v in aux.values():
+        assert np.isfinite(float(v))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_eager_equals_jit(case):
+    kwargs, _ = CASES[case]
+    z = _z(3, n=4)
+    fn = _fn(case)
+    eager_loss, eager_aux = fn(z, **kwargs)
+    jit_loss, jit_aux = jax.jit(lambda z: fn(z, **kwargs))(z)
+    np.testing.assert_allclose(float(eager_loss), float(jit_loss), rtol=1e-6)
+    assert eager_aux.keys() == jit_aux.keys()
+
+
+def _finite_difference_grad(f, x, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        g[idx] = (f(up) - f(down)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradient_matches_finite_differences_of_reference(case):
+    kwargs, reference = CASES[case]
+    z = _z(3, n=4, d=3, seed=11)
+    fn = _fn(case)
+    grad = jax.jit(jax.grad(lambda z: fn(z, **kwargs)[0]))(z)
+    expected = _finite_difference_grad(reference, z)
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("chunk", [3])  # 8 = 3 + 3 + 2: several blocks and a padded one
+def test_chunked_equals_plain(case, chunk):
+    kwargs, _ = CASES[case]
+    m = 3
+    z = _z(m, n=8, d=6, seed=3)
+    fn = _fn(case)
+
+    def value_and_grad(chunk_size):
+        f = lambda z: fn(z, chunk_size=chunk_size, **kwargs)  # noqa: E731
+        (loss, aux), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(z)
+        return loss, aux, grad
+
+    loss, aux, grad = value_and_grad(None)
+    loss_c, aux_c, grad_c = value_and_grad(chunk)
+    np.testing.assert_allclose(float(loss_c), float(loss), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_c), np.asarray(grad), rtol=1e-4, atol=1e-6)
+    for k in aux:
+        np.testing.assert_allclose(float(aux_c[k]), float(aux[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_chunked_memory_is_bounded():
+    """Compiled temporary memory of the chunked forward+backward stays far below the
+    plain form's N x N score matrices, and grows linearly (not quadratically) in N."""
+
+    def temp_bytes(n, chunk):
+        z = jax.ShapeDtypeStruct((3, n, 32), jnp.float32)
+        f = jax.grad(lambda z: losses.ova_ib(z, chunk_size=chunk)[0])
+        return jax.jit(f).lower(z).compile().memory_analysis().temp_size_in_bytes
+
+    plain = temp_bytes(2048, None)
+    chunked_1k, chunked_2k = temp_bytes(1024, 128), temp_bytes(2048, 128)
+    assert plain > 2048 * 2048 * 4  # the plain form holds at least one N x N matrix
+    assert chunked_2k < plain / 4
+    assert chunked_2k < 2.6 * chunked_1k  # linear growth: x2 N -> ~x2 memory, not x4
+
+
+def test_minimality_identity_with_unnormalised_mu():
+    """SPEC section 2: with mu = z, (1/M) sum_m ||z_m - mean_-m||^2
+    = sum_{i<j} ||z_i - z_j||^2 / (M-1)^2 (averaged over samples)."""
+    for m in (2, 3, 5):
+        z = _z(m, n=6, d=4, seed=m)
+        loss, _ = losses.ova_minimality(z, normalize=False)
+        zn = np.asarray(z, np.float64)
+        pair_sum = sum(
+            np.sum((zn[i] - zn[j]) ** 2, axis=-1) for i, j in itertools.combinations(range(m), 2)
+        )
+        np.testing.assert_allclose(float(loss), np.mean(pair_sum) / (m - 1) ** 2, rtol=1e-5)
+
+
+def test_ova_score_for_two_modalities_is_abs_cos():
+    z = _z(2, n=6, d=5, seed=4)
+    s = losses.ova_score(z[:1], z[1])  # query modality 0, candidates modality 1
+    zn = np.asarray(z, np.float64)
+    zn /= np.linalg.norm(zn, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(s), np.abs(zn[0] @ zn[1].T), rtol=1e-5, atol=1e-6)
+    # And the M = 2 sufficiency loss is InfoNCE on |cos| / tau in both directions.
+    loss, _ = losses.ova_sufficiency(z, tau=TAU)
+    c = np.abs(zn[0] @ zn[1].T) / TAU
+    expected = 0.5 * (ref._ce_rows(c) + ref._ce_rows(c.T))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_ova_score_is_invariant_to_scale_and_sign_of_remaining_embeddings():
+    z = _z(4, n=6, d=8, seed=5)
+    scaled = z.at[1].multiply(-3.0).at[2].multiply(1e-3)
+    a, _ = losses.ova_sufficiency(z, tau=TAU)
+    b, _ = losses.ova_sufficiency(scaled, tau=TAU)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+
+
+def test_projector_ablation_matches_reference():
+    w = jax.random.normal(jax.random.key(9), (2 * 7, 7))
+
+    def projector(rest, m):  # a fixed "MLP": tanh(concat(rest) W + m)
+        flat = jnp.concatenate(list(rest), axis=-1)
+        return jnp.tanh(flat @ w + m)
+
+    def np_projector(rest, m):
+        flat = np.concatenate(list(rest), axis=-1)
+        return np.tanh(flat @ np.asarray(w, np.float64) + m)
+
+    z = _z(3, n=5, d=7, seed=6)
+    loss, _ = losses.ova_sufficiency(z, tau=TAU, projector=projector)
+    expected, _ = ref.ova_sufficiency(np.asarray(z), TAU, projector=np_projector)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_symile_key_changes_negatives_but_not_positives():
+    z = _z(3, n=16, d=4, seed=7)
+    l1, a1 = losses.symile(z, key=jax.random.key(1))
+    l2, a2 = losses.symile(z, key=jax.random.key(2))
+    l1b, _ = losses.symile(z, key=jax.random.key(1))
+    assert float(l1) == float(l1b)
+    assert float(l1) != float(l2)
+    np.testing.assert_allclose(float(a1["pos_score"]), float(a2["pos_score"]), rtol=1e-6)
+
+
+def test_well_separated_aligned_samples_are_retrieved_by_every_objective():
+    """Sample i of modality k is e_i + 0.3 e_{8+k}: the modalities of a sample are close
+    but not identical (identical ones make GRAM's volume degenerate for every candidate),
+    and different samples are orthogonal: every objective retrieves in-batch."""
+    n, m = 8, 3
+    z = jnp.stack([jnp.eye(n, 16) + 0.3 * jnp.eye(1, 16, n + k) for k in range(m)])
+    for name in losses.names():
+        _, aux = losses.get(name)(z)
+        assert float(aux["accuracy"]) == 1.0, name
+        assert float(aux["pos_score"]) > float(aux["neg_score"]), name
+
+
+def test_vmap_over_independent_problems():
+    zs = jax.random.normal(jax.random.key(8), (3, 3, 6, 5))
+    batched = jax.vmap(lambda z: losses.ova_ib(z, tau=TAU)[0])(zs)
+    looped = [float(losses.ova_ib(z, tau=TAU)[0]) for z in zs]
+    np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-5)
+
+
+def test_learnable_temperature_gets_a_gradient():
+    z = _z(3, n=6)
+    g = jax.grad(lambda t: losses.ova_ib(z, tau=t)[0])(0.1)
+    assert np.isfinite(float(g)) and float(g) != 0.0
