@@ -24,9 +24,11 @@ import jax.numpy as jnp
 
 AxisName = Any  # a mesh axis name or a tuple of them, as accepted by jax.lax collectives.
 
-# Squared-norm floor of the normalisation: a vector of norm < 1e-15 is treated as zero.
-# It keeps the gradient of x / |x| finite at x = 0 while leaving norms down to 1e-12 exact.
-_NORM_FLOOR_SQ = 1e-30
+# Squared-norm floor of the normalisation: a vector of norm < 1e-12 is scaled by 1e12
+# instead of 1/|x|. Norms down to 1e-12 are exact, and the floor is high enough that the
+# derivative of rsqrt at the floor (floor^-1.5 / 2) stays finite in float32: a lower floor
+# turns the chain rule's inf * 0 into NaN gradients for zero vectors.
+_NORM_FLOOR_SQ = 1e-24
 # Floor of a squared score before a square root (gradient of sqrt is infinite at 0).
 SQRT_FLOOR = 1e-12
 _LOWEST = float(jnp.finfo(jnp.float32).min)
@@ -68,7 +70,10 @@ def check_embeddings(
     if n < 1 or d < 1:
         raise ValueError(f"{fn_name}: empty batch or embedding: z has shape {tuple(z.shape)}.")
     if not jnp.issubdtype(z.dtype, jnp.floating):
-        raise ValueError(f"{fn_name}: z must be a floating-point array, got dtype {z.dtype}.")
+        raise ValueError(
+            f"{fn_name}: z must be a floating-point array, got dtype {z.dtype} (an integer "
+            "or boolean array); cast the embeddings with z.astype(jnp.float32)."
+        )
     return z.astype(jnp.float32)
 
 
