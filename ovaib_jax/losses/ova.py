@@ -25,6 +25,28 @@ def remaining(z: jax.Array, m: int) -> jax.Array:
     return jnp.concatenate([z[:m], z[m + 1 :]], axis=0)
 
 
+NEGATIVE_MODES = ("batch", "shuffled")
+
+
+def shuffled_rows(rest: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Permutes the rows of each of the (M-1) remaining modalities independently.
+
+    Args:
+      rest: (K, N, d) embeddings of K modalities.
+      key: PRNG key, or None for deterministic cyclic shifts (modality k, counted from 1,
+        row j -> row (j + k) mod N; distinct tuples when N > K).
+
+    Returns:
+      (K, N, d): candidate tuples drawn from the product of the marginals.
+    """
+    k_count, n, _ = rest.shape
+    if key is None:
+        perms = [(jnp.arange(n) + k) % n for k in range(1, k_count + 1)]
+    else:
+        perms = [jax.random.permutation(kk, n) for kk in jax.random.split(key, k_count)]
+    return jnp.stack([jnp.take(rest[k], perms[k], axis=0) for k in range(k_count)])
+
+
 def ova_sufficiency(
     z: jax.Array,
     *,
@@ -32,6 +54,8 @@ def ova_sufficiency(
     lam: float = 1e-8,
     exclude_positive: bool = False,
     projector: Projector | None = None,
+    negatives: str = "batch",
+    key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
     chunk_size: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -64,10 +88,20 @@ def ova_sufficiency(
       lam: rank guard / ridge term.
       exclude_positive: see above.
       projector: the "OVA + MLP projector" ablation (paper Table 4): a callable
-        ``projector(rest, m) -> (N, d)`` mapping the remaining embeddings ``rest`` of
-        shape (M-1, N, d) of each sample to a prediction of z_m; the score is then
-        ``cos(z_m, projector(rest, m))``. It must act per sample (it is applied to the
-        local shard before candidates are gathered).
+        ``projector(rest, m) -> (K, d)`` mapping remaining embeddings ``rest`` of shape
+        (M-1, K, d) to a prediction of z_m for each of the K tuples; the score is then
+        ``cos(z_m, projector(rest, m))``. It must act per tuple.
+      negatives: ``"batch"`` (default, the paper): candidate n' is the true tuple of
+        remaining modalities of sample n'. ``"shuffled"`` (an extension, not in the
+        paper): as Symile's "n" negatives, the rows of each remaining modality are
+        permuted independently, so negative tuples come from the product of the
+        marginals and the positive (the true tuple) replaces the diagonal. With "batch"
+        negatives the loss cannot reward dependence that is only visible jointly against
+        tuples that are themselves jointly consistent; "shuffled" contrasts the joint
+        against the product of the marginals. Candidates' per-tuple quantities are then
+        computed on the gathered global batch on every device.
+      key: PRNG key for "shuffled" (same on every device); None gives deterministic
+        cyclic shifts (see :func:`shuffled_rows`).
       axis_name: mesh axis the batch is sharded over, inside ``jax.shard_map``.
       chunk_size: candidates per block (memory O(N_local x chunk_size)).
 
@@ -78,35 +112,57 @@ def ova_sufficiency(
       ``neg_score`` (mean raw scores).
     """
     name = "ova_sufficiency"
+    if negatives not in NEGATIVE_MODES:
+        raise ValueError(f"{name}: negatives must be one of {NEGATIVE_MODES}, got {negatives!r}.")
     z = _core.check_embeddings(z, name)
     _core.check_chunk_size(chunk_size, name)
-    m_count, n, _ = z.shape
+    m_count, n, d = z.shape
     n_global = n * _core.axis_size(axis_name)
     if exclude_positive and n_global < 2:
         raise ValueError(f"{name}: exclude_positive=True needs a batch of N >= 2, got {n_global}.")
     scale = 1.0 / tau
     queries = _core.l2_normalize(z)
+    keys = None if key is None else jax.random.split(key, m_count)
+
+    def per_candidate(rest, m):
+        """(M-1, K, d) tuples -> per-tuple quantity: a basis (K, M-1, d) or a unit (K, d)."""
+        if projector is None:
+            return span_basis(jnp.moveaxis(rest, 0, 1), lam)[0]
+        pred = jnp.asarray(projector(rest, m), jnp.float32)
+        if pred.shape != (rest.shape[1], d):
+            raise ValueError(
+                f"{name}: projector(rest, m) must return shape {(rest.shape[1], d)} "
+                f"(K, d) for rest of shape {tuple(rest.shape)}; got {tuple(pred.shape)}."
+            )
+        return _core.l2_normalize(pred)
+
+    def block_scores(q, cand):  # (n, d), (C, ...) -> (n, C)
+        if projector is None:
+            return _core.safe_sqrt(projected_sq_norm(q, cand))
+        return q @ cand.T
+
+    def paired_scores(q, cand):  # (n, d), (n, ...) -> (n,) score of row i with tuple i
+        if projector is None:
+            return _core.safe_sqrt(jnp.sum(jnp.square(jnp.einsum("nkd,nd->nk", cand, q)), -1))
+        return jnp.sum(q * cand, axis=-1)
+
     aux: dict[str, jax.Array] = {}
     terms, accs, pos, neg = [], [], [], []
     for m in range(m_count):
         rest = remaining(z, m)
-        if projector is None:
-            cands = _core.all_gather(span_basis(jnp.moveaxis(rest, 0, 1), lam)[0], axis_name)
-
-            def score_block(cols, q=queries[m], cands=cands):
-                return _core.safe_sqrt(projected_sq_norm(q, _core.take_rows(cands, cols)))
-
+        positive = None
+        if negatives == "batch":
+            cands = _core.all_gather(per_candidate(rest, m), axis_name)
         else:
-            pred = jnp.asarray(projector(rest, m), jnp.float32)
-            if pred.shape != (n, z.shape[2]):
-                raise ValueError(
-                    f"{name}: projector(rest, m) must return shape {(n, z.shape[2])} "
-                    f"(N, d) for rest of shape {tuple(rest.shape)}; got {tuple(pred.shape)}."
-                )
-            cands = _core.all_gather(_core.l2_normalize(pred), axis_name)
+            rest_all = _core.all_gather(jnp.moveaxis(rest, 1, 0), axis_name)  # (N, M-1, d)
+            shuffled = shuffled_rows(
+                jnp.moveaxis(rest_all, 0, 1), None if keys is None else keys[m]
+            )
+            cands = per_candidate(shuffled, m)
+            positive = paired_scores(queries[m], per_candidate(rest, m))
 
-            def score_block(cols, q=queries[m], cands=cands):
-                return q @ _core.take_rows(cands, cols).T
+        def score_block(cols, q=queries[m], cands=cands):
+            return block_scores(q, _core.take_rows(cands, cols))
 
         stats = _core.contrast(
             score_block,
@@ -116,6 +172,7 @@ def ova_sufficiency(
             axis_name=axis_name,
             chunk_size=chunk_size,
             exclude_positive=exclude_positive,
+            positive=positive,
         )
         res = _core.infonce(stats, scale=scale, axis_name=axis_name)
         terms.append(res.loss_rows)
@@ -186,6 +243,8 @@ def ova_ib(
     exclude_positive: bool = False,
     normalize_minimality: bool = True,
     projector: Projector | None = None,
+    negatives: str = "batch",
+    key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
     chunk_size: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -202,6 +261,8 @@ def ova_ib(
         lam=lam,
         exclude_positive=exclude_positive,
         projector=projector,
+        negatives=negatives,
+        key=key,
         axis_name=axis_name,
         chunk_size=chunk_size,
     )

@@ -113,9 +113,7 @@ def symile(
         positive = None
         if negatives == "n":
             if keys is None:
-                perms = [
-                    (jnp.arange(n_global) + k) % n_global for k in range(1, m_count)
-                ]
+                perms = [(jnp.arange(n_global) + k) % n_global for k in range(1, m_count)]
             else:
                 perms = [
                     jax.random.permutation(k_, n_global)

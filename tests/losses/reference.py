@@ -37,7 +37,11 @@ def ova_score_pair(zq: np.ndarray, rest: np.ndarray, lam: float) -> float:
     return _cos(zq, zbar)
 
 
-def ova_sufficiency(z, tau=0.01, lam=1e-8, exclude_positive=False, projector=None):
+def ova_sufficiency(
+    z, tau=0.01, lam=1e-8, exclude_positive=False, projector=None, shuffled=False
+):
+    """``shuffled``: candidate j != i is the tuple (rest_k[(j + k) mod N] for k = 1..M-1)
+    (deterministic product-of-marginals negatives), the diagonal the true tuple."""
     z = np.asarray(z, np.float64)
     m_count, n, _ = z.shape
     terms = []
@@ -46,10 +50,14 @@ def ova_sufficiency(z, tau=0.01, lam=1e-8, exclude_positive=False, projector=Non
         s = np.zeros((n, n))
         for i in range(n):
             for j in range(n):
-                if projector is None:
-                    s[i, j] = ova_score_pair(z[m, i], rest[:, j], lam)
+                if shuffled and i != j:
+                    tup = np.stack([rest[k, (j + k + 1) % n] for k in range(m_count - 1)])
                 else:
-                    s[i, j] = _cos(z[m, i], projector(rest, m)[j])
+                    tup = rest[:, j]
+                if projector is None:
+                    s[i, j] = ova_score_pair(z[m, i], tup, lam)
+                else:
+                    s[i, j] = _cos(z[m, i], projector(tup[:, None], m)[0])
         terms.append(_ce_rows(s / tau, exclude_positive))
     return float(np.mean(terms)), terms
 
@@ -150,11 +158,14 @@ def gram(z, tau=0.01, anchor=0, label_smoothing=0.1):
     n = z.shape[1]
     rest = [k for k in range(len(z)) if k != anchor]
     logits = np.array(
-        [[-gram_volume([z[anchor, i]] + [z[k, j] for k in rest]) / tau for j in range(n)]
-         for i in range(n)]
+        [
+            [-gram_volume([z[anchor, i]] + [z[k, j] for k in rest]) / tau for j in range(n)]
+            for i in range(n)
+        ]
     )
-    return 0.5 * (_ce_rows(logits, smoothing=label_smoothing)
-                  + _ce_rows(logits.T, smoothing=label_smoothing))
+    return 0.5 * (
+        _ce_rows(logits, smoothing=label_smoothing) + _ce_rows(logits.T, smoothing=label_smoothing)
+    )
 
 
 def triangle_area(l, v, a) -> float:
@@ -168,8 +179,11 @@ def triangle(z, tau=0.01, anchor=0, label_smoothing=0.1):
     n = z.shape[1]
     v_mod, a_mod = [k for k in range(3) if k != anchor]
     logits = np.array(
-        [[-triangle_area(z[anchor, i], z[v_mod, j], z[a_mod, j]) / tau for j in range(n)]
-         for i in range(n)]
+        [
+            [-triangle_area(z[anchor, i], z[v_mod, j], z[a_mod, j]) / tau for j in range(n)]
+            for i in range(n)
+        ]
     )
-    return 0.5 * (_ce_rows(logits, smoothing=label_smoothing)
-                  + _ce_rows(logits.T, smoothing=label_smoothing))
+    return 0.5 * (
+        _ce_rows(logits, smoothing=label_smoothing) + _ce_rows(logits.T, smoothing=label_smoothing)
+    )

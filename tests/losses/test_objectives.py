@@ -31,8 +31,14 @@ CASES = {
     ),
     "ova_ib_excl_raw_mu": (
         {"tau": TAU, "beta": 0.3, "exclude_positive": True, "normalize_minimality": False},
-        lambda z: ref.ova_sufficiency(z, TAU, exclude_positive=True)[0]
-        + 0.3 * ref.ova_minimality(z, normalize=False)[0],
+        lambda z: (
+            ref.ova_sufficiency(z, TAU, exclude_positive=True)[0]
+            + 0.3 * ref.ova_minimality(z, normalize=False)[0]
+        ),
+    ),
+    "ova_sufficiency_shuffled": (
+        {"tau": TAU, "negatives": "shuffled"},
+        lambda z: ref.ova_sufficiency(z, TAU, shuffled=True)[0],
     ),
     "pairwise_clip": ({"tau": TAU}, lambda z: ref.pairwise_clip(z, TAU)),
     "pairwise_clip_ib": ({"tau": TAU, "beta": 0.5}, lambda z: ref.pairwise_clip_ib(z, TAU, 0.5)),
@@ -56,7 +62,9 @@ CASES = {
 
 
 def _fn(case):
-    name = case.split("_excl")[0].split("_no_")[0].split("_n_squared")[0].split("_sq")[0]
+    for marker in ("_excl", "_no_", "_n_squared", "_sq", "_shuffled"):
+        case = case.split(marker)[0]
+    name = case
     return losses.get(name)
 
 

@@ -18,6 +18,7 @@ CASES = {
     "ova_ib": {"tau": 0.1, "beta": 0.5},
     "ova_ib_excl": {"tau": 0.1, "exclude_positive": True},
     "ova_sufficiency": {"tau": 0.1},
+    "ova_sufficiency_shuffled": {"tau": 0.1, "negatives": "shuffled", "key": "KEY"},
     "pairwise_clip": {"tau": 0.1},
     "pairwise_clip_ib": {"tau": 0.1, "beta": 0.5},
     "anchor_clip": {"tau": 0.1, "anchor": 2},
@@ -30,7 +31,7 @@ CASES = {
 
 
 def _objective(case):
-    for suffix in ("_excl", "_key", "_n_squared"):
+    for suffix in ("_excl", "_key", "_n_squared", "_shuffled"):
         case = case.removesuffix(suffix)
     return losses.get(case)
 
