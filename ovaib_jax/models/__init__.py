@@ -1,0 +1,151 @@
+"""Models by name: per-modality encoders, projection heads and the multi-modal model.
+
+* :func:`get_encoder` resolves an encoder name (``mlp``, ``cnn1d``, ``resnet18``, ``lstm``,
+  ``small_cnn``) to its Flax module class; an unknown name lists the valid ones.
+* :func:`parse_encoder_overrides` / :func:`resolve_encoders` pick the encoder of each
+  modality: the config's override (``"rgb=small_cnn,force=cnn1d"``) or the dataset
+  spec's suggestion.
+* :func:`create_model` builds a :class:`MultiModalModel` from ``config.model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ovaib_jax.models.encoders import CNN1D, LSTM, MLP, ResNet18, SmallCNN
+from ovaib_jax.models.heads import MLPProjector, ProjectionHead
+from ovaib_jax.models.multimodal import EncoderDef, MultiModalModel
+
+__all__ = [
+    "ENCODERS",
+    "EncoderDef",
+    "MLPProjector",
+    "MultiModalModel",
+    "ProjectionHead",
+    "create_model",
+    "encoder_kwargs",
+    "get_encoder",
+    "parse_encoder_overrides",
+    "resolve_encoders",
+]
+
+ENCODERS: dict[str, type] = {
+    "mlp": MLP,
+    "cnn1d": CNN1D,
+    "resnet18": ResNet18,
+    "lstm": LSTM,
+    "small_cnn": SmallCNN,
+}
+
+
+def get_encoder(name: str) -> type:
+    """The encoder module class registered as ``name``.
+
+    Raises:
+      ValueError: unknown name (the message lists the valid encoders).
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"Unknown encoder {name!r}; valid encoders are {', '.join(ENCODERS)}.")
+    return ENCODERS[name]
+
+
+def parse_encoder_overrides(spec: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Parses ``"rgb=small_cnn, force=cnn1d"`` (or a mapping) into ``{modality: encoder}``.
+
+    Raises:
+      ValueError: a malformed entry or an unknown encoder name.
+    """
+    if not spec:
+        return {}
+    if isinstance(spec, Mapping):
+        pairs = dict(spec)
+    else:
+        pairs = {}
+        for item in str(spec).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if "=" not in item:
+                raise ValueError(
+                    f"model.encoders: malformed entry {item!r}; write 'modality=encoder' pairs "
+                    "separated by commas, e.g. 'rgb=small_cnn,force=cnn1d'."
+                )
+            key, value = (s.strip() for s in item.split("=", 1))
+            pairs[key] = value
+    for value in pairs.values():
+        get_encoder(value)
+    return pairs
+
+
+def resolve_encoders(modalities: Sequence[Any], overrides: Mapping[str, str]) -> list[str]:
+    """Encoder name per modality: the override if given, else the spec's suggestion.
+
+    Args:
+      modalities: :class:`ovaib_jax.data.spec.Modality` objects (``.name``, ``.encoder``).
+      overrides: ``{modality: encoder}``; every key must be one of the modalities.
+
+    Raises:
+      ValueError: an override names a modality that is not among ``modalities``.
+    """
+    names = [m.name for m in modalities]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(
+            f"model.encoders overrides modalities {unknown} that the dataset does not have; "
+            f"its modalities are {names}."
+        )
+    return [overrides.get(m.name, m.encoder) for m in modalities]
+
+
+def encoder_kwargs(model_config: Any, encoder: str) -> tuple[tuple[str, Any], ...]:
+    """The keyword arguments of ``encoder`` from ``model_config.<encoder>`` as sorted pairs.
+
+    Lists become tuples so that the module definition stays hashable.
+    """
+    section = model_config.get(encoder) if hasattr(model_config, "get") else None
+    if section is None:
+        return ()
+    items = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return tuple(
+        sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in items.items())
+    )
+
+
+def create_model(
+    model_config: Any,
+    modalities: Sequence[Any],
+    *,
+    normalize_embeddings: bool = False,
+    init_temperature: float = 0.07,
+    projector: bool = False,
+) -> MultiModalModel:
+    """Builds the multi-modal model from ``config.model``.
+
+    Args:
+      model_config: the ``config.model`` ConfigDict (see ``experiments/default.py``).
+      modalities: the dataset's modalities in the order of ``z`` (``Modality`` objects).
+      normalize_embeddings: L2-normalise z (decided by the trainer from the objective).
+      init_temperature: initial tau of the learnable temperature.
+      projector: build the MLP projector of the "OVA + MLP projector" ablation.
+    """
+    overrides = parse_encoder_overrides(model_config.get("encoders"))
+    names = resolve_encoders(modalities, overrides)
+    defs: tuple[EncoderDef, ...] = tuple(
+        (m.name, enc, encoder_kwargs(model_config, enc))
+        for m, enc in zip(modalities, names, strict=True)
+    )
+    return MultiModalModel(
+        encoders=defs,
+        representation_dim=int(model_config.representation_dim),
+        embedding_dim=int(model_config.embedding_dim),
+        head_layers=int(model_config.get("head_layers", 3)),
+        head_hidden=int(model_config.get("head_hidden", 0)),
+        normalize_embeddings=bool(normalize_embeddings),
+        learnable_temperature=bool(model_config.get("learnable_temperature", False)),
+        init_temperature=float(init_temperature),
+        min_temperature=float(model_config.get("min_temperature", 1e-3)),
+        max_temperature=float(model_config.get("max_temperature", 10.0)),
+        projector=bool(projector),
+        projector_hidden=tuple(model_config.get("projector_hidden", (256,))),
+    )

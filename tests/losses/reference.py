@@ -37,9 +37,7 @@ def ova_score_pair(zq: np.ndarray, rest: np.ndarray, lam: float) -> float:
     return _cos(zq, zbar)
 
 
-def ova_sufficiency(
-    z, tau=0.01, lam=1e-8, exclude_positive=False, projector=None, shuffled=False
-):
+def ova_sufficiency(z, tau=0.01, lam=1e-8, exclude_positive=False, projector=None, shuffled=False):
     """``shuffled``: candidate j != i is the tuple (rest_k[(j + k) mod N] for k = 1..M-1)
     (deterministic product-of-marginals negatives), the diagonal the true tuple."""
     z = np.asarray(z, np.float64)
