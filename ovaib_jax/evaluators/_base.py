@@ -1,0 +1,291 @@
+"""What every evaluator shares: the :class:`Embedded` arrays of a split, :func:`embed_split`
+to compute them, target descriptions, config parsing and the :class:`Evaluator` base.
+
+Evaluators never see a model: the caller embeds a split once (host numpy) and every
+evaluator works on those precomputed arrays.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+TARGET_KINDS = ("classification", "regression")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetInfo:
+    """A prediction target, duck-type compatible with ``ovaib_jax.data.Target``.
+
+    Attributes:
+      name: key in :attr:`Embedded.targets`.
+      kind: ``"classification"`` (integer ids in ``[0, num_classes)``) or ``"regression"``.
+      num_classes: number of classes (classification), else None.
+      dim: output dimension (regression), else None.
+    """
+
+    name: str
+    kind: str
+    num_classes: int | None = None
+    dim: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"Target {self.name!r}: kind must be one of {TARGET_KINDS}.")
+
+
+def _as_target_info(t: Any) -> TargetInfo:
+    return TargetInfo(t.name, t.kind, getattr(t, "num_classes", None), getattr(t, "dim", None))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Embedded:
+    """A split embedded by a (frozen) model, as host numpy arrays.
+
+    Attributes:
+      z: (M, N, d) projection-head embeddings (for retrieval and MI bounds), or None.
+      reps: ``{modality: (N, r_m)}`` encoder representations (for probes); may be empty.
+      targets: ``{target: (N,) or (N, k)}``: integer class ids or float regression values.
+      modality_names: the M modality names, in the order of ``z``'s first axis.
+      target_specs: optional ``{target: Target}`` (``ovaib_jax.data.Target`` or
+        :class:`TargetInfo`); a target without a spec is inferred by :meth:`target_info`
+        (integer dtype -> classification, float -> regression).
+    """
+
+    z: np.ndarray | None
+    reps: Mapping[str, np.ndarray]
+    targets: Mapping[str, np.ndarray]
+    modality_names: tuple[str, ...]
+    target_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        names = tuple(self.modality_names)
+        object.__setattr__(self, "modality_names", names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"Embedded: duplicate modality names {names}.")
+        sizes: dict[str, int] = {}
+        if self.z is not None:
+            z = np.asarray(self.z)
+            if z.ndim != 3 or z.shape[0] != len(names):
+                raise ValueError(
+                    f"Embedded: z must have shape (M, N, d) with M = {len(names)} modalities "
+                    f"{names}; got {z.shape}."
+                )
+            object.__setattr__(self, "z", z)
+            sizes["z"] = z.shape[1]
+        reps = {}
+        for k, v in self.reps.items():
+            if k not in names:
+                raise ValueError(f"Embedded: reps has {k!r}, not one of the modalities {names}.")
+            v = np.asarray(v)
+            reps[k] = v.reshape(v.shape[0], -1) if v.ndim != 2 else v
+            sizes[f"reps[{k!r}]"] = v.shape[0]
+        object.__setattr__(self, "reps", reps)
+        targets = {k: np.asarray(v) for k, v in self.targets.items()}
+        for k, v in targets.items():
+            if v.ndim not in (1, 2):
+                raise ValueError(f"Embedded: target {k!r} must be (N,) or (N, k); got {v.shape}.")
+            sizes[f"targets[{k!r}]"] = v.shape[0]
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "target_specs", dict(self.target_specs))
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"Embedded: arrays disagree on the number of examples N: {sizes}.")
+
+    @property
+    def num_examples(self) -> int:
+        """N."""
+        if self.z is not None:
+            return int(self.z.shape[1])
+        for v in (*self.reps.values(), *self.targets.values()):
+            return int(v.shape[0])
+        return 0
+
+    @property
+    def num_modalities(self) -> int:
+        """M."""
+        return len(self.modality_names)
+
+    def modality_index(self, m: str | int) -> int:
+        """Index in ``z`` of a modality given by name or (possibly negative) index."""
+        if isinstance(m, (int, np.integer)) and not isinstance(m, bool):
+            if not -self.num_modalities <= m < self.num_modalities:
+                raise ValueError(f"Modality index {m} out of range for {self.modality_names}.")
+            return int(m) % self.num_modalities
+        if m not in self.modality_names:
+            raise ValueError(f"Unknown modality {m!r}; modalities are {self.modality_names}.")
+        return self.modality_names.index(m)
+
+    def features(self, modalities: Sequence[str]) -> np.ndarray:
+        """The representations of ``modalities`` concatenated: (N, sum of their r_m)."""
+        missing = [m for m in modalities if m not in self.reps]
+        if missing:
+            raise ValueError(
+                f"Embedded: no representations for {missing}; have {sorted(self.reps)}."
+            )
+        return np.concatenate([self.reps[m].astype(np.float32) for m in modalities], axis=1)
+
+    def target_info(self, name: str) -> TargetInfo:
+        """The spec of target ``name``: given in ``target_specs``, else inferred."""
+        if name not in self.targets:
+            raise ValueError(f"Unknown target {name!r}; targets are {sorted(self.targets)}.")
+        if name in self.target_specs:
+            return _as_target_info(self.target_specs[name])
+        y = self.targets[name]
+        if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            if y.ndim != 1:
+                raise ValueError(f"Integer target {name!r} must be (N,); got {y.shape}.")
+            return TargetInfo(name, "classification", num_classes=int(y.max(initial=0)) + 1)
+        return TargetInfo(name, "regression", dim=1 if y.ndim == 1 else int(y.shape[1]))
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """A (possibly sharded, possibly multi-process) array as a host numpy array."""
+    if hasattr(x, "is_fully_addressable") and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def embed_split(
+    embed_fn: Callable[[Mapping[str, Any]], Any],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    spec: Any = None,
+    modality_names: Sequence[str] | None = None,
+    target_names: Sequence[str] | None = None,
+    valid_key: str | None = None,
+    max_batches: int | None = None,
+) -> Embedded:
+    """Runs ``embed_fn`` over ``batches`` and concatenates the results on the host.
+
+    Args:
+      embed_fn: (jitted) ``batch -> (z, reps)`` with z of shape (M, B, d) and reps
+        ``{modality: (B, r)}`` (``MultiModalModel.apply(variables, batch)``), or
+        ``batch -> z`` (then :attr:`Embedded.reps` is empty).
+      batches: an iterable of dict batches ``{modality: (B, ...), target: (B, ...)}``,
+        e.g. ``ovaib_jax.data.make_iterator(src, batch_size=B, num_epochs=1, ...)``.
+        Every example must appear once: an iterator that drops the last partial batch
+        drops those examples (pad it and pass ``valid_key`` instead).
+      spec: an ``ovaib_jax.data.DatasetSpec``: supplies modality names, target names and
+        target kinds when the two arguments below are None.
+      modality_names: names of z's M modalities (default: spec, else the keys of reps,
+        else ``m0, m1, ...``).
+      target_names: batch keys to keep as targets (default: the spec's targets, else none).
+      valid_key: a boolean (B,) batch key marking real rows (padding rows are dropped).
+      max_batches: stop after this many batches.
+
+    Returns:
+      The :class:`Embedded` split (float32 z and reps, targets as given).
+    """
+    zs: list[np.ndarray] = []
+    reps: dict[str, list[np.ndarray]] = {}
+    targets: dict[str, list[np.ndarray]] = {}
+    if target_names is None:
+        target_names = [t.name for t in spec.targets] if spec is not None else []
+    target_names = list(target_names)
+    count = 0
+    for batch in batches:
+        if max_batches is not None and count >= max_batches:
+            break
+        count += 1
+        out = embed_fn(batch)
+        z, r = out if isinstance(out, tuple) else (out, {})
+        keep = None if valid_key is None else _to_host(batch[valid_key]).astype(bool)
+        zh = _to_host(z).astype(np.float32)
+        zs.append(zh if keep is None else zh[:, keep])
+        for k, v in (r or {}).items():
+            vh = _to_host(v).astype(np.float32)
+            vh = vh.reshape(vh.shape[0], -1)
+            reps.setdefault(k, []).append(vh if keep is None else vh[keep])
+        for t in target_names:
+            if t not in batch:
+                raise KeyError(f"embed_split: batch lacks target {t!r}; it has {sorted(batch)}.")
+            vh = _to_host(batch[t])
+            targets.setdefault(t, []).append(vh if keep is None else vh[keep])
+    if not zs:
+        raise ValueError("embed_split: no batches.")
+    z_all = np.concatenate(zs, axis=1)
+    if modality_names is None:
+        if spec is not None:
+            modality_names = tuple(m.name for m in spec.modalities)
+        elif reps:
+            modality_names = tuple(reps)
+        else:
+            modality_names = tuple(f"m{i}" for i in range(z_all.shape[0]))
+    specs = {t.name: t for t in spec.targets} if spec is not None else {}
+    return Embedded(
+        z=z_all,
+        reps={k: np.concatenate(v) for k, v in reps.items()},
+        targets={k: np.concatenate(v) for k, v in targets.items()},
+        modality_names=tuple(modality_names),
+        target_specs={k: v for k, v in specs.items() if k in targets},
+    )
+
+
+# --------------------------------------------------------------------------- configs
+
+C = TypeVar("C")
+
+
+def parse_config(cls: type[C], config: Mapping[str, Any] | None, evaluator: str) -> C:
+    """``cls(**config)`` for a config dataclass; unknown keys raise a ValueError listing
+    the valid ones. Accepts a dict or an ``ml_collections.ConfigDict``; lists become
+    tuples (configs travel through JSON)."""
+    if config is None:
+        config = {}
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"Evaluator {evaluator!r}: unknown config key(s) {unknown}; valid keys: {fields}."
+        )
+
+    def fix(v):
+        if isinstance(v, list):
+            return tuple(fix(x) for x in v)
+        if isinstance(v, tuple):
+            return tuple(fix(x) for x in v)
+        return v
+
+    return cls(**{k: fix(v) for k, v in config.items()})
+
+
+class Evaluator(abc.ABC):
+    """Base of the evaluators: ``Evaluator(**config).run(train, test, objective=, seed=)``.
+
+    Subclasses set :attr:`name` and :attr:`Config` (a frozen dataclass of the config keys
+    with their defaults); ``self.config`` is the parsed config.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, **config: Any):
+        self.config = parse_config(self.Config, config, self.name)
+
+    @abc.abstractmethod
+    def run(
+        self,
+        train: Embedded | None,
+        test: Embedded,
+        *,
+        objective: str | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Flat ``{metric: value}`` (floats; a markdown string under ``"table"``)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def require_objective(objective: str | None, evaluator: str) -> str:
+    if not objective:
+        raise ValueError(f"Evaluator {evaluator!r} needs objective=<objective name>.")
+    return objective

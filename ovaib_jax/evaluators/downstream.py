@@ -1,0 +1,223 @@
+"""Downstream probes on frozen representations (SPEC section 5): ``downstream`` on one set
+of modalities and ``modality_subsets`` on every non-empty subset (the paper's
+modality-agnostic tables). The probe protocol is documented in
+:mod:`ovaib_jax.evaluators.probe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ovaib_jax.evaluators import report
+from ovaib_jax.evaluators._base import Embedded, Evaluator, TargetInfo
+from ovaib_jax.evaluators.probe import ProbeConfig, fit_probes
+
+
+def resolve_target(name: str, train: Embedded, test: Embedded) -> TargetInfo:
+    """The target's spec (from ``target_specs``, else inferred from both splits)."""
+    info = train.target_info(name)
+    if name not in train.target_specs and info.kind == "classification":
+        top = max(int(train.targets[name].max(initial=0)), int(test.targets[name].max(initial=0)))
+        info = dataclasses.replace(info, num_classes=top + 1)
+    return info
+
+
+def _targets(names: Sequence[str] | None, train: Embedded, test: Embedded) -> list[TargetInfo]:
+    names = list(train.targets) if names is None else list(names)
+    if not names:
+        raise ValueError(
+            "No targets to probe: the train split carries none (pass target_names= or a "
+            "spec to embed_split)."
+        )
+    for t in names:
+        if t not in train.targets or t not in test.targets:
+            raise ValueError(
+                f"Target {t!r} missing from the train or test split; train has "
+                f"{sorted(train.targets)}, test has {sorted(test.targets)}."
+            )
+    return [resolve_target(t, train, test) for t in names]
+
+
+def _check_modalities(mods: Sequence[str], train: Embedded, test: Embedded) -> None:
+    for split, e in (("train", train), ("test", test)):
+        missing = [m for m in mods if m not in e.reps]
+        if missing:
+            raise ValueError(
+                f"No {split} representations for modalities {missing}; have {sorted(e.reps)}."
+            )
+
+
+def _metric_names(info: TargetInfo) -> tuple[str, ...]:
+    if info.kind == "classification":
+        return ("accuracy", "loss", "val_loss", "best_epoch", "epochs")
+    return ("mse", "r2", "val_loss", "best_epoch", "epochs")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamConfig(ProbeConfig):
+    """``downstream`` config: the :class:`ProbeConfig` keys plus
+
+    Attributes:
+      modalities: modality names whose representations are concatenated (None: all).
+      targets: target names to probe, one probe each (None: every target of the split).
+    """
+
+    modalities: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+
+
+class Downstream(Evaluator):
+    """Probe on the concatenated frozen representations of the chosen modalities.
+
+    Results (per target ``t``): classification ``t/accuracy`` (fraction in [0, 1]),
+    ``t/loss`` (test cross-entropy); regression ``t/mse`` (target units), ``t/r2``; and
+    ``t/val_loss``, ``t/best_epoch``, ``t/epochs``. ``objective`` is ignored.
+    """
+
+    name = "downstream"
+    Config = DownstreamConfig
+
+    def run(
+        self,
+        train: Embedded | None,
+        test: Embedded,
+        *,
+        objective: str | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        del objective
+        if train is None:
+            raise ValueError("downstream: needs the train split's representations.")
+        cfg = self.config
+        mods = list(cfg.modalities or train.modality_names)
+        _check_modalities(mods, train, test)
+        x_tr, x_te = train.features(mods), test.features(mods)
+        out: dict[str, Any] = {}
+        for info in _targets(cfg.targets, train, test):
+            (r,) = fit_probes(
+                x_tr, train.targets[info.name], x_te, test.targets[info.name], info, cfg, seed
+            )
+            out.update({f"{info.name}/{k}": v for k, v in r.items()})
+        return out
+
+
+def subsets(names: Sequence[str], max_size: int | None = None) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``names`` (up to ``max_size``), by size then in order."""
+    top = len(names) if max_size is None else max_size
+    return [c for k in range(1, top + 1) for c in itertools.combinations(names, k)]
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    """``("resp", "ecg") -> "resp+ecg"``."""
+    return "+".join(subset)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySubsetsConfig(ProbeConfig):
+    """``modality_subsets`` config: the :class:`ProbeConfig` keys plus
+
+    Attributes:
+      targets: target names (None: every target of the split).
+      modalities: the modalities to combine (None: all of the split's).
+      batch_subsets: train the probes of all subsets of equal feature width in one
+        vmapped compiled call (False: one call per subset; same protocol).
+      max_stack: at most this many subsets per vmapped call (bounds the memory of the
+        stacked features, S x N x width; None: no limit).
+      table_digits: decimals of the accuracy (%) cells of the table; MSE cells get
+        ``table_digits + 2`` decimals.
+    """
+
+    targets: tuple[str, ...] | None = None
+    modalities: tuple[str, ...] | None = None
+    batch_subsets: bool = True
+    max_stack: int | None = None
+    table_digits: int = 2
+
+
+class ModalitySubsets(Evaluator):
+    """The downstream probe for every non-empty subset of modalities (2^M - 1 rows).
+
+    Results: ``{subset}/{target}/{metric}`` with the metrics of ``downstream`` (subset
+    names join modality names with ``+``, e.g. ``rgb+force``), and ``table``: a markdown
+    table, rows = subsets (by size, then in modality order), columns = targets, cells
+    test accuracy in % (classification) or test MSE (regression), like the paper's
+    modality-agnostic tables. Probes of subsets whose concatenated features have the
+    same width are trained together (one compiled, vmapped call per width and target),
+    with the same seed as a single ``downstream`` run on that subset.
+    """
+
+    name = "modality_subsets"
+    Config = ModalitySubsetsConfig
+
+    def run(
+        self,
+        train: Embedded | None,
+        test: Embedded,
+        *,
+        objective: str | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        del objective
+        if train is None:
+            raise ValueError("modality_subsets: needs the train split's representations.")
+        cfg = self.config
+        mods = list(cfg.modalities or train.modality_names)
+        _check_modalities(mods, train, test)
+        rows = subsets(mods)
+        infos = _targets(cfg.targets, train, test)
+        widths = {m: train.reps[m].shape[1] for m in mods}
+        groups: dict[Any, list[tuple[str, ...]]] = {}
+        for s in rows:
+            key = sum(widths[m] for m in s) if cfg.batch_subsets else len(groups)
+            groups.setdefault(key, []).append(s)
+        if cfg.max_stack:
+            step = max(1, cfg.max_stack)
+            groups = {
+                (k, i): g[i : i + step] for k, g in groups.items() for i in range(0, len(g), step)
+            }
+        per: dict[tuple[str, ...], dict[str, dict[str, float]]] = {s: {} for s in rows}
+        for group in groups.values():
+            x_tr = np.stack([train.features(s) for s in group])
+            x_te = np.stack([test.features(s) for s in group])
+            for info in infos:
+                res = fit_probes(
+                    x_tr, train.targets[info.name], x_te, test.targets[info.name], info, cfg, seed
+                )
+                for s, r in zip(group, res):
+                    per[s][info.name] = r
+        out: dict[str, Any] = {}
+        for s in rows:
+            for t, r in per[s].items():
+                out.update({f"{subset_name(s)}/{t}/{k}": v for k, v in r.items()})
+        out["table"] = subsets_table(
+            {subset_name(s): per[s] for s in rows}, infos, digits=cfg.table_digits
+        )
+        return out
+
+
+def subsets_table(
+    per_subset: dict[str, dict[str, dict[str, float]]],
+    infos: Sequence[TargetInfo],
+    *,
+    digits: int = 2,
+) -> str:
+    """Markdown table: rows = subsets, columns = targets (accuracy % or MSE)."""
+    header = ["modalities"] + [
+        f"{i.name} acc. (%)" if i.kind == "classification" else f"{i.name} MSE" for i in infos
+    ]
+    body = []
+    for s, per_t in per_subset.items():
+        cells = [s]
+        for i in infos:
+            r = per_t[i.name]
+            if i.kind == "classification":
+                cells.append(f"{100.0 * r['accuracy']:.{digits}f}")
+            else:
+                cells.append(f"{r['mse']:.{digits + 2}f}")
+        body.append(cells)
+    return report.markdown_table(header, body)

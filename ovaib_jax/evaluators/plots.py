@@ -1,0 +1,259 @@
+"""Figures as PNG files, drawn with matplotlib's Agg canvas (no pyplot, no display, no
+global backend switch, so it is safe in scripts, tests and threads).
+
+* :func:`plot_training_curves`: scalars of ``metrics.jsonl`` files against ``step``.
+* :func:`plot_subset_heatmap`: objectives x modality subsets (accuracy or MSE).
+* :func:`plot_retrieval_bars`: grouped bars of retrieval metrics, with std error bars
+  when values are given per seed.
+* :func:`plot_embedding_pca`: 2-D PCA (numpy SVD) of embeddings coloured by label.
+
+Every function returns the path written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PathLike = str | os.PathLike
+
+
+def _save(fig: Figure, out_path: PathLike, dpi: int = 120) -> str:
+    out_path = os.fspath(out_path)
+    parent = os.path.dirname(out_path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out_path, dpi=dpi, bbox_inches="tight")
+    return out_path
+
+
+def read_metrics(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (one JSON object a line, with ``step``)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    head = np.array([y[: i + 1].mean() for i in range(window - 1)])
+    return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
+
+
+def plot_training_curves(
+    runs: Mapping[str, PathLike] | Sequence[PathLike],
+    out_path: PathLike,
+    *,
+    keys: Sequence[str] = ("loss",),
+    smooth: int = 1,
+    title: str = "",
+) -> str:
+    """One panel per metric key, one line per run (x = ``step``).
+
+    Args:
+      runs: ``{label: metrics.jsonl path}`` or paths (labelled by their directory).
+      out_path: PNG path.
+      keys: metric names to plot (records without a key are skipped for that key).
+      smooth: moving-average window (1: raw).
+      title: figure title.
+    """
+    if not isinstance(runs, Mapping):
+        paths = [os.fspath(p) for p in runs]
+        labels = [os.path.basename(os.path.dirname(p)) or p for p in paths]
+        if len(set(labels)) < len(labels):  # ambiguous directory names: full paths
+            labels = paths
+        runs = dict(zip(labels, paths))
+    fig = Figure(figsize=(4.5 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for label, path in runs.items():
+        records = read_metrics(path)
+        for ax, key in zip(axes, keys):
+            pts = [(r["step"], r[key]) for r in records if key in r and "step" in r]
+            if not pts:
+                continue
+            x, y = np.asarray(pts, np.float64).T
+            ax.plot(x, _smooth(y, smooth), label=str(label), lw=1.2)
+    for ax, key in zip(axes, keys):
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_path)
+
+
+def plot_subset_heatmap(
+    scores: Mapping[str, Mapping[str, float]],
+    out_path: PathLike,
+    *,
+    subsets: Sequence[str] | None = None,
+    title: str = "",
+    fmt: str = ".1f",
+    scale: float = 1.0,
+    higher_is_better: bool = True,
+) -> str:
+    """Heatmap, rows = objectives, columns = modality subsets, one number per cell.
+
+    Args:
+      scores: ``{objective: {subset: value}}`` (e.g. accuracy, or MSE).
+      out_path: PNG path.
+      subsets: column order (default: first appearance).
+      title: figure title. fmt: cell number format. scale: multiplies values.
+      higher_is_better: colour map direction (bright = better).
+    """
+    rows = list(scores)
+    cols = list(subsets or dict.fromkeys(s for per in scores.values() for s in per))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if c in scores[r]:
+                grid[i, j] = float(scores[r][c]) * scale
+    fig = Figure(figsize=(max(4.0, 0.9 * len(cols) + 2), max(2.5, 0.5 * len(rows) + 1.5)))
+    ax = fig.subplots()
+    im = ax.imshow(grid, cmap="viridis" if higher_is_better else "viridis_r", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    finite = grid[np.isfinite(grid)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(grid[i, j]):
+                bright = (grid[i, j] > mid) == higher_is_better
+                ax.text(
+                    j,
+                    i,
+                    format(grid[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if bright else "white",
+                )
+    fig.colorbar(im, ax=ax)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_path)
+
+
+def plot_retrieval_bars(
+    results: Mapping[str, Mapping[str, float | Sequence[float]]],
+    out_path: PathLike,
+    *,
+    metrics: Sequence[str] | None = None,
+    title: str = "",
+) -> str:
+    """Grouped bars: groups = metrics (e.g. ``R@1``, ``mAP``), one bar per objective.
+
+    Args:
+      results: ``{objective: {metric: value or [value per seed]}}``; per-seed lists are
+        drawn as mean with a sample-std error bar.
+      out_path: PNG path.
+      metrics: metric order (default: first appearance).
+      title: figure title.
+    """
+    labels = list(results)
+    metrics = list(metrics or dict.fromkeys(k for per in results.values() for k in per))
+    width = 0.8 / max(1, len(labels))
+    fig = Figure(figsize=(max(4.0, 1.2 * len(metrics) + 2), 3.4))
+    ax = fig.subplots()
+    x = np.arange(len(metrics))
+    for i, label in enumerate(labels):
+        means, stds = [], []
+        for m in metrics:
+            v = np.atleast_1d(np.asarray(results[label].get(m, np.nan), np.float64))
+            means.append(v.mean())
+            stds.append(v.std(ddof=1) if v.size > 1 else 0.0)
+        ax.bar(
+            x + (i - (len(labels) - 1) / 2) * width, means, width, yerr=stds, label=label, capsize=2
+        )
+    ax.set_xticks(x, metrics)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_path)
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """The first two principal components of the rows of ``x`` (n, d) -> (n, 2), by SVD of
+    the centred matrix (signs fixed so each component's largest loading is positive)."""
+    x = np.asarray(x, np.float64)
+    xc = x - x.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    comps = vt[:2]
+    signs = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
+    comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
+    out = xc @ comps.T
+    if out.shape[1] < 2:
+        out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+    return out
+
+
+_MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
+
+
+def plot_embedding_pca(
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    out_path: PathLike,
+    *,
+    modality_names: Sequence[str] | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+    title: str = "",
+) -> str:
+    """Scatter of a joint 2-D PCA of test embeddings, coloured by label.
+
+    Args:
+      z: (N, d) or (M, N, d) embeddings; with M modalities all M*N points share one PCA
+        and each modality gets its own marker.
+      labels: (N,) class labels (colour), or None.
+      out_path: PNG path.
+      modality_names: legend names of the M modalities.
+      max_points: at most this many samples (seeded subsample), for readability.
+      seed: subsampling seed. title: figure title.
+    """
+    z = np.asarray(z, np.float64)
+    if z.ndim == 2:
+        z = z[None]
+    if z.ndim != 3:
+        raise ValueError(f"plot_embedding_pca: z must be (N, d) or (M, N, d), got {z.shape}.")
+    m, n, d = z.shape
+    keep = np.arange(n)
+    if n > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    proj = pca_2d(z[:, keep].reshape(-1, d)).reshape(m, len(keep), 2)
+    names = list(modality_names or [f"m{i}" for i in range(m)])
+    fig = Figure(figsize=(5.0, 4.2))
+    ax = fig.subplots()
+    colour = None if labels is None else np.asarray(labels).reshape(n)[keep]
+    sc = None
+    for i in range(m):
+        sc = ax.scatter(
+            proj[i, :, 0],
+            proj[i, :, 1],
+            c=colour,
+            cmap="tab10" if colour is not None else None,
+            marker=_MARKERS[i % len(_MARKERS)],
+            s=10,
+            alpha=0.7,
+            label=names[i],
+        )
+    if m > 1:
+        ax.legend(fontsize=7, markerscale=1.5)
+    if colour is not None and sc is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    if title:
+        ax.set_title(title)
+    return _save(fig, out_path)

@@ -1,0 +1,101 @@
+"""Probes: separable classes, linear regression, early stopping, the subset table.
+
+Every test uses the same data sizes and probe configs where it can, so the compiled
+trainers are shared (one compile per config and shape)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ovaib_jax import evaluators
+from ovaib_jax.evaluators import Embedded
+
+NAMES = ("a", "b", "c")
+N_TRAIN, N_TEST, WIDTH = 200, 100, 4
+FAST = dict(hidden=(16, 16, 16), learning_rate=1e-2, batch_size=32, max_epochs=40, patience=40)
+
+
+def _split(seed: int, n: int) -> Embedded:
+    """3 modalities of width 4; the class is a linear function of modality "a" only (well
+    separated), and "reg" is an exact linear function of all reps."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(100).normal(size=(3, WIDTH)) * 4.0
+    w = np.random.default_rng(101).normal(size=(3 * WIDTH, 2))
+    y = rng.integers(0, 3, n)
+    reps = {
+        "a": centers[y] + 0.3 * rng.normal(size=(n, WIDTH)),
+        "b": rng.normal(size=(n, WIDTH)),
+        "c": rng.normal(size=(n, WIDTH)),
+    }
+    reg = np.concatenate([reps[m] for m in NAMES], axis=1) @ w + 5.0
+    targets = {"label": y, "reg": reg.astype(np.float32)}
+    return Embedded(None, reps, targets, NAMES)
+
+
+TRAIN, TEST = _split(0, N_TRAIN), _split(1, N_TEST)
+
+
+@pytest.mark.parametrize("probe", ["linear", "mlp"])
+def test_separable_classes_give_full_accuracy(probe):
+    ev = evaluators.get("downstream")(probe=probe, targets=["label"], **FAST)
+    r = ev.run(TRAIN, TEST, seed=0)
+    assert r["label/accuracy"] >= 0.99
+    assert r["label/loss"] < 0.1
+    assert 1 <= r["label/best_epoch"] <= r["label/epochs"] <= FAST["max_epochs"]
+    assert ev.run(TRAIN, TEST, seed=0) == r  # seeded
+
+
+def test_linear_regression_target_gives_near_zero_mse():
+    # Constant-step Adam has a noise floor: 200 epochs reach MSE ~ 1e-4 x variance here.
+    ev = evaluators.get("downstream")(probe="linear", targets=["reg"], **dict(FAST, max_epochs=200))
+    r = ev.run(TRAIN, TEST, seed=0)
+    var = float(np.var(TEST.targets["reg"]))
+    assert r["reg/mse"] < 1e-3 * var, (r["reg/mse"], var)  # reported in target units
+    assert r["reg/r2"] > 0.999
+
+
+def test_uninformative_modality_is_at_chance_and_early_stopping_stops():
+    cfg = dict(FAST, max_epochs=300, patience=3, probe="linear")
+    r = evaluators.get("downstream")(modalities=["b"], targets=["label"], **cfg).run(
+        TRAIN, TEST, seed=0
+    )
+    assert r["label/accuracy"] < 0.55  # chance 1/3; no information in "b"
+    assert r["label/epochs"] < 300
+    assert r["label/epochs"] == r["label/best_epoch"] + 3
+
+
+def test_modality_subsets_table_has_every_subset():
+    ev = evaluators.get("modality_subsets")(probe="linear", targets=["label"], **FAST)
+    r = ev.run(TRAIN, TEST, seed=0)
+    rows = ["a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"]
+    table = r["table"].splitlines()
+    assert len(table) == 2 + 2**3 - 1
+    assert [line.split("|")[1].strip() for line in table[2:]] == rows
+    for s in rows:  # "a" carries the class; subsets without it are near chance
+        acc = r[f"{s}/label/accuracy"]
+        assert (acc >= 0.99) if "a" in s else (acc < 0.6), (s, acc)
+    # The a+b+c row is the same probe, same seed, as downstream on all modalities.
+    full = evaluators.get("downstream")(probe="linear", targets=["label"], **FAST).run(
+        TRAIN, TEST, seed=0
+    )
+    assert r["a+b+c/label/accuracy"] == pytest.approx(full["label/accuracy"], abs=0.02)
+    # Unbatched (one compiled call per subset) gives the same numbers up to float noise.
+    one = evaluators.get("modality_subsets")(
+        probe="linear", targets=["label"], modalities=["a", "b"], batch_subsets=False, **FAST
+    ).run(TRAIN, TEST, seed=0)
+    stacked = evaluators.get("modality_subsets")(
+        probe="linear", targets=["label"], modalities=["a", "b"], max_stack=1, **FAST
+    ).run(TRAIN, TEST, seed=0)
+    assert stacked == one  # same compiled calls (one subset each), same numbers
+    assert len(one["table"].splitlines()) == 2 + 3
+    assert one["a+b/label/accuracy"] == pytest.approx(r["a+b/label/accuracy"], abs=0.02)
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match=r"No train representations for modalities \['q'\]"):
+        evaluators.get("downstream")(modalities=["q"]).run(TRAIN, TEST)
+    with pytest.raises(ValueError, match="Target 'nope' missing"):
+        evaluators.get("downstream")(targets=["nope"]).run(TRAIN, TEST)
+    with pytest.raises(ValueError, match="needs the train split"):
+        evaluators.get("modality_subsets")().run(None, TEST)

@@ -1,0 +1,181 @@
+"""Retrieval: known answers, chance level, chunking, ties, label relevance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ovaib_jax import evaluators, losses
+from ovaib_jax.evaluators import Embedded, retrieve
+
+NAMES = ("a", "b", "c")
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _emb(z, labels=None):
+    targets = {} if labels is None else {"label": np.asarray(labels)}
+    return Embedded(np.asarray(z, np.float32), {}, targets, NAMES[: len(z)])
+
+
+def _perfect_z(objective, n=64, d=16, seed=0):
+    """(3, n, d) embeddings where candidate c = modality 2 of sample i is the unique best
+    match of queries (modalities 0, 1) of sample i for ``objective``'s scorer."""
+    rng = np.random.default_rng(seed)
+    q0, q1 = _unit(rng.normal(size=(n, d))), _unit(rng.normal(size=(n, d)))
+    if objective == "pairwise_clip":  # identical embeddings
+        return np.stack([q0, q0, q0])
+    if objective in ("ova_ib", "gram"):  # candidate in the span of the queries
+        a, b = rng.uniform(0.5, 1.5, size=(2, n, 1))
+        return np.stack([q0, q1, _unit(a * q0 - b * q1)])
+    if objective == "triangle":  # candidate = first query: zero area
+        return np.stack([q0, q1, q0])
+    if objective == "symile":  # constant second query: MIP reduces to a dot product
+        return np.stack([q0, np.ones((n, d)), q0])
+    raise AssertionError(objective)
+
+
+@pytest.mark.parametrize("objective", ["pairwise_clip", "ova_ib", "gram", "triangle", "symile"])
+def test_perfect_embeddings_give_r1_and_map_of_one(objective):
+    z = _perfect_z(objective)
+    # pessimistic ties: the strictest convention (a tie with another candidate would fail)
+    ev = evaluators.get("retrieval")(pairs=["a+b->c"], ties="pessimistic", chunk_size=24)
+    r = ev.run(None, _emb(z), objective=objective)
+    assert r["a+b->c/R@1"] == 1.0
+    assert r["a+b->c/mAP"] == pytest.approx(1.0, abs=1e-6)
+    assert r["a+b->c/median_rank"] == 1.0
+    assert r["R@1"] == 1.0 and r["num_candidates"] == 64
+
+
+@pytest.mark.parametrize("objective", ["pairwise_clip", "ova_ib", "gram", "triangle", "symile"])
+def test_random_embeddings_are_at_chance(objective):
+    n = 400
+    z = np.random.default_rng(1).normal(size=(3, n, 16))
+    r = evaluators.get("retrieval")(chunk_size=128).run(None, _emb(z), objective=objective)
+    # Pooled over the 3 default pairs (rest -> c); per query P(rank <= k) = k / n.
+    # Tolerances are 4 binomial standard deviations of one pair (pooling only shrinks them).
+    for k in (1, 5, 10):
+        p = k / n
+        assert abs(r[f"R@{k}"] - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (k, r[f"R@{k}"])
+    # sample median of uniform ranks on 1..n: sd ~ n / (2 sqrt(n)) = 10
+    assert abs(r["median_rank"] - (n + 1) / 2) < 40
+    harmonic = sum(1.0 / i for i in range(1, n + 1))
+    assert abs(r["mAP"] - harmonic / n) < 4 * math.sqrt((math.pi**2 / 6) / n / n)
+    assert set(k.split("/")[0] for k in r if "/" in k) == {"b+c->a", "a+c->b", "a+b->c"}
+
+
+def _reference(scores, relevance, labels, ks):
+    """Literal per-query loop (continuous scores, no ties)."""
+    n = scores.shape[0]
+    hits, aps, firsts = [], [], []
+    for i in range(n):
+        order = np.argsort(-scores[i], kind="stable")
+        rel = (labels[order] == labels[i]) if relevance == "label" else (order == i)
+        ranks = np.flatnonzero(rel) + 1
+        precisions = [(j + 1) / r for j, r in enumerate(ranks)]
+        aps.append(np.mean(precisions))
+        firsts.append(ranks[0])
+        hits.append([ranks[0] <= k for k in ks])
+    hits = np.asarray(hits, float)
+    out = {f"R@{k}": hits[:, j].mean() for j, k in enumerate(ks)}
+    out.update(median_rank=np.median(firsts), mean_rank=np.mean(firsts), mAP=np.mean(aps))
+    return out
+
+
+@pytest.mark.parametrize("relevance", ["index", "label"])
+def test_chunked_equals_unchunked_equals_reference(relevance):
+    n, ks = 50, (1, 3, 10)
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, n)
+    z = rng.normal(size=(3, n, 8)) + 1.5 * rng.normal(size=(4, 8))[labels][None]
+    scorer = losses.get_scorer("pairwise_clip")
+    results = [
+        retrieve(z, ((0, 1), 2), scorer, ks=ks, chunk_size=c, relevance=relevance, labels=labels)
+        for c in (None, 7, 1000)
+    ]
+    for r in results[1:]:
+        assert r == pytest.approx(results[0], rel=1e-6)
+    scores = np.asarray(scorer(z[:2].astype(np.float32), z[2].astype(np.float32)))
+    assert results[0] == pytest.approx(_reference(scores, relevance, labels, ks), rel=1e-5)
+
+
+def test_ties_conventions_on_collapsed_embeddings():
+    n = 40
+    z = np.ones((3, n, 8))  # every score equal
+    harmonic = sum(1.0 / i for i in range(1, n + 1))
+    expected = {
+        "pessimistic": {"R@1": 0.0, "R@10": 0.0, "median_rank": n, "mAP": 1.0 / n},
+        "optimistic": {"R@1": 1.0, "R@10": 1.0, "median_rank": 1.0, "mAP": 1.0},
+        "random": {
+            "R@1": 1.0 / n,
+            "R@10": 10.0 / n,
+            "median_rank": (n + 1) / 2,
+            "mAP": harmonic / n,
+        },
+    }
+    for ties, want in expected.items():
+        r = retrieve(z, ((0, 1), 2), losses.get_scorer("pairwise_clip"), ties=ties, chunk_size=16)
+        for k, v in want.items():
+            assert r[k] == pytest.approx(v, rel=1e-5), (ties, k)
+
+
+def test_label_relevance_with_class_prototypes():
+    """Every candidate of the query's class scores the (tied) maximum: label mAP = 1."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(8), 5)  # 8 classes of 5 (n = 40 and chunks of 16, as above)
+    protos = _unit(rng.normal(size=(8, 16)))[labels]
+    z = np.stack([protos, protos, protos])
+    for ties in ("pessimistic", "optimistic", "random"):
+        ev = evaluators.get("retrieval")(
+            relevance="label", ties=ties, pairs=[(("a", "b"), "c")], chunk_size=16
+        )
+        r = ev.run(None, _emb(z, labels), objective="pairwise_clip")
+        assert r["mAP"] == pytest.approx(1.0, abs=1e-6) and r["R@1"] == 1.0
+    # With index relevance the own sample is one of 5 tied candidates.
+    r = evaluators.get("retrieval")(ties="random", pairs=["a+b->c"], chunk_size=16).run(
+        None, _emb(z, labels), objective="pairwise_clip"
+    )
+    assert r["median_rank"] == pytest.approx(3.0) and r["R@1"] == pytest.approx(1 / 5)
+    assert r["mAP"] == pytest.approx(sum(1 / i for i in range(1, 6)) / 5)
+
+
+def test_pairs_parsing_and_errors():
+    z = np.random.default_rng(4).normal(size=(3, 20, 4))
+    emb = _emb(z)
+    r = evaluators.get("retrieval")(pairs=["a->c", ((0, "b"), -1), ("b", "a")]).run(
+        None, emb, objective="pairwise_clip"
+    )
+    assert {"a->c/R@1", "a+b->c/R@1", "b->a/R@1"} <= set(r)
+    assert r["table"].count("\n") == 2 + 3 - 1  # header, rule, 3 rows
+    with pytest.raises(ValueError, match="not containing the candidate"):
+        evaluators.get("retrieval")(pairs=["a+c->c"]).run(None, emb, objective="pairwise_clip")
+    with pytest.raises(ValueError, match="needs objective"):
+        evaluators.get("retrieval")().run(None, emb)
+    with pytest.raises(ValueError, match="needs a classification target"):
+        evaluators.get("retrieval")(relevance="label").run(None, emb, objective="pairwise_clip")
+
+
+def test_label_random_ties_are_seeded_and_chunk_invariant():
+    n = 40
+    z = np.ones((3, n, 8))
+    labels = np.arange(n) % 4
+    scorer = losses.get_scorer("pairwise_clip")
+
+    def run(**kw):
+        return retrieve(z, ((0, 1), 2), scorer, relevance="label", labels=labels, **kw)
+
+    rand = run(ties="random", chunk_size=None, seed=3)
+    assert run(ties="random", chunk_size=16, seed=3) == rand
+    assert run(ties="random", chunk_size=16, seed=4) != rand
+    lo = run(ties="pessimistic", chunk_size=16)["mAP"]
+    hi = run(ties="optimistic", chunk_size=16)["mAP"]
+    assert lo < rand["mAP"] < hi and hi == 1.0
+    # pessimistic: the 10 relevant candidates come after the 30 others
+    assert lo == pytest.approx(np.mean([(j + 1) / (30 + j + 1) for j in range(10)]))
+    # E[AP] of a uniformly random order, R relevant among N: (H_N + (R-1)/(N-1) (N - H_N)) / N
+    h = sum(1.0 / i for i in range(1, n + 1))
+    assert abs(rand["mAP"] - (h + 9 / 39 * (n - h)) / n) < 0.05
