@@ -1,0 +1,431 @@
+"""Evaluation: evaluators by name, run on restored parameters (no optimizer state).
+
+    python -m ovaib_jax.evaluate --workdir=DIR [--config=experiments/default.py] [--step=N]
+
+restores the model variables of step N (default: the latest good checkpoint), runs every
+evaluator named in ``config.evaluators`` (comma-separated) on ``config.dataset.eval_split``
+and writes ``DIR/eval/results.json`` (``{"step": N, "<evaluator>": {"<metric>": value}}``).
+Without ``--config`` the run's own ``DIR/config.json`` is used.
+
+Evaluators plug in by name (big_vision style). Two kinds:
+
+* :data:`EVALUATORS` here (on batches, with the model): ``heldout_loss`` (the training
+  objective on the eval split) and ``inbatch_retrieval`` (retrieval inside each batch).
+  Each is a class constructed as ``cls(ctx, **kwargs)`` (``ctx`` an
+  :class:`EvalContext`) whose ``run(variables)`` yields ``(metric, value)`` pairs.
+* every name of the ``ovaib_jax.evaluators`` package (``downstream``,
+  ``modality_subsets``, ``retrieval``, ``mi_bounds``, ...), which work on whole embedded
+  splits: :class:`EmbeddedSplitEvaluator` embeds the train and eval splits once with
+  the frozen model and runs them.
+
+kwargs come from ``config.evaluator_kwargs.<name>`` when present. The trainer runs the
+same evaluators every ``eval_every_steps`` and logs their numbers as
+``eval/<evaluator>/<metric>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "EVALUATORS",
+    "EvalContext",
+    "HeldOutLoss",
+    "InBatchRetrieval",
+    "create_evaluators",
+    "evaluate_checkpoint",
+    "run_evaluators",
+]
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator may use: the config, the resolved pieces, mesh, model, objective."""
+
+    config: ml_collections.ConfigDict
+    resolved: Any
+    mesh: jax.sharding.Mesh
+    model: Any
+    objective: Callable[..., Any]
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return self.resolved.modality_names
+
+    @property
+    def eval_batch_size(self) -> int:
+        return int(self.config.get("eval_batch_size") or self.config.batch_size)
+
+    def batches(self) -> Iterator[dict[str, jax.Array]]:
+        """Global batches of the eval split, in order, at most ``config.eval_num_batches``."""
+        from ovaib_jax import train
+
+        it = train.create_data_iterator(
+            self.config,
+            self.config.dataset.eval_split,
+            batch_size=self.eval_batch_size,
+            train=False,
+        )
+        limit = int(self.config.get("eval_num_batches", 0) or 0)
+        count = 0
+        for local in it:
+            if limit and count >= limit:
+                break
+            count += 1
+            yield train.global_batch(local, self.mesh, list(self.modality_names))
+        if count == 0:
+            raise ValueError(
+                f"The eval split {self.config.dataset.eval_split!r} has fewer examples than "
+                f"eval_batch_size={self.eval_batch_size}; lower --config.eval_batch_size."
+            )
+
+    @functools.cached_property
+    def embed(self) -> Callable[[Any, Mapping[str, jax.Array]], jax.Array]:
+        """Jitted ``(variables, batch) -> z`` (M, B, d), replicated on every device."""
+        model = self.model
+
+        def embed(variables, batch):
+            z, _ = model.apply(variables, batch, train=False)
+            return z
+
+        return jax.jit(embed, out_shardings=NamedSharding(self.mesh, P()))
+
+    @functools.cached_property
+    def loss(self) -> Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, dict]]:
+        """Jitted ``(variables, batch) -> (loss, aux)`` with the training objective."""
+        model, objective = self.model, self.objective
+        key = jax.random.key(int(self.config.seed) + 1)
+
+        def loss(variables, batch):
+            z, _ = model.apply(variables, batch, train=False)
+            return objective(z, variables["params"], key)
+
+        return jax.jit(loss, out_shardings=NamedSharding(self.mesh, P()))
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    return np.asarray(x.addressable_data(0))
+
+
+class HeldOutLoss:
+    """The training objective on the eval split: ``loss`` and every aux entry, averaged
+    over batches (each batch its own set of in-batch negatives)."""
+
+    def __init__(self, ctx: EvalContext):
+        self.ctx = ctx
+
+    def run(self, variables: Any) -> Iterator[tuple[str, float]]:
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in self.ctx.batches():
+            loss, aux = self.ctx.loss(variables, batch)
+            for k, v in {"loss": loss, **aux}.items():
+                sums[k] = sums.get(k, 0.0) + float(_host(v))
+            n += 1
+        for k, v in sums.items():
+            yield k, v / n
+
+
+class InBatchRetrieval:
+    """Retrieve modality c of each sample from its other modalities, inside each batch.
+
+    For every target modality c the queries are the remaining modalities of sample i,
+    the candidates modality c of every sample of the batch, scored with the objective's
+    own similarity (``ovaib_jax.losses.get_scorer``). Reports top-1 and top-5 accuracy
+    per target (``<c>/top1``) and their means over targets (``top1``, ``top5``). The
+    rank of the true candidate is the number of candidates scoring strictly higher.
+
+    Args:
+      ctx: the evaluation context.
+      ks: the k of the top-k accuracies.
+    """
+
+    def __init__(self, ctx: EvalContext, ks: tuple[int, ...] = (1, 5)):
+        from ovaib_jax import losses
+
+        self.ctx = ctx
+        self.ks = tuple(ks)
+        scorer = losses.get_scorer(ctx.config.objective.name)
+        m = len(ctx.modality_names)
+        ks_ = self.ks
+
+        def accuracies(z):
+            out = []
+            n = z.shape[1]
+            for c in range(m):
+                scores = scorer(jnp.delete(z, c, axis=0), z[c])  # (N, N)
+                true = jnp.diagonal(scores)
+                # rank of the true candidate: how many score strictly higher
+                rank = jnp.sum(scores > true[:, None], axis=1)
+                out.append(jnp.stack([jnp.mean(rank < min(k, n)) for k in ks_]))
+            return jnp.stack(out)  # (M, len(ks))
+
+        self._accuracies = jax.jit(accuracies)
+
+    def run(self, variables: Any) -> Iterator[tuple[str, float]]:
+        total = None
+        n = 0
+        for batch in self.ctx.batches():
+            z = self.ctx.embed(variables, batch)
+            acc = _host(self._accuracies(z))
+            total = acc if total is None else total + acc
+            n += 1
+        acc = total / n
+        for c, name in enumerate(self.ctx.modality_names):
+            for j, k in enumerate(self.ks):
+                yield f"{name}/top{k}", float(acc[c, j])
+        for j, k in enumerate(self.ks):
+            yield f"top{k}", float(acc[:, j].mean())
+
+
+class EmbeddedSplitEvaluator:
+    """Runs an evaluator of the ``ovaib_jax.evaluators`` package on whole embedded splits.
+
+    The train split (``config.dataset.train_split``, read once in order) and the eval
+    split are embedded with the frozen model (``(z, reps)`` and targets, on the host),
+    then ``ovaib_jax.evaluators.get(name)(**kwargs).run(train, test, objective=, seed=)``.
+    Whole batches only: the last partial batch of each split is not embedded. Numbers
+    are yielded; strings (markdown tables) too, and the trainer logs numbers only.
+
+    Args:
+      ctx: the evaluation context.
+      name: the package evaluator's name.
+      needs_train: embed the train split too (probes); False passes ``train=None``.
+      **kwargs: the evaluator's config keys.
+    """
+
+    def __init__(self, ctx: EvalContext, name: str, needs_train: bool = True, **kwargs: Any):
+        from ovaib_jax import evaluators
+
+        self.ctx = ctx
+        self.name = name
+        self.needs_train = needs_train
+        self.evaluator = evaluators.get(name)(**kwargs)
+
+    def _embedded(self, variables: Any, split: str):
+        from ovaib_jax import evaluators, train
+
+        ctx = self.ctx
+        model = ctx.model
+        names = list(ctx.modality_names)
+        fn = jax.jit(
+            lambda v, b: model.apply(v, b, train=False),
+            out_shardings=NamedSharding(ctx.mesh, P()),
+        )
+
+        def embed(local):
+            z, reps = fn(variables, train.global_batch(local, ctx.mesh, names))
+            return jax.tree.map(_host, (z, reps))
+
+        def batches():
+            it = train.create_data_iterator(
+                ctx.config,
+                split,
+                batch_size=ctx.eval_batch_size,
+                train=False,
+                spec=ctx.resolved.spec,
+            )
+            for local in it:
+                if jax.process_count() > 1:  # targets of every process's rows
+                    from jax.experimental import multihost_utils
+
+                    local = {
+                        k: v
+                        if k in names
+                        else np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                        for k, v in local.items()
+                    }
+                yield local
+
+        spec = ctx.resolved.spec
+        return evaluators.embed_split(
+            embed,
+            batches(),
+            spec=spec,
+            modality_names=names,
+            target_names=[t.name for t in spec.targets],
+        )
+
+    def run(self, variables: Any) -> Iterator[tuple[str, Any]]:
+        cfg = self.ctx.config
+        train_split = (
+            self._embedded(variables, cfg.dataset.train_split) if self.needs_train else None
+        )
+        test_split = self._embedded(variables, cfg.dataset.eval_split)
+        out = self.evaluator.run(
+            train_split, test_split, objective=cfg.objective.name, seed=int(cfg.seed)
+        )
+        yield from out.items()
+
+
+EVALUATORS: dict[str, Callable[..., Any]] = {
+    "heldout_loss": HeldOutLoss,
+    "inbatch_retrieval": InBatchRetrieval,
+}
+
+
+# Package evaluators that read the eval split only (no probe to fit on the train split).
+_EVAL_SPLIT_ONLY = ("retrieval", "mi_bounds")
+
+
+def all_evaluator_names() -> list[str]:
+    """Every name ``config.evaluators`` may hold: :data:`EVALUATORS` and the package's."""
+    from ovaib_jax import evaluators
+
+    return sorted(set(EVALUATORS) | set(evaluators.names()))
+
+
+def evaluator_names(config: ml_collections.ConfigDict) -> list[str]:
+    value = config.get("evaluators") or ""
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return list(value)
+
+
+def create_evaluators(config: ml_collections.ConfigDict, ctx: Any) -> dict[str, Any]:
+    """``{name: evaluator}`` for ``config.evaluators``; ``ctx`` an EvalContext or a train Run."""
+    if not isinstance(ctx, EvalContext):
+        ctx = EvalContext(config, ctx.resolved, ctx.mesh, ctx.model, ctx.objective)
+    kwargs_all = config.get("evaluator_kwargs") or {}
+    out = {}
+    for name in evaluator_names(config):
+        kwargs = kwargs_all.get(name) if hasattr(kwargs_all, "get") else None
+        kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})
+        if name in EVALUATORS:
+            out[name] = EVALUATORS[name](ctx, **kwargs)
+        elif name in all_evaluator_names():
+            needs_train = name not in _EVAL_SPLIT_ONLY
+            out[name] = EmbeddedSplitEvaluator(ctx, name, needs_train=needs_train, **kwargs)
+        else:
+            raise ValueError(
+                f"Unknown evaluator {name!r}; valid evaluators are {all_evaluator_names()}."
+            )
+    return out
+
+
+def run_evaluators(evaluators: Mapping[str, Any], variables: Any) -> dict[str, dict[str, float]]:
+    """Runs every evaluator on ``variables``: ``{evaluator: {metric: value}}``."""
+    return {name: dict(ev.run(variables)) for name, ev in evaluators.items()}
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict[str, Any]:
+    """Restores the model variables of ``step`` (latest good if None) and evaluates them.
+
+    Writes ``WORKDIR/eval/results.json`` (process 0) and returns its content.
+    """
+    from ovaib_jax import checkpointing, configs, train
+
+    train.initialize_distributed(config)
+    resolved = configs.validate_config(config)
+    mesh = train.create_mesh()
+    model = train.create_model(config, resolved)
+    replicated = NamedSharding(mesh, P())
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), train.example_inputs(resolved.modalities))
+    )
+    abstract = {
+        "params": shapes["params"],
+        "batch_stats": shapes.get("batch_stats", {}),
+    }
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+    )
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), read_only=True, async_save=False
+    )
+    try:
+        restored = ckpt.restore({"model": abstract}, step=step, with_data=False)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+    tree = restored.trees["model"]
+    variables = train._variables(tree["params"], tree["batch_stats"])
+    objective = train.make_objective(resolved, model, mesh, config.objective.get("chunk_size", 0))
+    ctx = EvalContext(config, resolved, mesh, model, objective)
+    if evaluator_names(config):
+        evaluators = create_evaluators(config, ctx)
+    else:  # the minimum an evaluation reports
+        evaluators = {"heldout_loss": HeldOutLoss(ctx), "inbatch_retrieval": InBatchRetrieval(ctx)}
+    results: dict[str, Any] = {"step": restored.step, **run_evaluators(evaluators, variables)}
+    if jax.process_index() == 0:
+        out_dir = os.path.join(workdir, "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def load_config(path_or_none: Any, workdir: str) -> ml_collections.ConfigDict:
+    """The ``--config`` given, else the run's ``WORKDIR/config.json``."""
+    if path_or_none is not None:
+        return path_or_none
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No --config given and no {path}.")
+    with open(path) as f:
+        raw = json.load(f)
+    return _to_config(raw)
+
+
+def _to_config(raw: Any) -> ml_collections.ConfigDict:
+    """JSON (lists for tuples) -> a ConfigDict with tuples restored."""
+
+    def fix(x):
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(fix(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(fix(raw))
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/TFDS file-level chatter
+    cfg = load_config(flags.FLAGS.config, flags.FLAGS.workdir)
+    results = evaluate_checkpoint(cfg, flags.FLAGS.workdir, flags.FLAGS.step)
+    if jax.process_index() == 0:
+        json.dump(results, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Experiment config file (default: WORKDIR/config.json).",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "The run's directory (holds checkpoints/).")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest good).")
+    flags.mark_flags_as_required(["workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

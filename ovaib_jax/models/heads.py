@@ -1,0 +1,89 @@
+"""Projection heads ``g_m`` and the learnable One-vs-All projector of the MLP ablation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ovaib_jax.models.encoders import activation
+
+__all__ = ["MLPProjector", "ProjectionHead"]
+
+
+class ProjectionHead(nn.Module):
+    """``num_layers``-layer MLP from representations ``(N, r)`` to embeddings ``(N, d)``.
+
+    The paper uses 3 layers with hidden width = representation dim = 256 and d = 256:
+    Dense(hidden) -> act -> Dense(hidden) -> act -> Dense(out_dim).
+
+    Attributes:
+      out_dim: embedding dimension d.
+      hidden: width of the hidden layers.
+      num_layers: number of Dense layers (>= 1; 1 is a linear head).
+      act: activation name.
+    """
+
+    out_dim: int
+    hidden: int = 256
+    num_layers: int = 3
+    act: str = "relu"
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """``h`` (N, r) -> (N, out_dim)."""
+        for _ in range(self.num_layers - 1):
+            h = activation(self.act)(nn.Dense(self.hidden)(h))
+        return nn.Dense(self.out_dim)(h)
+
+
+class MLPProjector(nn.Module):
+    """The "OVA + MLP projector" ablation (paper Table 4): ``t_m(concat z_-m) -> R^d``.
+
+    One MLP per held-out modality m replaces the projection of ``z_m`` onto the span of
+    the remaining embeddings; the objective scores ``cos(z_m, t_m(z_-m))``.
+
+    Attributes:
+      num_modalities: M (one MLP per held-out modality).
+      out_dim: embedding dimension d.
+      hidden: hidden widths of each MLP.
+      act: activation name.
+    """
+
+    num_modalities: int
+    out_dim: int
+    hidden: Sequence[int] = (256,)
+    act: str = "relu"
+
+    def setup(self):
+        self.mlps = [
+            ProjectionHead(
+                out_dim=self.out_dim,
+                hidden=self.hidden[0] if self.hidden else self.out_dim,
+                num_layers=len(self.hidden) + 1,
+                act=self.act,
+                name=f"held_out_{m}",
+            )
+            for m in range(self.num_modalities)
+        ]
+
+    def __call__(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
+        """Projects the remaining modalities of each sample.
+
+        Args:
+          rest: (M-1, N, d) the other modalities' embeddings of N samples, in modality
+            order with m removed.
+          m: the held-out modality index (a Python int; a traced int selects among the
+            outputs of all M projectors, which costs M times as much).
+
+        Returns:
+          (N, d) the projection ``t_m(concat_k rest[k])``.
+        """
+        k, n, d = rest.shape
+        flat = jnp.transpose(rest, (1, 0, 2)).reshape(n, k * d)
+        if isinstance(m, int):
+            return self.mlps[m % self.num_modalities](flat)
+        outs = jnp.stack([mlp(flat) for mlp in self.mlps])  # (M, N, d)
+        return jnp.take(outs, m, axis=0)

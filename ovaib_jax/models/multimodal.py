@@ -1,0 +1,153 @@
+"""The multi-modal model: a dict of modality batches -> embeddings ``z`` of shape (M, N, d).
+
+``MultiModalModel`` holds, per modality m, an encoder ``f_m`` (representations ``(N, r)``
+used by the downstream probes) and a projection head ``g_m`` (embeddings ``(N, d)`` fed to
+the objective). It also owns what the objectives must not: the learnable temperature
+(CLIP style, ``log tau``) and the MLP projector of the "OVA + MLP projector" ablation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ovaib_jax.models.heads import MLPProjector, ProjectionHead
+
+__all__ = ["EncoderDef", "MultiModalModel"]
+
+# (modality name, encoder registry name, encoder keyword arguments as sorted pairs).
+# Tuples (not dicts) so that the linen module stays hashable.
+EncoderDef = tuple[str, str, tuple[tuple[str, Any], ...]]
+
+
+def _as_float(x: jax.Array) -> jax.Array:
+    """uint8 pixels -> [0, 1] float32; other integer or float inputs -> float32 as is."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 255.0
+    return x.astype(jnp.float32)
+
+
+class MultiModalModel(nn.Module):
+    """Encoders + projection heads for M modalities, stacked into ``z`` (M, N, d).
+
+    Attributes:
+      encoders: one :data:`EncoderDef` per modality, in the order of ``z``'s first axis.
+      representation_dim: r, the output dimension of every encoder.
+      embedding_dim: d, the output dimension of every projection head.
+      head_layers: Dense layers per projection head (3 in the paper).
+      head_hidden: hidden width of the heads (0: same as ``representation_dim``).
+      normalize_embeddings: L2-normalise ``z`` (Symile expects unit vectors; the other
+        objectives normalise or are scale invariant themselves).
+      learnable_temperature: create the ``log_temperature`` parameter.
+      init_temperature: its initial value tau_0 (``log_temperature = log tau_0``).
+      min_temperature, max_temperature: tau is clipped to this range (CLIP clips its
+        logit scale at 100, i.e. tau >= 0.01).
+      projector: create the MLP projector of the ablation (``project`` method).
+      projector_hidden: hidden widths of each projector MLP.
+    """
+
+    encoders: tuple[EncoderDef, ...]
+    representation_dim: int = 256
+    embedding_dim: int = 256
+    head_layers: int = 3
+    head_hidden: int = 0
+    normalize_embeddings: bool = False
+    learnable_temperature: bool = False
+    init_temperature: float = 0.07
+    min_temperature: float = 1e-3
+    max_temperature: float = 10.0
+    projector: bool = False
+    projector_hidden: tuple[int, ...] = (256,)
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(e[0] for e in self.encoders)
+
+    def setup(self):
+        from ovaib_jax.models import get_encoder  # the registry imports this module
+
+        self.encoder_modules = {
+            name: get_encoder(enc)(
+                out_dim=self.representation_dim, **dict(kwargs), name=f"encoder_{name}"
+            )
+            for name, enc, kwargs in self.encoders
+        }
+        self.heads = {
+            name: ProjectionHead(
+                out_dim=self.embedding_dim,
+                hidden=self.head_hidden or self.representation_dim,
+                num_layers=self.head_layers,
+                name=f"head_{name}",
+            )
+            for name, _, _ in self.encoders
+        }
+        if self.learnable_temperature:
+            self.log_temperature = self.param(
+                "log_temperature",
+                nn.initializers.constant(np.log(self.init_temperature)),
+                (),
+                jnp.float32,
+            )
+        if self.projector:
+            self.mlp_projector = MLPProjector(
+                num_modalities=len(self.encoders),
+                out_dim=self.embedding_dim,
+                hidden=tuple(self.projector_hidden),
+                name="projector",
+            )
+
+    def represent(self, inputs: Mapping[str, jax.Array], train: bool = False) -> dict[str, Any]:
+        """Encoder outputs only: ``{modality: (N, r)}`` for the downstream probes."""
+        missing = [n for n in self.modality_names if n not in inputs]
+        if missing:
+            raise KeyError(
+                f"MultiModalModel: batch lacks modalities {missing}; it has {sorted(inputs)}."
+            )
+        return {
+            name: self.encoder_modules[name](_as_float(inputs[name]), train=train)
+            for name in self.modality_names
+        }
+
+    def __call__(
+        self, inputs: Mapping[str, jax.Array], train: bool = False
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Embeds every modality.
+
+        Args:
+          inputs: ``{modality: (N, *shape)}``; extra keys (targets) are ignored.
+          train: BatchNorm uses batch statistics (and updates ``batch_stats``) when True.
+
+        Returns:
+          ``(z, reps)``: z of shape (M, N, d) float32 in the order of ``encoders``, and
+          reps ``{modality: (N, r)}``.
+        """
+        reps = self.represent(inputs, train=train)
+        z = jnp.stack([self.heads[n](reps[n]) for n in self.modality_names])
+        if self.normalize_embeddings:
+            z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-30))
+        if self.is_initializing():
+            # Create every parameter at init, also those only used by other methods.
+            if self.learnable_temperature:
+                self.temperature()
+            if self.projector:
+                for m in range(z.shape[0]):
+                    self.project(jnp.delete(z, m, axis=0), m)
+        return z, reps
+
+    def temperature(self) -> jax.Array:
+        """The learnable temperature tau = exp(log_temperature), clipped; a scalar."""
+        if not self.learnable_temperature:
+            raise ValueError("temperature(): the model was built with learnable_temperature=False.")
+        return jnp.clip(jnp.exp(self.log_temperature), self.min_temperature, self.max_temperature)
+
+    def project(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
+        """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d)."""
+        if not self.projector:
+            raise ValueError("project(): the model was built with projector=False.")
+        return self.mlp_projector(rest, m)

@@ -1,0 +1,196 @@
+"""Encoders, heads and the multi-modal model: shapes, independent forward passes, invariants."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ovaib_jax import models
+from ovaib_jax.data.spec import Modality
+from ovaib_jax.models import encoders, heads
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+KEY = jax.random.key(0)
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_registry_lists_valid_names():
+    assert set(models.ENCODERS) == {"mlp", "cnn1d", "resnet18", "lstm", "small_cnn"}
+    with pytest.raises(ValueError, match="valid encoders are mlp, cnn1d"):
+        models.get_encoder("vit")
+
+
+def test_mlp_matches_numpy_forward():
+    mlp = encoders.MLP(out_dim=3, hidden=(5, 4), act="leaky_relu")
+    x = jax.random.normal(KEY, (6, 2, 4))  # flattened to (6, 8)
+    params = mlp.init(KEY, x)["params"]
+    h = np.asarray(x).reshape(6, -1)
+    for i in range(2):
+        h = h @ np.asarray(params[f"Dense_{i}"]["kernel"]) + np.asarray(
+            params[f"Dense_{i}"]["bias"]
+        )
+        h = np.where(h > 0, h, 0.01 * h)
+    h = h @ np.asarray(params["Dense_2"]["kernel"]) + np.asarray(params["Dense_2"]["bias"])
+    np.testing.assert_allclose(mlp.apply({"params": params}, x), h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [7, 32, 3500])
+def test_cnn1d_any_length(length):
+    enc = encoders.CNN1D(out_dim=5, features=(4, 8))
+    x = jax.random.normal(KEY, (3, length, 2))
+    params = enc.init(KEY, x)
+    # Same parameters for every length: the global pooling makes them length-agnostic.
+    assert _count(params) == _count(enc.init(KEY, x[:, :7]))
+    assert enc.apply(params, x).shape == (3, 5)
+    # A (N, T) signal is a single channel.
+    single = enc.init(KEY, x[..., 0])
+    np.testing.assert_array_equal(enc.apply(single, x[..., 0]), enc.apply(single, x[..., :1]))
+
+
+def test_cnn1d_global_average_of_constant_signal():
+    """Constant input, kernel 1: every time step identical, so the length cannot matter."""
+    enc = encoders.CNN1D(out_dim=4, features=(6,), kernel_size=1, strides=1)
+    x = jnp.ones((2, 10, 3))
+    params = enc.init(KEY, x)
+    np.testing.assert_allclose(enc.apply(params, x), enc.apply(params, jnp.ones((2, 37, 3))), 1e-6)
+
+
+def test_resnet18_parameter_count_matches_torchvision():
+    """torchvision resnet18 has 11,176,512 parameters besides its classifier (3 channels)."""
+    enc = encoders.ResNet18(out_dim=10)
+    shapes = jax.eval_shape(lambda: enc.init(KEY, jnp.zeros((1, 64, 64, 3))))
+    assert _count(shapes["params"]) == 11_176_512 + 512 * 10 + 10
+    # 32 input channels (MuJoCo stacks) only change the stem: 7*7*(32-3)*64 more weights.
+    shapes32 = jax.eval_shape(lambda: enc.init(KEY, jnp.zeros((1, 64, 64, 32))))
+    assert _count(shapes32["params"]) - _count(shapes["params"]) == 7 * 7 * 29 * 64
+
+
+def test_resnet18_batchnorm_statistics():
+    enc = encoders.ResNet18(out_dim=4, width=4, stage_sizes=(1, 1))
+    x = jax.random.normal(KEY, (4, 16, 16, 2)) * 3 + 1
+    variables = enc.init(KEY, x)
+    assert "batch_stats" in variables
+    out, upd = enc.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(upd["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    # Training mode normalises with the batch's statistics, eval mode with the running ones.
+    assert not np.allclose(out, enc.apply(variables, x, train=False))
+    # Channel tiling (depth 1 -> 3 channels) gives the same result as tiling by hand.
+    enc3 = encoders.ResNet18(out_dim=4, width=4, stage_sizes=(1,), input_channels=3)
+    d = jax.random.normal(KEY, (2, 8, 8, 1))
+    v3 = enc3.init(KEY, d)
+    plain = encoders.ResNet18(out_dim=4, width=4, stage_sizes=(1,))
+    np.testing.assert_allclose(
+        enc3.apply(v3, d), plain.apply(v3, jnp.tile(d, (1, 1, 1, 3))), rtol=1e-6
+    )
+
+
+def test_lstm_last_state_is_causal():
+    enc = encoders.LSTM(out_dim=3, hidden=8)
+    x = jax.random.normal(KEY, (2, 6, 5))
+    params = enc.init(KEY, x)
+    out = enc.apply(params, x)
+    assert out.shape == (2, 3)
+    # The output reads the whole sequence: both the first and the last step matter.
+    for t in (0, 5):
+        assert not np.allclose(out, enc.apply(params, x.at[:, t].add(1.0)))
+    # ... and only the sequence up to the end: a prefix's output differs from the full one.
+    assert not np.allclose(out, enc.apply(params, x[:, :5]))
+
+
+def test_small_cnn_shapes():
+    enc = encoders.SmallCNN(out_dim=7, features=(4, 8))
+    x = jnp.zeros((2, 28, 28))
+    assert enc.apply(enc.init(KEY, x), x).shape == (2, 7)
+
+
+def test_projection_head_layers():
+    head = heads.ProjectionHead(out_dim=4, hidden=6, num_layers=3)
+    params = head.init(KEY, jnp.zeros((2, 5)))["params"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(5, 6), (6, 6), (6, 4)]
+
+
+def test_mlp_projector_traced_index_matches_static():
+    proj = heads.MLPProjector(num_modalities=3, out_dim=4, hidden=(5,))
+    rest = jax.random.normal(KEY, (2, 6, 4))
+    variables = proj.init(KEY, rest, 0)
+    variables = {
+        "params": {
+            **variables["params"],
+            **proj.init(jax.random.key(1), rest, 1)["params"],
+            **proj.init(jax.random.key(2), rest, 2)["params"],
+        }
+    }
+    for m in range(3):
+        np.testing.assert_allclose(
+            proj.apply(variables, rest, jnp.int32(m)), proj.apply(variables, rest, m), rtol=1e-6
+        )
+    # The input is concat(z_k for k != m) per sample: transposing rows changes the answer.
+    assert not np.allclose(proj.apply(variables, rest, 0), proj.apply(variables, rest[::-1], 0))
+
+
+def _model(**kw):
+    mods = [Modality("a", (5,), "float32", "mlp"), Modality("img", (8, 8, 1), "uint8", "small_cnn")]
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(
+        {
+            "encoders": "",
+            "representation_dim": 6,
+            "embedding_dim": 4,
+            "head_layers": 2,
+            "mlp": {"hidden": (8,), "act": "relu"},
+            "small_cnn": {"features": (4,)},
+            "learnable_temperature": kw.pop("learnable_temperature", False),
+            "projector_hidden": (8,),
+        }
+    )
+    return models.create_model(cfg, mods, **kw), mods
+
+
+def test_multimodal_model_shapes_and_uint8_scaling():
+    model, _ = _model()
+    a = jax.random.normal(KEY, (3, 5))
+    img = jax.random.randint(KEY, (3, 8, 8, 1), 0, 256).astype(jnp.uint8)
+    variables = model.init(KEY, {"a": a, "img": img})
+    (z, reps) = model.apply(variables, {"a": a, "img": img, "label": jnp.zeros(3)})
+    assert z.shape == (2, 3, 4) and reps["a"].shape == reps["img"].shape == (3, 6)
+    z2, _ = model.apply(variables, {"a": a, "img": img.astype(jnp.float32) / 255.0})
+    np.testing.assert_allclose(z, z2, rtol=1e-6)
+    with pytest.raises(KeyError, match="lacks modalities"):
+        model.apply(variables, {"a": a})
+
+
+def test_multimodal_normalisation_temperature_projector():
+    model, _ = _model(
+        normalize_embeddings=True, learnable_temperature=True, init_temperature=0.05, projector=True
+    )
+    inputs = {"a": jnp.ones((3, 5)), "img": jnp.ones((3, 8, 8, 1), jnp.uint8)}
+    variables = model.init(KEY, inputs)
+    z, _ = model.apply(variables, inputs)
+    np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.apply(variables, method=models.MultiModalModel.temperature), 0.05, rtol=1e-6
+    )
+    assert set(variables["params"]["projector"]) == {"held_out_0", "held_out_1"}
+    out = model.apply(variables, z[1:], 0, method=models.MultiModalModel.project)
+    assert out.shape == (3, 4)
+
+
+def test_encoder_overrides():
+    mods = [Modality("a", (5,), "float32", "mlp"), Modality("b", (9, 2), "float32", "cnn1d")]
+    assert models.resolve_encoders(mods, models.parse_encoder_overrides("b = mlp")) == [
+        "mlp",
+        "mlp",
+    ]
+    with pytest.raises(ValueError, match="malformed"):
+        models.parse_encoder_overrides("b:mlp")
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        models.resolve_encoders(mods, {"c": "mlp"})

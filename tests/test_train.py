@@ -1,0 +1,248 @@
+"""The trainer: one real step for every config, sharded == unsharded, the loop end to end,
+evaluation from a checkpoint, non-finite losses.
+
+The test process has 8 fake CPU devices (tests/conftest.py): every step here runs its
+objective inside shard_map over 8 devices and is compared with an unsharded computation.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from ovaib_jax import data, evaluate, losses, models, train
+from tests.train_helpers import ROOT, synthetic_batch, tiny_config
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+EXPERIMENTS = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def reference_loss(run, variables, batch, step: int):
+    """The objective computed without shard_map on the model's outputs (train mode)."""
+    return jax.jit(lambda v, b: _reference_loss(run, v, b, step))(variables, batch)
+
+
+def _reference_loss(run, variables, batch, step: int):
+    (z, _), _ = run.model.apply(variables, batch, train=True, mutable=["batch_stats"])
+    kwargs = dict(run.resolved.hparams)
+    params = variables["params"]
+    if run.resolved.temperature_param:
+        tau = run.model.apply({"params": params}, method=models.MultiModalModel.temperature)
+        kwargs[run.resolved.temperature_param] = (
+            tau if run.resolved.temperature_param == "tau" else 1 / tau
+        )
+    if run.resolved.projector:
+        kwargs["projector"] = lambda rest, m: run.model.apply(
+            {"params": params}, rest, m, method=models.MultiModalModel.project
+        )
+    if run.resolved.takes_key:
+        kwargs["key"] = jax.random.fold_in(run.rng, step)
+    return run.resolved.objective(z, **kwargs)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_one_real_step_every_config(name):
+    """Each config builds and takes one step; its loss equals the unsharded objective."""
+    config = tiny_config(name=name)
+    run = train.build(config, with_data=False)
+    assert jax.device_count() == 8 and run.mesh.shape["data"] == 8
+    local = synthetic_batch(run.resolved.modalities, config.batch_size)
+    batch = train.global_batch(local, run.mesh)
+    variables = jax.tree.map(np.asarray, run.state.variables())  # before donation
+    want_loss, want_aux = reference_loss(run, variables, local, 0)
+    state, metrics = run.train_step(run.state, batch)
+    assert int(state.step) == 1
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=2e-5, atol=1e-6)
+    for k, v in want_aux.items():
+        np.testing.assert_allclose(metrics[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    assert np.isfinite(metrics["grad_norm"]) and float(metrics["grad_norm"]) > 0
+    moved = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), state.params, variables["params"]
+    )
+    assert max(jax.tree.leaves(moved)) > 0
+    if name == "default":
+        # The update is optax Adam on the gradient of the unsharded loss.
+        params = variables["params"]
+        grads = jax.jit(jax.grad(lambda p: _reference_loss(run, {"params": p}, local, 0)[0]))(
+            params
+        )
+        tx = optax.adam(config.optimizer.learning_rate)
+        want = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-7)
+
+
+def _run_steps(config, mesh, batches):
+    resolved = train.configs.validate_config(config, device_count=mesh.size, process_count=1)
+    model = train.create_model(config, resolved)
+    tx, _ = train.create_optimizer(config.optimizer, config.num_train_steps)
+    init_rng, rng = jax.random.split(jax.random.key(config.seed))
+    state = train.create_train_state(model, tx, resolved.modalities, init_rng, mesh)
+    step = train.make_train_step(model, tx, train.make_objective(resolved, model, mesh), rng, mesh)
+    losses_ = []
+    for b in batches:
+        state, metrics = step(state, train.global_batch(b, mesh))
+        losses_.append(float(metrics["loss"]))
+    return jax.tree.map(np.asarray, (state.params, state.batch_stats)), losses_
+
+
+def test_eight_devices_equal_one_device():
+    """Same batches on a 1-device and an 8-device mesh: same losses and parameters.
+
+    Uses ResNet-18 (BatchNorm: global-batch statistics must not depend on the sharding),
+    a small CNN and an MLP on 28x28 images.
+    """
+    config = tiny_config(
+        name="default",
+        **{"model.encoders": "view0=resnet18,view2=mlp", "optimizer.learning_rate": 0.01},
+    )
+    config.dataset.name = "mnist_views"
+    config.dataset.config = type(config.dataset.config)()
+    modalities = data.get_spec("mnist_views", config="m3").modalities
+    batches = [synthetic_batch(modalities, 16, seed=s) for s in range(3)]
+    one, loss1 = _run_steps(config, train.create_mesh(jax.devices()[:1]), batches)
+    eight, loss8 = _run_steps(config, train.create_mesh(jax.devices()), batches)
+    np.testing.assert_allclose(loss8, loss1, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(one)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_train_evaluate_and_resume(data_dir, tmp_path):
+    """The loop writes config.json, metrics.jsonl, TensorBoard and checkpoints; evaluate
+    restores the model and its loss equals the objective on the first eval batch; a second
+    call resumes from the last checkpoint."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, eval_every_steps=6, eval_num_batches=2)
+    out = train.train_and_evaluate(config, workdir)
+    assert out["step"] == 6 and not out["preempted"]
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_lines = [x for x in lines if "train/loss" in x]
+    assert [x["step"] for x in train_lines] == [2, 4, 6]
+    for key in (
+        "train/accuracy",
+        "train/learning_rate",
+        "train/steps_per_sec",
+        "train/examples_per_sec",
+        "train/grad_norm",
+        "train/sufficiency",
+    ):
+        assert key in train_lines[-1], key
+    assert any("eval/inbatch_retrieval/top1" in x for x in lines)
+    assert json.load(open(os.path.join(workdir, "config.json")))["batch_size"] == 16
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+    # evaluate: one batch = the whole 64-example test split. The held-out loss is computed
+    # again by hand; in-batch retrieval must agree with the split-level retrieval of the
+    # ovaib_jax.evaluators package (same scorer, ties counted the same way).
+    config.eval_num_batches = 1
+    config.eval_batch_size = 64
+    config.evaluators = "heldout_loss,inbatch_retrieval,retrieval"
+    config.evaluator_kwargs = {"retrieval": {"ties": "optimistic"}}
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    assert results["step"] == 6
+    saved = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    assert saved["heldout_loss"]["loss"] == pytest.approx(results["heldout_loss"]["loss"])
+    src = data.make_source(
+        "ovaib_parity",
+        "test",
+        data_dir=data_dir,
+        build=False,
+        **train.configs.dataset_kwargs(config),
+    )
+    first = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
+    restored = train.checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), read_only=True
+    )
+    run = train.build(config, with_data=False)
+    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
+    restored.close()
+    z, _ = run.model.apply(train._variables(variables["params"], variables["batch_stats"]), first)
+    want, _ = losses.get("ova_ib")(z, **run.resolved.hparams)
+    assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
+    inbatch, split = results["inbatch_retrieval"], results["retrieval"]
+    assert inbatch["x0/top1"] == pytest.approx(split["x1+x2->x0/R@1"])
+    assert inbatch["x2/top5"] == pytest.approx(split["x0+x1->x2/R@5"])
+    assert inbatch["top5"] == pytest.approx(split["R@5"])
+
+    # Resume: 4 more steps start from step 6.
+    config.num_train_steps = 10
+    out = train.train_and_evaluate(config, workdir)
+    assert out["step"] == 10
+    steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [s for s in steps if s > 6] == [8, 10, 10]  # train at 8, 10; eval at 10
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    workdir = str(tmp_path / "nan")
+    config = tiny_config(
+        data_dir,
+        checkpoint_every_steps=1,
+        **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e30},
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"Non-finite .* at step 2.*last good checkpoint is step 1"
+    ):
+        train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+
+
+def _toy_source(n=40):
+    rng = np.random.default_rng(0)
+    return [
+        {"a": rng.standard_normal(3).astype(np.float32), "label": np.int64(i)} for i in range(n)
+    ]
+
+
+def test_in_memory_source_matches_source():
+    src = _toy_source()
+    cached = train.InMemorySource(src, chunk=7)
+    assert len(cached) == len(src)
+    for i in (0, 6, 7, 39):
+        assert set(cached[i]) == {"a", "label"}
+        np.testing.assert_array_equal(cached[i]["a"], src[i]["a"])
+        assert cached[i]["label"] == src[i]["label"]
+    assert set(train.InMemorySource(src, keys=["a"])[3]) == {"a"}
+
+
+def test_prefetcher_state_is_that_of_the_consumed_batches():
+    """Batches come out in order and get_state() resumes right after the last one handed
+    out, however many the thread has prepared ahead."""
+    src = _toy_source()
+    plain = data.make_iterator(src, batch_size=4, seed=1, prefetch=0)
+    want = [next(plain)["label"] for _ in range(12)]
+    pre = train.Prefetcher(data.make_iterator(src, batch_size=4, seed=1, prefetch=0), dict, 3)
+    got = [next(pre)["label"] for _ in range(5)]
+    state = pre.get_state()
+    pre.close()
+    for a, b in zip(got, want[:5]):
+        np.testing.assert_array_equal(a, b)
+    resumed = data.make_iterator(src, batch_size=4, seed=1, prefetch=0)
+    resumed.set_state(state)
+    for b in want[5:]:
+        np.testing.assert_array_equal(next(resumed)["label"], b)
+    # End of data and errors surface in the consumer.
+    finite = train.Prefetcher(data.make_iterator(src, batch_size=8, seed=0, num_epochs=1), dict)
+    assert len(list(finite)) == 5
+
+    def boom(_):
+        raise RuntimeError("bad batch")
+
+    failing = train.Prefetcher(data.make_iterator(src, batch_size=8, seed=0), boom)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        next(failing)
+    failing.close()
