@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 AxisName = Any  # a mesh axis name or a tuple of them, as accepted by jax.lax collectives.
 
@@ -169,6 +170,7 @@ class Contrast(NamedTuple):
     cols: ColStats | None
     n_rows_global: int
     n_cols: int
+    smoothing: bool
 
 
 def contrast(
@@ -182,6 +184,7 @@ def contrast(
     exclude_positive: bool = False,
     positive: jax.Array | None = None,
     symmetric: bool = False,
+    smoothing: bool = False,
 ) -> Contrast:
     """Statistics of the InfoNCE score matrix, computed block by block.
 
@@ -193,7 +196,8 @@ def contrast(
 
     Args:
       score_block: ``cols (C,) int32 -> (n_rows, C)`` raw scores of the local rows against
-        the global candidate columns ``cols`` (always valid indices, < n_cols).
+        the global candidate columns ``cols``: always ``C`` consecutive valid indices
+        (slice per-candidate arrays with :func:`block_rows`).
       n_rows: local number of query rows n.
       n_cols: global number of candidate columns.
       scale: multiplies scores into logits (``1 / tau``).
@@ -205,6 +209,8 @@ def contrast(
         shuffled negatives put the true positive tuple on the diagonal this way).
       symmetric: also compute column statistics (softmax over rows for each column), as
         needed by symmetric (two-direction) losses; reduced across devices per block.
+      smoothing: also sum the logits of every row (and column), as label smoothing needs;
+        off by default to save passes over the score blocks.
 
     The positive of local row i is global column ``row_offset + i``.
     """
@@ -216,10 +222,15 @@ def contrast(
     neg_inf = jnp.float32(-jnp.inf)
 
     def block_stats(b):
-        cols = b * block + jnp.arange(block, dtype=jnp.int32)
-        valid = cols < n_cols
-        s = score_block(jnp.minimum(cols, n_cols - 1)).astype(jnp.float32)
-        is_pos = cols[None, :] == row_ids[:, None]
+        # Block b covers the new columns [b * block, ...). The last block is shifted back
+        # to end at n_cols (so every block is a full, in-bounds slice: no padding, and a
+        # single block is the identity slice); columns it shares with the previous block
+        # are masked out.
+        first = b * block
+        cols = jnp.minimum(first, n_cols - block) + jnp.arange(block, dtype=jnp.int32)
+        valid = cols >= first
+        s = score_block(cols).astype(jnp.float32)
+        is_pos = (cols[None, :] == row_ids[:, None]) & valid[None, :]
         if positive is not None:
             s = jnp.where(is_pos, positive[:, None], s)
         logits = s * scale
@@ -229,11 +240,12 @@ def contrast(
         r_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
         # An empty block (all masked) keeps the lowest finite max, so merges stay exact.
         r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
+        zeros = jnp.zeros_like(r_max)
         rows = (
             r_max,
             jnp.sum(jnp.exp(masked - r_max[:, None]), axis=1),
             jnp.sum(jnp.where(is_pos, s, 0.0), axis=1),
-            jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=1),
+            jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=1) if smoothing else zeros,
             jax.lax.stop_gradient(jnp.max(jnp.where(is_neg, s, neg_inf), axis=1)),
             jax.lax.stop_gradient(jnp.sum(jnp.where(valid[None, :], s, 0.0), axis=1)),
         )
@@ -242,12 +254,13 @@ def contrast(
         c_max = pmax(jax.lax.stop_gradient(jnp.max(masked, axis=0)), axis_name)
         c_max = jnp.where(jnp.isfinite(c_max), c_max, _LOWEST)
         c_sum = psum(jnp.sum(jnp.exp(masked - c_max[None, :]), axis=0), axis_name)
-        # Padded columns have an empty sum: keep log() away from 0 (and its gradient finite).
+        # Masked (already counted) columns have an empty sum: keep log() away from 0.
         c_lse = jnp.where(valid, c_max + jnp.log(jnp.where(valid, c_sum, 1.0)), 0.0)
+        c_logit_sum = jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=0)
         cols_out = ColStats(
             lse=c_lse,
             pos=jax.lax.stop_gradient(psum(jnp.sum(jnp.where(is_pos, s, 0.0), axis=0), axis_name)),
-            logit_sum=psum(jnp.sum(jnp.where(valid[None, :], logits, 0.0), axis=0), axis_name),
+            logit_sum=psum(c_logit_sum, axis_name) if smoothing else jnp.zeros_like(c_lse),
             neg_max=pmax(
                 jax.lax.stop_gradient(jnp.max(jnp.where(is_neg, s, neg_inf), axis=0)), axis_name
             ),
@@ -282,16 +295,22 @@ def contrast(
         rows, cols_rest = jax.lax.scan(body, rows, jnp.arange(1, n_blocks))
         cols = None
         if symmetric:
+            # Column j's statistics come from the one block where j is valid: a static
+            # index into the blocks' concatenated outputs.
+            owner = np.empty(n_cols, np.int64)
+            for b in range(n_blocks):
+                start = min(b * block, n_cols - block)
+                for c in range(block):
+                    if start + c >= b * block:
+                        owner[start + c] = b * block + c
             cols = jax.tree.map(
-                lambda a, r: jnp.concatenate([a, r.reshape(-1)])[:n_cols], cols0, cols_rest
+                lambda a, r: jnp.concatenate([a, r.reshape(-1)])[owner], cols0, cols_rest
             )
     m, s, pos, logit_sum, neg_max, score_sum = rows
     row_stats = RowStats(
         lse=m + jnp.log(s), pos=pos, logit_sum=logit_sum, neg_max=neg_max, score_sum=score_sum
     )
-    if cols is not None and n_blocks == 1:
-        cols = jax.tree.map(lambda a: a[:n_cols], cols)
-    return Contrast(row_stats, cols, n_rows * n_dev, n_cols)
+    return Contrast(row_stats, cols, n_rows * n_dev, n_cols, smoothing)
 
 
 class InfoNCE(NamedTuple):
@@ -323,6 +342,8 @@ def infonce(
     """
     r = c.rows
     n = c.n_rows_global
+    if label_smoothing and not c.smoothing:
+        raise ValueError("label smoothing needs contrast(..., smoothing=True).")
     pos_logit = r.pos * scale
     target = (1.0 - label_smoothing) * pos_logit + label_smoothing * r.logit_sum / c.n_cols
     loss_rows = global_mean(r.lse - target, n, axis_name)
@@ -352,9 +373,13 @@ def infonce(
     )
 
 
-def take_rows(x: Any, cols: jax.Array) -> Any:
-    """Rows ``cols`` of every leaf of ``x`` (a gather along the leading axis)."""
-    return jax.tree.map(lambda a: jnp.take(a, cols, axis=0), x)
+def block_rows(x: Any, cols: jax.Array) -> Any:
+    """Rows ``cols`` (consecutive indices, as given to a ``score_block``) of every leaf of
+    ``x``: a dynamic slice, i.e. the identity for a single block and no scatter in the
+    backward pass (a gather's transpose)."""
+    return jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, cols[0], cols.shape[0], axis=0), x
+    )
 
 
 def mean_of(values: Sequence[jax.Array]) -> jax.Array:

@@ -162,7 +162,7 @@ def ova_sufficiency(
             positive = paired_scores(queries[m], per_candidate(rest, m))
 
         def score_block(cols, q=queries[m], cands=cands):
-            return block_scores(q, _core.take_rows(cands, cols))
+            return block_scores(q, _core.block_rows(cands, cols))
 
         stats = _core.contrast(
             score_block,

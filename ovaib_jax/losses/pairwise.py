@@ -31,14 +31,14 @@ def _symmetric_pair_losses(
     n_global = n * _core.axis_size(axis_name)
     scale = 1.0 / tau
     zn = _core.l2_normalize(z)
-    zn_all = _core.all_gather(jnp.moveaxis(zn, 0, 1), axis_name)  # (N, M, d)
+    zn_all = _core.all_gather(list(zn), axis_name)  # M arrays (N, d)
     aux: dict[str, jax.Array] = {}
     total, accs, pos, neg = 0.0, [], [], []
     log_n = math.log(n_global)
     for p, q in pairs:
 
         def score_block(cols, p=p, q=q):
-            return zn[p] @ jnp.take(zn_all[:, q], cols, axis=0).T
+            return zn[p] @ _core.block_rows(zn_all[q], cols).T
 
         stats = _core.contrast(
             score_block,

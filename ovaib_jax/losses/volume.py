@@ -43,6 +43,7 @@ def _two_way_loss(
         axis_name=axis_name,
         chunk_size=chunk_size,
         symmetric=True,
+        smoothing=bool(label_smoothing),
     )
     res = _core.infonce(stats, scale=scale, axis_name=axis_name, label_smoothing=label_smoothing)
     loss = 0.5 * (res.loss_rows + res.loss_cols)
@@ -107,7 +108,7 @@ def gram(
     anchors = _core.l2_normalize(z[a])
 
     def score_block(cols):
-        b, g = _core.take_rows((basis, det_rest), cols)
+        b, g = _core.block_rows((basis, det_rest), cols)
         residual = jnp.maximum(1.0 - projected_sq_norm(anchors, b), 0.0)
         return -_core.safe_sqrt(g[None, :] * residual)
 
@@ -156,7 +157,7 @@ def triangle(
     anchors = zn[a]
 
     def score_block(cols):
-        v, w, c = _core.take_rows(cands, cols)
+        v, w, c = _core.block_rows(cands, cols)
         x = anchors @ v.T
         y = anchors @ w.T
         area = 0.5 * ((2.0 - 2.0 * x) * (2.0 - 2.0 * y) - jnp.square(1.0 - x - y + c[None, :]))

@@ -1,0 +1,780 @@
+"""Speed and memory of every objective in ``ovaib_jax.losses``, as ratios.
+
+Every time reported is a ratio of two things measured side by side in this process:
+each case is jitted, warmed up, then timed in rounds (cases interleaved within a round,
+the reference re-timed next to each case, each timing the median of a block of
+back-to-back calls after an untimed one: steady state, as inside a training loop); the
+reported ratio is the median over rounds of the per-round ratios. Compiled temporary
+memory comes from XLA's memory analysis of the compiled forward+backward (nothing is
+executed).
+
+Sections (SPEC section 1, "Efficient forms"):
+
+1. Ratio to the floor: forward+backward of each registered objective divided by that of a
+   trivial loss on the Gram matrix ``K = Z Z^T`` of all M*N embeddings (mean row-wise
+   logsumexp), plain and chunked. Target for ``ova_ib``: <= 1.3. Then where ova_ib's
+   time goes (sub-parts, same floor).
+2. ``ova_ib`` against the literal pair-by-pair form of the paper's eq. 11 (one regularised
+   solve per (sample, candidate) pair). Target: >= 20x faster.
+3. Compiled temporary memory of forward+backward, plain against chunked.
+4. Scaling of ``ova_ib`` in N, M and d.
+5. (``--symile-reference``) ``symile`` against the reference PyTorch ``symile`` package.
+
+Usage::
+
+    python benchmarks/loss_benchmark.py            # full run (minutes on 2 CPU cores)
+    python benchmarks/loss_benchmark.py --quick    # smoke run (< 60 s)
+
+The tables are printed and written to
+``benchmarks/results/loss_benchmark_<date>_<device>.md`` (``--out`` changes the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import functools
+import importlib.metadata
+import importlib.util
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # run as a script from a checkout, without installing
+    sys.path.insert(0, str(_REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ovaib_jax import losses  # noqa: E402
+from ovaib_jax.losses._basis import projected_sq_norm, span_basis  # noqa: E402
+from ovaib_jax.losses._core import l2_normalize, safe_sqrt  # noqa: E402
+from ovaib_jax.losses.ova import remaining  # noqa: E402
+
+RATIO_TARGET = 1.3  # ova_ib forward+backward / floor, N=1024, M=4, d=256
+SPEEDUP_TARGET = 20.0  # literal eq. 11 / ova_ib, N=128, M=4, d=256
+TAU = 0.01
+NOISE = 2.0  # z[m] = shared + NOISE * noise: a loss well away from 0 and from log N
+CHUNK = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Every size the benchmark uses (full run or --quick)."""
+
+    rounds: int  # timed rounds of sections 1, 2 and 5
+    scale_rounds: int  # of section 4
+    ratio: tuple[int, int, int]  # (M, N, d) of section 1
+    chunk: int
+    literal: tuple[int, int, int]
+    memory_n: tuple[int, ...]
+    memory_other_n: tuple[int, ...]
+    memory_md: tuple[int, int]  # (M, d) of section 3
+    scale_n: tuple[int, ...]
+    scale_m: tuple[int, ...]
+    scale_d: tuple[int, ...]
+    scale_base: tuple[int, int, int]  # (M, N, d) held fixed while one varies
+    symile: tuple[int, int, int]
+    breakdown: bool = True  # section 1's sub-part timing of ova_ib
+    chunk_all: bool = True  # chunked column for every objective (else ova_ib only)
+    fast_compile: bool = False  # XLA backend optimisation level 0 (quick: compile time)
+
+
+FULL = Sizes(
+    rounds=7,
+    scale_rounds=3,
+    ratio=(4, 1024, 256),
+    chunk=CHUNK,
+    literal=(4, 128, 256),
+    memory_n=(256, 1024, 4096, 16384),
+    memory_other_n=(1024, 4096),
+    memory_md=(4, 256),
+    scale_n=(256, 512, 1024, 2048),
+    scale_m=(2, 3, 4, 6, 8),
+    scale_d=(64, 128, 256, 512),
+    scale_base=(4, 1024, 256),
+    symile=(3, 128, 256),
+)
+# A smoke run: every code path at tiny sizes, compiled fast; its ratios mean nothing.
+QUICK = Sizes(
+    rounds=2,
+    scale_rounds=2,
+    ratio=(3, 32, 16),
+    chunk=16,
+    literal=(3, 8, 16),
+    memory_n=(32, 64),
+    memory_other_n=(),
+    memory_md=(3, 16),
+    scale_n=(32, 64),
+    scale_m=(2, 3),
+    scale_d=(16, 32),
+    scale_base=(3, 32, 16),
+    symile=(3, 8, 16),
+    breakdown=False,
+    chunk_all=False,
+    fast_compile=True,
+)
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def make_z(m: int, n: int, d: int, seed: int = 0) -> jax.Array:
+    """(M, N, d) float32 embeddings with a shared per-sample signal plus noise."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    shared = jax.random.normal(k1, (1, n, d), jnp.float32)
+    return shared + NOISE * jax.random.normal(k2, (m, n, d), jnp.float32)
+
+
+def floor_loss(z: jax.Array) -> jax.Array:
+    """The floor: mean row-wise logsumexp of the Gram matrix of all M*N embeddings."""
+    flat = z.reshape(-1, z.shape[-1])
+    return jnp.mean(jax.nn.logsumexp(flat @ flat.T, axis=1))
+
+
+def fwd_bwd(loss_fn: Callable, *, has_aux: bool = False) -> Callable:
+    """``jit(value_and_grad(loss_fn))``."""
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=has_aux))
+
+
+@functools.cache
+def floor_fwd_bwd() -> Callable:
+    """The floor's forward+backward (one jitted function: each shape compiles once)."""
+    return fwd_bwd(floor_loss)
+
+
+@functools.cache
+def _objective_fwd_bwd(name: str, aux: bool, kwargs: tuple) -> Callable:
+    fn = losses.get(name)
+    kw = dict(kwargs)
+    if aux:
+        return fwd_bwd(lambda z: fn(z, **kw), has_aux=True)
+    return fwd_bwd(lambda z: fn(z, **kw)[0])
+
+
+def objective_fwd_bwd(name: str, *, aux: bool = True, **kwargs) -> Callable:
+    """Forward+backward of a registered objective; with ``aux`` its diagnostics are
+    returned too (as a training step that logs them does). One jitted function per
+    (name, aux, kwargs), so that a shape seen before is not compiled again."""
+    return _objective_fwd_bwd(name, aux, tuple(sorted(kwargs.items())))
+
+
+def objective_kwargs(name: str) -> dict:
+    """Paper hyper-parameters where an objective has a temperature (tau = 0.01)."""
+    if name == "symile":
+        return {"logit_scale": 1.0 / TAU}
+    return {"tau": TAU}
+
+
+def supported_m(name: str, m: int, n: int, d: int) -> int | None:
+    """``m`` if the objective accepts M = m modalities, else the largest M <= m it does
+    (TRIANGLE is defined for M = 3 only); None if none."""
+    fn = losses.get(name)
+    for mm in dict.fromkeys((m, 3, 2)):
+        if mm > m:
+            continue
+        try:
+            jax.eval_shape(lambda z, fn=fn: fn(z)[0], jax.ShapeDtypeStruct((mm, n, d), jnp.float32))
+        except ValueError:
+            continue
+        return mm
+    return None
+
+
+class Thunk:
+    """Runs ``fn(*args)`` to completion when called; ``compile()`` compiles it ahead."""
+
+    def __init__(self, fn: Callable, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self) -> object:
+        return jax.block_until_ready(self.fn(*self.args))
+
+    def compile(self) -> None:
+        if hasattr(self.fn, "lower"):
+            self.fn.lower(*self.args).compile()  # fills the jit cache used by __call__
+
+
+def block(fn: Callable, *args) -> Thunk:
+    """A thunk that runs ``fn(*args)`` to completion."""
+    return Thunk(fn, *args)
+
+
+def precompile(thunks: list) -> None:
+    """Compiles jitted thunks in parallel threads (XLA compiles without the GIL)."""
+    todo = list({id(t): t for t in thunks if isinstance(t, Thunk)}.values())
+    workers = max(1, min(len(todo), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(t.compile) for t in todo]:
+            f.result()
+
+
+@dataclasses.dataclass
+class Timing:
+    ratio: float  # median over rounds of t(case) / t(reference), paired in each round
+    time: float  # median t(case), only ever used divided by another median of this run
+    ref_time: float
+
+
+# A call shorter than this gets one untimed call right before each timed block: the first
+# call after a different computation (or any pause) was measured up to 2x slower than
+# back-to-back calls on a shared 2-core machine (thread wake-up, caches), which would
+# bias the ratios of small computations against whichever runs after a large one.
+STEADY_BELOW_S = 0.2
+# Timed calls per block: enough back-to-back calls for about this many seconds.
+BLOCK_S = 0.1
+
+
+def _block_time(thunk: Callable[[], object], calls: int, settle: bool) -> float:
+    """Median time of ``calls`` back-to-back calls (after an untimed one if ``settle``)."""
+    if settle:
+        thunk()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        thunk()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_paired(
+    cases: dict[str, tuple[Callable[[], object], Callable[[], object]]],
+    rounds: int,
+    warmup: int = 2,
+) -> dict[str, Timing]:
+    """Times every case against its reference, interleaved, in steady state.
+
+    Args:
+      cases: label -> (case thunk, reference thunk). References may be shared.
+      rounds: timed rounds; in each, every case is timed right after its reference (the
+        order of cases alternates between rounds). Each timing is the median of a block
+        of back-to-back calls (about ``BLOCK_S`` seconds, at least one call), preceded
+        by an untimed call when a call is shorter than ``STEADY_BELOW_S``.
+
+    Returns:
+      label -> Timing (the median of the per-round ratios, and median times that are only
+      ever reported relative to each other).
+    """
+    thunks = list({id(t): t for pair in cases.values() for t in pair}.values())
+    precompile(thunks)
+    calls: dict[int, int] = {}
+    settle: dict[int, bool] = {}
+    for t in thunks:
+        for _ in range(warmup - 1):
+            t()
+        t0 = time.perf_counter()
+        t()
+        dt = time.perf_counter() - t0
+        calls[id(t)] = max(1, min(20, round(BLOCK_S / max(dt, 1e-6))))
+        settle[id(t)] = dt < STEADY_BELOW_S
+    t_case: dict[str, list[float]] = {k: [] for k in cases}
+    t_ref: dict[str, list[float]] = {k: [] for k in cases}
+    labels = list(cases)
+    for r in range(rounds):
+        for label in labels if r % 2 == 0 else labels[::-1]:
+            case, ref = cases[label]
+            t_ref[label].append(_block_time(ref, calls[id(ref)], settle[id(ref)]))
+            t_case[label].append(_block_time(case, calls[id(case)], settle[id(case)]))
+    return {
+        k: Timing(
+            ratio=statistics.median(c / f for c, f in zip(t_case[k], t_ref[k])),
+            time=statistics.median(t_case[k]),
+            ref_time=statistics.median(t_ref[k]),
+        )
+        for k in cases
+    }
+
+
+def temp_bytes(fn: Callable, shape: tuple[int, ...]) -> int | None:
+    """Temporary memory XLA allocates for the compiled ``fn`` (no execution)."""
+    compiled = fn.lower(jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.temp_size_in_bytes)
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    def cell(x):
+        return f"{x:.2f}" if isinstance(x, float) else str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def device_name() -> str:
+    dev = jax.devices()[0]
+    kind = str(getattr(dev, "device_kind", "") or "")
+    name = dev.platform if kind.lower() in ("", dev.platform.lower()) else f"{dev.platform}-{kind}"
+    return re.sub(r"[^a-z0-9._-]+", "_", name.lower()).strip("_") or "unknown"
+
+
+class Report:
+    """Prints each part as it is produced and keeps it for the results file."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def add(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.parts.append(text)
+
+    def text(self) -> str:
+        return "\n".join(self.parts) + "\n"
+
+
+# --------------------------------------------------------------------------- 1. floor
+
+
+def section_floor(rep: Report, s: Sizes) -> None:
+    m, n, d = s.ratio
+    rep.add(f"## 1. Forward+backward time / floor (N={n}, M={m}, d={d}, float32)")
+    rep.add()
+    rep.add(
+        "Floor: `jit(value_and_grad(mean(logsumexp(Z @ Z.T, axis=1))))` with Z the "
+        f"{m}*{n} x {d} matrix of all embeddings (same M as the objective's row). "
+        f"Objectives at their defaults with tau={TAU} (symile: logit_scale={1 / TAU:g}), "
+        "timed with their aux dict returned (`has_aux=True`, as in training). "
+        f"Median over {s.rounds} rounds of the per-round ratio."
+    )
+    rep.add()
+    floors: dict[int, Callable] = {}
+    data: dict[int, jax.Array] = {}
+    cases: dict[str, tuple[Callable, Callable]] = {}
+    row_m: dict[str, int] = {}
+    for name in losses.names():
+        mm = supported_m(name, m, n, d)
+        if mm is None:
+            continue
+        if mm not in floors:
+            data[mm] = make_z(mm, n, d)
+            floors[mm] = block(floor_fwd_bwd(), data[mm])
+        kw = objective_kwargs(name)
+        row_m[name] = mm
+        cases[name] = (block(objective_fwd_bwd(name, **kw), data[mm]), floors[mm])
+        if s.chunk_all or name == "ova_ib":
+            cases[f"{name}@chunk"] = (
+                block(objective_fwd_bwd(name, chunk_size=s.chunk, **kw), data[mm]),
+                floors[mm],
+            )
+    if s.breakdown:
+        cases["ova_ib, loss only"] = (
+            block(objective_fwd_bwd("ova_ib", aux=False, tau=TAU), data[m]),
+            floors[m],
+        )
+    res = time_paired(cases, s.rounds)
+    rows = []
+    for name in losses.names():
+        if name not in row_m:
+            rows.append([name, "-", "unsupported", "unsupported", ""])
+            continue
+        target = ""
+        if name == "ova_ib":
+            verdict = "PASS" if res[name].ratio <= RATIO_TARGET else "MISS"
+            target = f"<= {RATIO_TARGET}: {verdict}"
+        chunked = res[f"{name}@chunk"].ratio if f"{name}@chunk" in res else "-"
+        rows.append([name, row_m[name], res[name].ratio, chunked, target])
+    if "ova_ib, loss only" in res:
+        only = res["ova_ib, loss only"].ratio
+        rows.append(["ova_ib, loss only (aux not returned)", m, only, "", ""])
+    rep.add(table(["objective", "M", "plain / floor", f"chunk={s.chunk} / floor", "target"], rows))
+    rep.add()
+
+
+def _suff_parts(z: jax.Array, part: str) -> jax.Array:
+    """Sub-parts of ova_sufficiency's computation, each a complete scalar loss."""
+    m_count = z.shape[0]
+    q = l2_normalize(z)
+    total = 0.0
+    for m in range(m_count):
+        rest = jnp.moveaxis(remaining(z, m), 0, 1)  # (N, M-1, d)
+        if part == "matmul":  # normalised stacked rest vectors instead of a basis
+            basis = l2_normalize(rest)
+        else:
+            basis = span_basis(rest)[0]
+        s = safe_sqrt(projected_sq_norm(q[m], basis))
+        logits = s / TAU
+        total = total + jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+    return total / m_count
+
+
+def _bases_only(z: jax.Array) -> jax.Array:
+    """The M Gram-Schmidt bases of ova_sufficiency, reduced to a scalar."""
+    total = 0.0
+    for m in range(z.shape[0]):
+        total = total + jnp.sum(jnp.square(span_basis(jnp.moveaxis(remaining(z, m), 0, 1))[0]))
+    return total
+
+
+def section_breakdown(rep: Report, s: Sizes) -> None:
+    m, n, d = s.ratio
+    rep.add(f"### Where ova_ib's time goes (N={n}, M={m}, d={d}), each / floor")
+    rep.add()
+    z = make_z(m, n, d)
+    floor = block(floor_fwd_bwd(), z)
+    steps = [
+        ("score matmul + sqrt + InfoNCE, no basis (normalised vectors)", "matmul"),
+        ("+ Gram-Schmidt bases (= ova_sufficiency core)", "basis"),
+    ]
+    cases = {
+        label: (block(fwd_bwd(lambda z, p=part: _suff_parts(z, p)), z), floor)
+        for label, part in steps
+    }
+    cases["ova_sufficiency (library), loss only"] = (
+        block(objective_fwd_bwd("ova_sufficiency", aux=False, tau=TAU), z),
+        floor,
+    )
+    cases["ova_sufficiency (library), with aux"] = (
+        block(objective_fwd_bwd("ova_sufficiency", tau=TAU), z),
+        floor,
+    )
+    cases["ova_ib (library), with aux"] = (block(objective_fwd_bwd("ova_ib", tau=TAU), z), floor)
+    cases["Gram-Schmidt bases alone (sum of squares of all M bases)"] = (
+        block(fwd_bwd(_bases_only), z),
+        floor,
+    )
+    cases["ova_minimality alone"] = (
+        block(fwd_bwd(lambda z: losses.ova_minimality(z)[0]), z),
+        floor,
+    )
+    res = time_paired(cases, s.rounds)
+    rows = [[k, v.ratio] for k, v in res.items()]
+    rep.add(table(["computation (forward+backward)", "/ floor"], rows))
+    rep.add()
+
+
+# --------------------------------------------------------------------------- 2. literal
+
+
+def literal_sufficiency(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> jax.Array:
+    """The paper's eq. 11 taken literally: one regularised solve per (sample, candidate).
+
+    For modality m, sample n and candidate n': ``A`` = the remaining embeddings of n'
+    (d x (M-1)), ``zbar = A (A^T A + lam I)^-1 A^T z[m, n]`` (``jnp.linalg.solve``,
+    vmapped over all N x N pairs), score ``cos(z[m, n], zbar)``; InfoNCE over n' (the
+    positive included), mean over n, then over m.
+    """
+    m_count = z.shape[0]
+    k = m_count - 1
+    eye = jnp.eye(k, dtype=z.dtype)
+
+    def pair_score(zq, a):  # zq (d,), a (d, K)
+        w = jnp.linalg.solve(a.T @ a + lam * eye, a.T @ zq)
+        zbar = a @ w
+        return jnp.dot(zq, zbar) / (jnp.linalg.norm(zq) * jnp.linalg.norm(zbar))
+
+    per_pair = jax.vmap(jax.vmap(pair_score, in_axes=(None, 0)), in_axes=(0, None))
+    terms = []
+    for m in range(m_count):
+        a_all = jnp.transpose(remaining(z, m), (1, 2, 0))  # (N, d, K): A of each candidate
+        logits = per_pair(z[m], a_all) / tau  # (N queries, N candidates)
+        terms.append(jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)))
+    return sum(terms) / m_count
+
+
+def section_literal(rep: Report, s: Sizes, forward_only: bool) -> None:
+    m, n, d = s.literal
+    rep.add(f"## 2. ova_ib vs the literal pair-by-pair eq. 11 (N={n}, M={m}, d={d})")
+    rep.add()
+    z = make_z(m, n, d)
+    suff_fn = objective_fwd_bwd("ova_sufficiency", tau=TAU)
+    lit_fb = fwd_bwd(literal_sufficiency)
+    (ours, _), g_ours = suff_fn(z)
+    lit, g_lit = lit_fb(z)
+    ours, lit = float(ours), float(lit)
+    rel = abs(ours - lit) / max(abs(lit), 1e-12)
+    g_rel = float(jnp.max(jnp.abs(g_ours - g_lit)) / jnp.max(jnp.abs(g_lit)))
+    ok = rel <= 1e-3
+    rep.add(
+        f"Agreement: ova_sufficiency = {ours:.6f}, literal = {lit:.6f}, relative difference "
+        f"{rel:.1e} ({'OK' if ok else 'FAIL'}, tolerance 1e-3); gradients: max abs difference "
+        f"/ max abs gradient = {g_rel:.1e}."
+    )
+    rep.add()
+    assert ok, f"literal eq. 11 and ova_sufficiency disagree: {lit} vs {ours}"
+    mode = "forward only" if forward_only else "forward+backward"
+    lit_fwd = block(jax.jit(literal_sufficiency), z)
+    lit_fn = lit_fwd if forward_only else block(lit_fb, z)
+    cases = {
+        "ova_sufficiency (beta = 0 term alone)": (block(suff_fn, z), lit_fn),
+        "ova_ib (beta = 1)": (block(objective_fwd_bwd("ova_ib", tau=TAU), z), lit_fn),
+        "ova_ib (beta = 1), forward only": (
+            block(jax.jit(lambda z: losses.ova_ib(z, tau=TAU)), z),
+            lit_fwd,
+        ),
+    }
+    res = time_paired(cases, s.rounds)
+    rows = []
+    for label, t in res.items():
+        speedup = 1.0 / t.ratio
+        fwd = "forward only" in label
+        lit_mode = "forward only" if fwd or forward_only else "forward+backward"
+        ours_mode = "forward only" if fwd else "forward+backward"
+        target = ""
+        if not fwd:
+            target = f">= {SPEEDUP_TARGET:g}x: {'PASS' if speedup >= SPEEDUP_TARGET else 'MISS'}"
+        rows.append([label, ours_mode, f"literal, {lit_mode}", f"{speedup:.1f}x", target])
+    rep.add(table(["ours", "timed", "against", "speed-up", "target"], rows))
+    rep.add()
+    rep.add(f"(literal form timed {mode}; speed-up = t(literal) / t(ours), median of rounds)")
+    rep.add()
+
+
+# --------------------------------------------------------------------------- 3. memory
+
+
+def section_memory(rep: Report, s: Sizes) -> None:
+    m, d = s.memory_md
+    rep.add(f"## 3. Compiled temporary memory of forward+backward (M={m}, d={d}, MiB)")
+    rep.add()
+    rep.add(
+        "`jit(value_and_grad(f)).lower(ShapeDtypeStruct).compile().memory_analysis()"
+        ".temp_size_in_bytes` (loss only, no execution). Growth: ratio to the previous N; "
+        "exponent: log(growth) / log(N ratio) (1 = linear, 2 = quadratic)."
+    )
+    rep.add()
+
+    def growth(prev, cur, n_prev, n_cur):
+        if prev is None or cur is None or prev <= 0:
+            return "", ""
+        g = cur / prev
+        return f"{g:.1f}x", f"{math.log(g) / math.log(n_cur / n_prev):.2f}"
+
+    rows = []
+    prev = (None, None, None)
+    for n in s.memory_n:
+        plain = temp_bytes(objective_fwd_bwd("ova_ib", aux=False), (m, n, d))
+        chunk = temp_bytes(objective_fwd_bwd("ova_ib", aux=False, chunk_size=s.chunk), (m, n, d))
+        gp, ep = growth(prev[1], plain, prev[0], n) if prev[0] else ("", "")
+        gc, ec = growth(prev[2], chunk, prev[0], n) if prev[0] else ("", "")
+        rows.append([n, mib(plain), gp, ep, mib(chunk), gc, ec])
+        prev = (n, plain, chunk)
+    rep.add(
+        table(
+            [
+                "N",
+                "ova_ib plain",
+                "growth",
+                "exponent",
+                f"ova_ib chunk={s.chunk}",
+                "growth",
+                "exponent",
+            ],
+            rows,
+        )
+    )
+    rep.add()
+    rows = []
+    for name in ("pairwise_clip", "gram"):
+        for n in s.memory_other_n:
+            plain = temp_bytes(objective_fwd_bwd(name, aux=False), (m, n, d))
+            chunk = temp_bytes(objective_fwd_bwd(name, aux=False, chunk_size=s.chunk), (m, n, d))
+            rows.append([name, n, mib(plain), mib(chunk)])
+    if rows:
+        rep.add(table(["objective", "N", "plain", f"chunk={s.chunk}"], rows))
+        rep.add()
+
+
+# --------------------------------------------------------------------------- 4. scaling
+
+
+def section_scaling(rep: Report, s: Sizes) -> None:
+    m0, n0, d0 = s.scale_base
+    rep.add(
+        f"## 4. Scaling of ova_ib forward+backward (base M={m0}, N={n0}, d={d0}; aux returned)"
+    )
+    rep.add()
+    rep.add(
+        "'/ floor': ratio to the floor of the same size. 'time vs smallest' and 'floor vs "
+        "smallest': median time relative to the smallest size of the same sweep (all sizes "
+        "of all sweeps interleaved in one process; these two columns are not paired "
+        "per round, so they are noisier than '/ floor')."
+    )
+    rep.add()
+    sweeps = [
+        ("N", [(m0, n, d0) for n in s.scale_n]),
+        ("M", [(m, n0, d0) for m in s.scale_m]),
+        ("d", [(m0, n0, d) for d in s.scale_d]),
+    ]
+    fn = objective_fwd_bwd("ova_ib", tau=TAU)
+    floor = floor_fwd_bwd()
+    cases = {}
+    for _, shapes in sweeps:
+        for shape in shapes:
+            if shape not in cases:
+                z = make_z(*shape)
+                cases[shape] = (block(fn, z), block(floor, z))
+    res = time_paired(cases, s.scale_rounds)  # every shape of every sweep interleaved
+    for axis, shapes in sweeps:
+        base = res[shapes[0]]
+        rows = []
+        for shape in shapes:
+            value = shape["MNd".index(axis)]
+            t = res[shape]
+            rows.append([value, t.ratio, t.time / base.time, t.ref_time / base.ref_time])
+        rep.add(table([axis, "/ floor", "time vs smallest", "floor vs smallest"], rows))
+        rep.add()
+
+
+# --------------------------------------------------------------------------- 5. symile
+
+
+def section_symile(rep: Report, s: Sizes) -> None:
+    rep.add("## 5. symile vs the reference PyTorch `symile` package")
+    rep.add()
+    if importlib.util.find_spec("symile") is None or importlib.util.find_spec("torch") is None:
+        rep.add(
+            "Skipped: the `symile` package and torch are not importable. Enable with "
+            "`pip install -e .[bench]`."
+        )
+        rep.add()
+        return
+    import torch
+    from symile import Symile
+
+    m, n, d = s.symile
+    scale = 1.0 / TAU
+    z = l2_normalize(make_z(m, n, d))  # unit embeddings, as Symile's models produce
+    z_np = np.asarray(z)
+    ours_fn = jax.jit(
+        jax.value_and_grad(lambda z: losses.symile(z, logit_scale=scale, negatives="n_squared")[0])
+    )
+    ours, g_ours = ours_fn(z)
+    ref_loss = Symile(negative_sampling="n_squared")
+
+    def torch_step():
+        reps = [torch.tensor(z_np[i], requires_grad=True) for i in range(m)]
+        loss = ref_loss(reps, scale)
+        loss.backward()
+        return loss.detach().numpy(), np.stack([r.grad.numpy() for r in reps])
+
+    theirs, g_theirs = torch_step()
+    rel = abs(float(ours) - float(theirs)) / abs(float(theirs))
+    g_rel = float(np.max(np.abs(np.asarray(g_ours) - g_theirs)) / np.max(np.abs(g_theirs)))
+    rep.add(
+        f"M={m}, N={n}, d={d}, negatives n_squared (N^2 = {n * n} candidates per anchor, "
+        f"deterministic for M = 3), logit_scale={scale:g}: ours = {float(ours):.6f}, symile "
+        f"{importlib.metadata.version('symile')} = {float(theirs):.6f}, relative difference "
+        f"{rel:.1e}; gradients: max abs difference / max abs gradient = {g_rel:.1e} "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads)."
+    )
+    rep.add()
+    res = time_paired({"ours": (block(ours_fn, z), torch_step)}, s.rounds)
+    ratio = res["ours"].ratio
+    rep.add(
+        table(
+            ["forward+backward", "t(ours) / t(symile package)", "speed-up"],
+            [["symile, n_squared (ours jitted, package eager)", ratio, f"{1 / ratio:.1f}x"]],
+        )
+    )
+    rep.add()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=_REPO / "benchmarks" / "results",
+        help="folder of the results file (default benchmarks/results)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case")
+    parser.add_argument(
+        "--literal-forward-only",
+        action="store_true",
+        help="time the literal eq. 11 form forward only (if its backward is too slow)",
+    )
+    parser.add_argument(
+        "--symile-reference",
+        action="store_true",
+        help="compare with the PyTorch `symile` package (pip install -e .[bench])",
+    )
+    parser.add_argument(
+        "--sections",
+        default="1,2,3,4,5",
+        help="comma-separated sections to run (default all; 5 needs --symile-reference)",
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds, scale_rounds=args.rounds)
+    if sizes.fast_compile:
+        # Read when the backend starts (first use), so setting it here still applies.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+
+    today = datetime.date.today().isoformat()
+    dev = device_name()
+    rep = Report()
+    rep.add(f"# Loss benchmark, {today}, {dev}{' (--quick)' if args.quick else ''}")
+    rep.add()
+    cli_args = sys.argv[1:] if argv is None else argv
+    cli = " ".join(["python benchmarks/loss_benchmark.py", *cli_args])
+    rep.add(
+        f"jax {jax.__version__}, {jax.devices()[0].platform} device "
+        f"`{jax.devices()[0].device_kind}` ({jax.device_count()} device(s)), "
+        f"{os.cpu_count()} CPU core(s) visible, Python {platform.python_version()}. "
+        f"Command: `{cli}`."
+    )
+    rep.add(
+        "Every time is a ratio of runs timed side by side in this process: per round, the "
+        "reference then the case, each the median of back-to-back calls after an untimed "
+        f"one (steady state); the median over {sizes.rounds} rounds ({sizes.scale_rounds} "
+        "in section 4) of the per-round ratios. Memory is XLA's compiled estimate. "
+        f"Data: z[m] = shared + {NOISE:g} * noise (Gaussian)."
+    )
+    if sizes.fast_compile:
+        rep.add(
+            "**--quick: a smoke run at tiny sizes compiled with XLA optimisation level 0; "
+            "its ratios mean nothing.**"
+        )
+    rep.add()
+    if "1" in sections:
+        section_floor(rep, sizes)
+        if sizes.breakdown:
+            section_breakdown(rep, sizes)
+    if "2" in sections:
+        section_literal(rep, sizes, args.literal_forward_only)
+    if "3" in sections:
+        section_memory(rep, sizes)
+    if "4" in sections:
+        section_scaling(rep, sizes)
+    if "5" in sections:
+        if args.symile_reference:
+            section_symile(rep, sizes)
+        else:
+            rep.add(
+                "## 5. symile vs the reference PyTorch `symile` package\n\nNot run: pass "
+                "`--symile-reference` (needs `pip install -e .[bench]`)."
+            )
+            rep.add()
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    path = args.out / f"loss_benchmark_{today}_{dev}{suffix}.md"
+    path.write_text(rep.text())
+    print(f"Wrote {path}", flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()
