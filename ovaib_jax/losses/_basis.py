@@ -16,7 +16,9 @@ import jax.numpy as jnp
 from ovaib_jax.losses._core import l2_normalize
 
 
-def span_basis(a: jax.Array, lam: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+def span_basis(
+    a: jax.Array, lam: float = 1e-8, *, normalized: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """Guarded orthonormal basis of the span of K vectors, for a batch of spans.
 
     The vectors are first L2-normalised (the lam -> 0 projection is invariant to the scale
@@ -35,13 +37,14 @@ def span_basis(a: jax.Array, lam: float = 1e-8) -> tuple[jax.Array, jax.Array]:
     Args:
       a: (..., K, d) spanning vectors.
       lam: rank guard (relative, since the vectors are normalised).
+      normalized: the caller passes already L2-normalised vectors (skips that pass).
 
     Returns:
       q: (..., K, d) the guarded orthonormal basis.
       r: (..., K) squared Gram-Schmidt residual norms; ``prod(r)`` is the Gram
         determinant of the normalised vectors (squared K-volume).
     """
-    a = l2_normalize(a.astype(jnp.float32))
+    a = a.astype(jnp.float32) if normalized else l2_normalize(a.astype(jnp.float32))
     k = a.shape[-2]
     qs, rs = [], []
     for i in range(k):
