@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Comma-separated evaluator names: heldout_loss, inbatch_retrieval (ovaib_jax.evaluate)
     # and those of ovaib_jax.evaluators (downstream, modality_subsets, retrieval, mi_bounds).
     config.evaluators = "heldout_loss,inbatch_retrieval"
+    # Evaluators run ONCE, after the last step (the heavy ones: downstream,
+    # modality_subsets, retrieval, mi_bounds); with `evaluators` they make results.json.
+    config.final_evaluators = ""
     # Config keys of each evaluator, e.g. {"retrieval": {"pairs": ("x0+x1->x2",)}}.
     config.evaluator_kwargs = ml_collections.ConfigDict()
 

@@ -20,9 +20,12 @@ from typing import Any
 import ml_collections
 
 __all__ = [
+    "HEAVY_EVALUATORS",
     "OBJECTIVE_OVERRIDES",
+    "OFFLINE_PROBE",
     "TEMPERATURE_PARAMS",
     "Resolved",
+    "evaluation_setup",
     "objective_config",
     "objective_hparam_names",
     "parse_arg",
@@ -397,11 +400,27 @@ def validate_config(
     from ovaib_jax import evaluate
 
     valid = evaluate.all_evaluator_names()
-    for ev in _evaluator_names(config):
+    for field in ("evaluators", "final_evaluators"):
+        for ev in _evaluator_names(config, field):
+            if ev not in valid:
+                raise ValueError(
+                    f"config.{field} names {ev!r}; valid evaluators are {valid} (comma-separated)."
+                )
+    kwargs_all = config.get("evaluator_kwargs") or {}
+    for ev in kwargs_all:
         if ev not in valid:
             raise ValueError(
-                f"config.evaluators names {ev!r}; valid evaluators are {valid} (comma-separated)."
+                f"config.evaluator_kwargs has {ev!r}, which is not an evaluator; valid "
+                f"evaluators are {valid}."
             )
+    from ovaib_jax import evaluators
+
+    for ev in kwargs_all:
+        if ev in evaluators.names():  # builds the config dataclass: unknown keys raise
+            try:
+                evaluators.create(ev, kwargs_all[ev])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config.evaluator_kwargs.{ev}: {e}") from None
 
     return Resolved(
         spec=spec,
@@ -416,8 +435,8 @@ def validate_config(
     )
 
 
-def _evaluator_names(config: ml_collections.ConfigDict) -> Sequence[str]:
-    value = config.get("evaluators") or ""
+def _evaluator_names(config: ml_collections.ConfigDict, field: str = "evaluators") -> Sequence[str]:
+    value = config.get(field) or ""
     if isinstance(value, str):
         return [s.strip() for s in value.split(",") if s.strip()]
     return list(value)
@@ -430,15 +449,73 @@ def sibling_config(path: str, name: str, arg: str | None = None) -> ml_collectio
     package, so a variant reaches its base file this way::
 
         config = sibling_config(__file__, "default", "objective=symile")
+        config = sibling_config(__file__, "../wesad")  # from experiments/paper/
+
+    ``name`` is a path relative to the directory of ``path``, without ``.py``.
     """
     import importlib.util
     import os
+    import re
 
-    file = os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_ovaib_experiment_{name}", file)
+    file = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py"))
+    module = re.sub(r"\W", "_", name)
+    spec = importlib.util.spec_from_file_location(f"_ovaib_experiment_{module}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+# Probe settings of the offline benchmarks: the paper's 4-layer MLP probe, fewer epochs.
+OFFLINE_PROBE = {"batch_size": 256, "max_epochs": 30, "patience": 5}
+HEAVY_EVALUATORS = "downstream,modality_subsets,retrieval,mi_bounds"
+
+
+def evaluation_setup(
+    config: ml_collections.ConfigDict,
+    *,
+    probe: dict[str, Any] | None = None,
+    targets: tuple[str, ...] | None = None,
+    downstream: dict[str, Any] | None = None,
+    retrieval: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """The evaluation of SPEC section 5 on ``config``.
+
+    The light evaluators (``heldout_loss``, ``inbatch_retrieval``) run every
+    ``eval_every_steps``; the heavy ones (``downstream`` probes on all modalities,
+    ``modality_subsets``, split-level ``retrieval``, ``mi_bounds``) once, after the last
+    step (``final_evaluators``).
+
+    Args:
+      config: the experiment config (changed in place and returned).
+      probe: probe keys shared by ``downstream`` and ``modality_subsets`` (default: the
+        probe's own defaults, the paper's 4-layer MLP with 100 epochs, patience 10).
+      targets: the targets probed by ``downstream`` and ``modality_subsets`` (None:
+        every target of the dataset).
+      downstream: extra ``downstream`` keys (e.g. ``per_modality_targets``).
+      retrieval: ``retrieval`` keys (e.g. ``pairs``, ``relevance``).
+    """
+    from ovaib_jax import evaluators
+
+    def keys(name: str, given: dict[str, Any]) -> dict[str, Any]:
+        # Every key with a non-None default, so that any of them can be overridden on the
+        # command line (--config.evaluator_kwargs.downstream.max_epochs=10).
+        defaults = dataclasses.asdict(evaluators.get(name).Config())
+        return {**{k: v for k, v in defaults.items() if v is not None}, **given}
+
+    config.evaluators = "heldout_loss,inbatch_retrieval"
+    config.final_evaluators = HEAVY_EVALUATORS
+    probe = dict(probe or {})
+    if targets is not None:
+        probe["targets"] = tuple(targets)
+    config.evaluator_kwargs = ml_collections.ConfigDict(
+        {
+            "downstream": keys("downstream", {**probe, **(downstream or {})}),
+            "modality_subsets": keys("modality_subsets", probe),
+            "retrieval": keys("retrieval", dict(retrieval or {})),
+            "mi_bounds": keys("mi_bounds", {}),
+        }
+    )
+    return config
 
 
 def paper_setup(

@@ -3,9 +3,10 @@
     python -m ovaib_jax.evaluate --workdir=DIR [--config=experiments/default.py] [--step=N]
 
 restores the model variables of step N (default: the latest good checkpoint), runs every
-evaluator named in ``config.evaluators`` (comma-separated) on ``config.dataset.eval_split``
-and writes ``DIR/eval/results.json`` (``{"step": N, "<evaluator>": {"<metric>": value}}``).
-Without ``--config`` the run's own ``DIR/config.json`` is used.
+evaluator named in ``config.evaluators`` and ``config.final_evaluators`` (comma-separated)
+on ``config.dataset.eval_split`` and writes ``DIR/eval/results.json`` (``{"step": N,
+"<evaluator>": {"<metric>": value}}``). Without ``--config`` the run's own
+``DIR/config.json`` is used.
 
 Evaluators plug in by name (big_vision style). Two kinds:
 
@@ -18,9 +19,11 @@ Evaluators plug in by name (big_vision style). Two kinds:
   splits: :class:`EmbeddedSplitEvaluator` embeds the train and eval splits once with
   the frozen model and runs them.
 
-kwargs come from ``config.evaluator_kwargs.<name>`` when present. The trainer runs the
-same evaluators every ``eval_every_steps`` and logs their numbers as
-``eval/<evaluator>/<metric>``.
+kwargs come from ``config.evaluator_kwargs.<name>`` when present. The trainer runs
+``config.evaluators`` every ``eval_every_steps`` and logs their numbers as
+``eval/<evaluator>/<metric>``; it runs ``config.final_evaluators`` (the heavy ones:
+probes, retrieval over the whole split) once, after the last step, and writes both to
+``WORKDIR/results.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -61,6 +64,9 @@ class EvalContext:
     mesh: jax.sharding.Mesh
     model: Any
     objective: Callable[..., Any]
+    # Embedded splits of the variables last evaluated: {split: (extra keys, Embedded)}.
+    _cache: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
+    _cache_variables: Any = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -115,6 +121,77 @@ class EvalContext:
             return objective(z, variables["params"], key)
 
         return jax.jit(loss, out_shardings=NamedSharding(self.mesh, P()))
+
+    @functools.cached_property
+    def _embed_both(self) -> Callable[[Any, Mapping[str, jax.Array]], Any]:
+        model = self.model
+        return jax.jit(
+            lambda v, b: model.apply(v, b, train=False),
+            out_shardings=NamedSharding(self.mesh, P()),
+        )
+
+    def embedded(self, variables: Any, split: str, extra_keys: Sequence[str] = ()) -> Any:
+        """``split`` embedded with ``variables``: an ``ovaib_jax.evaluators.Embedded`` with
+        z, the representations, the dataset's targets and ``extra_keys`` (stored example
+        keys read as targets). Whole batches only (the last partial batch is dropped).
+
+        Cached while ``variables`` is the same object (the evaluators of one evaluation
+        share one pass over each split); :meth:`clear_cache` frees it.
+        """
+        from ovaib_jax import evaluators, train
+
+        if self._cache_variables is not variables:
+            self.clear_cache()
+            self._cache_variables = variables
+        spec = self.resolved.spec
+        names = list(self.modality_names)
+        declared = {t.name for t in spec.targets} | set(names)
+        extra = tuple(dict.fromkeys(k for k in extra_keys if k not in declared))
+        cached = self._cache.get(split)
+        if cached is not None and set(extra) <= set(cached[0]):
+            return cached[1]
+        if cached is not None:  # embed once more, keeping every key asked for so far
+            extra = tuple(dict.fromkeys((*cached[0], *extra)))
+
+        def embed(local):
+            z, reps = self._embed_both(variables, train.global_batch(local, self.mesh, names))
+            return jax.tree.map(_host, (z, reps))
+
+        def batches():
+            it = train.create_data_iterator(
+                self.config,
+                split,
+                batch_size=self.eval_batch_size,
+                train=False,
+                spec=spec,
+                extra_keys=extra,
+            )
+            for local in it:
+                if jax.process_count() > 1:  # targets of every process's rows
+                    from jax.experimental import multihost_utils
+
+                    local = {
+                        k: v
+                        if k in names
+                        else np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                        for k, v in local.items()
+                    }
+                yield local
+
+        out = evaluators.embed_split(
+            embed,
+            batches(),
+            spec=spec,
+            modality_names=names,
+            target_names=[t.name for t in spec.targets] + list(extra),
+        )
+        self._cache[split] = (extra, out)
+        return out
+
+    def clear_cache(self) -> None:
+        """Drops the embedded splits (and the reference to their variables)."""
+        self._cache = {}
+        self._cache_variables = None
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -196,8 +273,9 @@ class EmbeddedSplitEvaluator:
     """Runs an evaluator of the ``ovaib_jax.evaluators`` package on whole embedded splits.
 
     The train split (``config.dataset.train_split``, read once in order) and the eval
-    split are embedded with the frozen model (``(z, reps)`` and targets, on the host),
-    then ``ovaib_jax.evaluators.get(name)(**kwargs).run(train, test, objective=, seed=)``.
+    split are embedded with the frozen model (``(z, reps)`` and targets, on the host;
+    :meth:`EvalContext.embedded`, shared by the evaluators of one evaluation), then
+    ``ovaib_jax.evaluators.get(name)(**kwargs).run(train, test, objective=, seed=)``.
     Whole batches only: the last partial batch of each split is not embedded. Numbers
     are yielded; strings (markdown tables) too, and the trainer logs numbers only.
 
@@ -216,56 +294,15 @@ class EmbeddedSplitEvaluator:
         self.needs_train = needs_train
         self.evaluator = evaluators.get(name)(**kwargs)
 
-    def _embedded(self, variables: Any, split: str):
-        from ovaib_jax import evaluators, train
-
-        ctx = self.ctx
-        model = ctx.model
-        names = list(ctx.modality_names)
-        fn = jax.jit(
-            lambda v, b: model.apply(v, b, train=False),
-            out_shardings=NamedSharding(ctx.mesh, P()),
-        )
-
-        def embed(local):
-            z, reps = fn(variables, train.global_batch(local, ctx.mesh, names))
-            return jax.tree.map(_host, (z, reps))
-
-        def batches():
-            it = train.create_data_iterator(
-                ctx.config,
-                split,
-                batch_size=ctx.eval_batch_size,
-                train=False,
-                spec=ctx.resolved.spec,
-            )
-            for local in it:
-                if jax.process_count() > 1:  # targets of every process's rows
-                    from jax.experimental import multihost_utils
-
-                    local = {
-                        k: v
-                        if k in names
-                        else np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                        for k, v in local.items()
-                    }
-                yield local
-
-        spec = ctx.resolved.spec
-        return evaluators.embed_split(
-            embed,
-            batches(),
-            spec=spec,
-            modality_names=names,
-            target_names=[t.name for t in spec.targets],
-        )
-
     def run(self, variables: Any) -> Iterator[tuple[str, Any]]:
         cfg = self.ctx.config
+        extra = self.evaluator.extra_keys()
         train_split = (
-            self._embedded(variables, cfg.dataset.train_split) if self.needs_train else None
+            self.ctx.embedded(variables, cfg.dataset.train_split, extra)
+            if self.needs_train
+            else None
         )
-        test_split = self._embedded(variables, cfg.dataset.eval_split)
+        test_split = self.ctx.embedded(variables, cfg.dataset.eval_split, extra)
         out = self.evaluator.run(
             train_split, test_split, objective=cfg.objective.name, seed=int(cfg.seed)
         )
@@ -289,20 +326,26 @@ def all_evaluator_names() -> list[str]:
     return sorted(set(EVALUATORS) | set(evaluators.names()))
 
 
-def evaluator_names(config: ml_collections.ConfigDict) -> list[str]:
-    value = config.get("evaluators") or ""
+def evaluator_names(config: ml_collections.ConfigDict, field: str = "evaluators") -> list[str]:
+    """The comma-separated names of ``config.<field>`` (``evaluators`` or
+    ``final_evaluators``) as a list."""
+    value = config.get(field) or ""
     if isinstance(value, str):
         return [s.strip() for s in value.split(",") if s.strip()]
     return list(value)
 
 
-def create_evaluators(config: ml_collections.ConfigDict, ctx: Any) -> dict[str, Any]:
-    """``{name: evaluator}`` for ``config.evaluators``; ``ctx`` an EvalContext or a train Run."""
+def create_evaluators(
+    config: ml_collections.ConfigDict, ctx: Any, names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``{name: evaluator}`` for ``names`` (default: ``config.evaluators``); ``ctx`` an
+    EvalContext or a train Run (evaluators created in one call share one context, so
+    they embed each split once per evaluation)."""
     if not isinstance(ctx, EvalContext):
         ctx = EvalContext(config, ctx.resolved, ctx.mesh, ctx.model, ctx.objective)
     kwargs_all = config.get("evaluator_kwargs") or {}
     out = {}
-    for name in evaluator_names(config):
+    for name in evaluator_names(config) if names is None else names:
         kwargs = kwargs_all.get(name) if hasattr(kwargs_all, "get") else None
         kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs or {})
         if name in EVALUATORS:
@@ -319,15 +362,24 @@ def create_evaluators(config: ml_collections.ConfigDict, ctx: Any) -> dict[str, 
 
 def run_evaluators(evaluators: Mapping[str, Any], variables: Any) -> dict[str, dict[str, float]]:
     """Runs every evaluator on ``variables``: ``{evaluator: {metric: value}}``."""
-    return {name: dict(ev.run(variables)) for name, ev in evaluators.items()}
+    try:
+        return {name: dict(ev.run(variables)) for name, ev in evaluators.items()}
+    finally:
+        for ev in evaluators.values():
+            ctx = getattr(ev, "ctx", None)
+            if isinstance(ctx, EvalContext):
+                ctx.clear_cache()
 
 
-def evaluate_checkpoint(
+def restore_for_eval(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None
-) -> dict[str, Any]:
-    """Restores the model variables of ``step`` (latest good if None) and evaluates them.
+) -> tuple[EvalContext, Any, int]:
+    """The model variables of ``step`` (latest good if None) of the run in ``workdir``,
+    restored without the optimizer state, with an :class:`EvalContext` to evaluate or
+    embed with them: ``(ctx, variables, step)``.
 
-    Writes ``WORKDIR/eval/results.json`` (process 0) and returns its content.
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir``.
     """
     from ovaib_jax import checkpointing, configs, train
 
@@ -358,12 +410,26 @@ def evaluate_checkpoint(
     tree = restored.trees["model"]
     variables = train._variables(tree["params"], tree["batch_stats"])
     objective = train.make_objective(resolved, model, mesh, config.objective.get("chunk_size", 0))
-    ctx = EvalContext(config, resolved, mesh, model, objective)
-    if evaluator_names(config):
-        evaluators = create_evaluators(config, ctx)
+    return EvalContext(config, resolved, mesh, model, objective), variables, restored.step
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> dict[str, Any]:
+    """Restores the model variables of ``step`` (latest good if None) and evaluates them
+    with ``config.evaluators`` and ``config.final_evaluators``.
+
+    Writes ``WORKDIR/eval/results.json`` (process 0) and returns its content.
+    """
+    ctx, variables, step = restore_for_eval(config, workdir, step)
+    names = list(
+        dict.fromkeys(evaluator_names(config) + evaluator_names(config, "final_evaluators"))
+    )
+    if names:
+        evaluators = create_evaluators(config, ctx, names)
     else:  # the minimum an evaluation reports
         evaluators = {"heldout_loss": HeldOutLoss(ctx), "inbatch_retrieval": InBatchRetrieval(ctx)}
-    results: dict[str, Any] = {"step": restored.step, **run_evaluators(evaluators, variables)}
+    results: dict[str, Any] = {"step": step, **run_evaluators(evaluators, variables)}
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "eval")
         os.makedirs(out_dir, exist_ok=True)

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,10 +54,12 @@ __all__ = [
     "create_mesh",
     "create_optimizer",
     "create_train_state",
+    "final_evaluation",
     "global_batch",
     "initialize_distributed",
     "make_objective",
     "make_train_step",
+    "read_results",
     "train_and_evaluate",
     "train_step",
 ]
@@ -350,13 +353,14 @@ def data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
 
 
-class InMemorySource:
-    """A data source decoded once into host memory: ``src[i]`` becomes array slicing.
+class InMemorySource(data.ArraySource):
+    """A data source decoded once into host memory (numpy columns).
 
     TFDS ArrayRecord sources decode every record in Python (about 0.2 ms per example on
-    a laptop CPU), which can cost ten times the train step of a small model. Reading the
-    split once in batches (``__getitems__``) and serving examples from numpy columns keeps
-    the index-based pipeline (and its exact resume) unchanged.
+    a laptop CPU, a few times less with the pipeline's batched reads), which can cost ten
+    times the train step of a small model. Reading the split once in batches and serving
+    batches from numpy columns (:class:`ovaib_jax.data.ArraySource`: one fancy-index per
+    key and batch) keeps the index-based pipeline (and its exact resume) unchanged.
 
     Args:
       source: a random-access source of example dicts.
@@ -365,27 +369,7 @@ class InMemorySource:
     """
 
     def __init__(self, source: Any, keys: Sequence[str] | None = None, chunk: int = 2048):
-        n = len(source)
-        columns: dict[str, list[np.ndarray]] = {}
-        for lo in range(0, n, chunk):
-            idx = list(range(lo, min(lo + chunk, n)))
-            if hasattr(source, "__getitems__"):
-                records = source.__getitems__(idx)
-            else:
-                records = [source[i] for i in idx]
-            for k in keys if keys is not None else records[0]:
-                columns.setdefault(k, []).append(np.stack([np.asarray(r[k]) for r in records]))
-        self.columns = {k: np.concatenate(v) for k, v in columns.items()}
-        self.length = n
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {k: v[i] for k, v in self.columns.items()}
-
-    def __repr__(self) -> str:
-        return f"InMemorySource({self.length} examples, keys {sorted(self.columns)})"
+        super().__init__(data.load_arrays(source, chunk=chunk, keys=keys))
 
 
 class Prefetcher:
@@ -479,6 +463,7 @@ def create_data_iterator(
     batch_size: int,
     train: bool,
     spec: Any = None,
+    extra_keys: Sequence[str] = (),
 ) -> Any:
     """This process's grain iterator over ``split`` (global ``batch_size`` / processes).
 
@@ -486,7 +471,8 @@ def create_data_iterator(
     Training iterators shuffle and repeat forever; evaluation iterators read the split
     once, in order. With ``spec`` (the DatasetSpec) given, a split whose decoded size is
     at most ``config.dataset.cache_max_mb`` is decoded once into memory
-    (:class:`InMemorySource`).
+    (:class:`InMemorySource`), keeping the modalities, the targets and ``extra_keys``
+    (other stored fields an evaluator reads, e.g. a latent factor).
     """
     kwargs = data_kwargs(config)
     if jax.process_index() == 0:
@@ -500,7 +486,7 @@ def create_data_iterator(
     if spec is not None and limit and len(source) * example_nbytes(spec) <= limit:
         # Modalities and targets only: extra stored fields are never read by the trainer.
         keep = [m.name for m in spec.modalities] + [t.name for t in spec.targets]
-        source = InMemorySource(source, keys=keep)
+        source = InMemorySource(source, keys=list(dict.fromkeys([*keep, *extra_keys])))
     return data.make_iterator(
         source,
         batch_size=batch_size // jax.process_count(),
@@ -678,12 +664,19 @@ class MetricWriter:
             f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}))
             f.write("\n")
         for k, v in scalars.items():
-            self.tb.add_scalar(k, float(v), int(step))
+            self.tb.add_scalar(_tb_name(k), float(v), int(step))
         self.tb.flush()
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _tb_name(key: str) -> str:
+    """A TensorBoard-legal tag: ``"retrieval/a+b->c/R@1"`` -> ``"retrieval/a_b_to_c/R_at_1"``
+    (tensorboardX would rename it itself, logging a line per tag)."""
+    key = key.replace("->", "_to_").replace("@", "_at_")
+    return re.sub(r"[^-/\w.]", "_", key)
 
 
 class _Preemption:
@@ -735,6 +728,16 @@ class _Converted:
         return self._iterator.get_state()
 
 
+def _numbers(results: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, float]:
+    """``{"{prefix}/{evaluator}/{metric}": value}`` of the numbers (tables stay out)."""
+    return {
+        f"{prefix}/{name}/{k}": v
+        for name, kv in results.items()
+        for k, v in kv.items()
+        if isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
+    }
+
+
 def _check_finite(step: int, scalars: Mapping[str, float], ckpt) -> None:
     bad = {k: v for k, v in scalars.items() if not math.isfinite(v) and k in ("loss", "grad_norm")}
     if bad:
@@ -748,15 +751,75 @@ def _check_finite(step: int, scalars: Mapping[str, float], ckpt) -> None:
         )
 
 
+RESULTS_FILE = "results.json"
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+    """``WORKDIR/results.json`` (the final evaluation of a finished run), or None."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def final_evaluation(
+    config: ml_collections.ConfigDict,
+    run: Run,
+    state: TrainState,
+    workdir: str,
+    last_eval: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Evaluates the final parameters once and writes ``WORKDIR/results.json``.
+
+    The evaluators are ``config.final_evaluators`` and, when periodic evaluation is on
+    (``eval_every_steps > 0``), ``config.evaluators``, whose results at the last step
+    (``last_eval``) are reused rather than recomputed. A ``results.json`` already written
+    for this step is returned as is (delete it, or use ``python -m ovaib_jax.evaluate``,
+    to evaluate again).
+
+    Returns:
+      ``{"step": num_train_steps, "<evaluator>": {"<metric>": value}}``, or None when no
+      evaluator is configured.
+    """
+    from ovaib_jax import evaluate
+
+    step = int(config.num_train_steps)
+    periodic = evaluate.evaluator_names(config) if config.eval_every_steps else []
+    final = evaluate.evaluator_names(config, "final_evaluators")
+    if not periodic and not final:
+        return None
+    existing = read_results(workdir)
+    if existing is not None and existing.get("step") == step:
+        return existing
+    results = {k: v for k, v in last_eval.items() if k in periodic}
+    todo = [n for n in dict.fromkeys(periodic + final) if n not in results]
+    if todo:
+        log.info("Final evaluation at step %d: %s.", step, ", ".join(todo))
+        evaluators = evaluate.create_evaluators(config, run, todo)
+        results.update(evaluate.run_evaluators(evaluators, state.variables()))
+    out = {"step": step, **results}
+    if jax.process_index() == 0:
+        tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=2, default=float)  # evaluator order: subsets by size
+        os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from ``workdir``), logs, checkpoints and evaluates.
 
-    Writes ``WORKDIR/config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``
-    and, when ``eval_every_steps > 0``, evaluation metrics under ``eval/``.
+    Writes ``WORKDIR/config.json``, ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/``;
+    ``config.evaluators`` run every ``eval_every_steps`` (logged as ``eval/...``), and once
+    the last step is reached :func:`final_evaluation` runs ``config.final_evaluators``
+    (logged as ``final/...``) and writes ``results.json``. Calling it again on a finished
+    run only completes a missing ``results.json``.
 
     Returns:
       ``{"step": last step, "train": last logged train scalars, "eval": last eval
-      results, "preempted": bool}``.
+      results, "final": the content of results.json (None if not written), "preempted":
+      bool}``.
     """
     from tqdm.auto import tqdm
 
@@ -782,7 +845,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir, start)
     evaluators = evaluate.create_evaluators(config, run) if config.eval_every_steps else {}
     preemption.checkpointer = ckpt
-    result: dict[str, Any] = {"step": start, "train": {}, "eval": {}, "preempted": False}
+    result: dict[str, Any] = {
+        "step": start,
+        "train": {},
+        "eval": {},
+        "final": None,
+        "preempted": False,
+    }
     keys = list(run.modality_names)
     bar = tqdm(
         total=total,
@@ -848,13 +917,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 ckpt.save(step, state_items(state), batches.get_state())
             if eval_now:
                 results = evaluate.run_evaluators(evaluators, state.variables())
-                flat = {  # numbers only (tables stay in the returned results)
-                    f"eval/{name}/{k}": v
-                    for name, kv in results.items()
-                    for k, v in kv.items()
-                    if isinstance(v, int | float | np.floating | np.integer)
-                }
-                writer.write(step, flat)
+                writer.write(step, _numbers(results, "eval"))
                 result["eval"] = results
             result["step"] = step
             if preempted:
@@ -862,6 +925,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 result["preempted"] = True
                 break
         drain()
+        if not result["preempted"] and step >= total:
+            done = read_results(workdir)
+            if done is not None and done.get("step") == total:  # evaluated before
+                result["final"] = done
+            else:
+                final = final_evaluation(config, run, state, workdir, result["eval"])
+                result["final"] = final
+                names = evaluate.evaluator_names(config, "final_evaluators")
+                if final is not None and names:
+                    writer.write(total, _numbers({k: final[k] for k in names}, "final"))
     finally:
         if isinstance(batches, Prefetcher):
             batches.close()

@@ -10,27 +10,46 @@ import pytest
 
 from ovaib_jax import configs, losses
 
-EXPERIMENTS = sorted(
-    glob.glob(os.path.join(os.path.dirname(__file__), "..", "experiments", "*.py"))
-)
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments")
+# Every experiment file, subdirectories (experiments/paper/) included.
+EXPERIMENTS = sorted(glob.glob(os.path.join(EXPERIMENTS_DIR, "**", "*.py"), recursive=True))
+
+
+def _name(path: str) -> str:
+    return os.path.relpath(path, EXPERIMENTS_DIR)[:-3]
 
 
 def load(name: str, arg: str | None = None):
-    path = os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+    path = os.path.join(EXPERIMENTS_DIR, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"exp_{name.replace('/', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
 
 
+PAPER = {
+    # name: (dataset builder config, learning rate, downstream targets, OVA-IB beta)
+    "vfd_classification": ("vfd", 1e-4, ("contact",), 1.0),
+    "vfd_regression": ("vfd", 1e-3, ("ee_yaw_next",), 1.0),
+    "vfp": ("vfp", 1e-4, ("contact",), 1.0),
+    "vfpd": ("vfpd", 1e-4, ("contact",), 1.0),
+    "vfpdo": ("vfpdo", 1e-4, ("contact",), 1.0),
+    "mujoco_push": ("", 1e-3, ("position",), 1.0),
+    "mosei": ("senti", 1e-5, ("label",), 1.0),
+    "wesad": ("", 1e-3, None, 0.5),
+}
+
+
 def test_experiments_exist():
-    names = {os.path.basename(p)[:-3] for p in EXPERIMENTS}
-    assert {"default", "wesad", "vision_touch", "mosei", "mujoco_push", "mfeat"} <= names
+    names = {_name(p) for p in EXPERIMENTS}
+    offline = {"default", "parity", "latent", "mfeat", "mnist_views"}
+    bases = {"wesad", "vision_touch", "mosei", "mujoco_push"}
+    assert offline | bases | {f"paper/{n}" for n in PAPER} <= names
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=_name)
 def test_every_experiment_validates(path):
-    config = load(os.path.basename(path)[:-3])
+    config = load(_name(path))
     resolved = configs.validate_config(config, device_count=8, process_count=2)
     assert len(resolved.modalities) >= 2
     assert resolved.objective is losses.get(config.objective.name)
@@ -54,6 +73,54 @@ def test_paper_defaults_applied():
     assert config.model.embedding_dim == config.model.representation_dim == 256
     assert load("mosei").optimizer.learning_rate == 1e-5
     assert load("vision_touch", "variant=vfpdo").dataset.builder_config == "vfpdo"
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs(name):
+    """SPEC section 5: Adam, batch 64, tau 0.01, dims 256, 3-layer heads, lam 1e-8, seed
+    42, the learning rate and beta of each task; the heavy evaluators once at the end."""
+    builder_config, lr, targets, beta = PAPER[name]
+    config = load(f"paper/{name}")
+    assert config.dataset.builder_config == builder_config
+    assert (config.optimizer.name, config.optimizer.learning_rate) == ("adam", lr)
+    assert (config.seed, config.batch_size) == (42, 64)
+    assert (config.objective.tau, config.objective.lam, config.objective.beta) == (0.01, 1e-8, beta)
+    assert config.model.representation_dim == config.model.embedding_dim == 256
+    assert config.model.head_layers == 3
+    assert config.final_evaluators == "downstream,modality_subsets,retrieval,mi_bounds"
+    assert config.evaluators == "heldout_loss,inbatch_retrieval"
+    assert config.evaluator_kwargs.downstream.get("targets") == targets
+    assert config.evaluator_kwargs.downstream.hidden == (256, 256, 256)  # the 4-layer MLP
+    if name == "wesad":
+        assert config.evaluator_kwargs.retrieval.pairs == ("resp+ecg->bvp",)
+    # Every objective of the comparison takes the paper's shared setting too.
+    symile = load(f"paper/{name}", "objective=symile")
+    assert (symile.batch_size, symile.optimizer.learning_rate) == (64, lr)
+    assert symile.objective.name == "symile"
+
+
+def test_offline_config_arguments():
+    config = load("parity", "M=5,k=1,p=0.5")
+    assert (config.dataset.builder_config, config.dataset.config.M) == ("m5", 5)
+    assert (config.dataset.config.k, config.dataset.config.p) == (1, 0.5)
+    assert len(configs.validate_config(config, device_count=1, process_count=1).modalities) == 5
+    latent = load("latent", "M=4,beta=0.25")
+    assert latent.objective.beta == 0.25 and latent.dataset.config.M == 4
+    assert latent.evaluator_kwargs.downstream.per_modality_targets == ("nuisance",)
+    assert load("latent", "objective=pairwise_clip_ib").objective.beta == 1.0  # its own default
+    assert load("mnist_views").evaluator_kwargs.retrieval.relevance == "label"
+    for name, arg in (("parity", "M=2"), ("latent", "M=6"), ("mnist_views", "M=4")):
+        with pytest.raises(ValueError, match="M must be"):
+            load(name, arg)
+
+
+def test_evaluator_kwargs_are_checked():
+    _bad(lambda c: setattr(c, "final_evaluators", "retrieval,probe9"), r"final_evaluators.*probe9")
+    _bad(
+        lambda c: setattr(c, "evaluator_kwargs", {"retrieval": {"top_k": 3}}),
+        r"evaluator_kwargs.retrieval: .*unknown config key\(s\) \['top_k'\]",
+    )
+    _bad(lambda c: setattr(c, "evaluator_kwargs", {"retreival": {}}), r"'retreival'.*not an")
 
 
 def test_anchor_by_name_resolves_to_index():

@@ -14,7 +14,15 @@ Build from the command line: ``python -m ovaib_jax.data.build NAME``.
 """
 
 from ovaib_jax.data.base import MissingDataError, SpecBuilder
-from ovaib_jax.data.pipeline import load_arrays, make_dataset, make_iterator, steps_per_epoch
+from ovaib_jax.data.pipeline import (
+    ArraySource,
+    load_arrays,
+    make_dataset,
+    make_iterator,
+    read_batch,
+    stack_examples,
+    steps_per_epoch,
+)
 from ovaib_jax.data.registry import (
     BUILDERS,
     builder_class,
@@ -30,6 +38,7 @@ from ovaib_jax.data.spec import DatasetSpec, Modality, Target
 
 __all__ = [
     "BUILDERS",
+    "ArraySource",
     "DatasetSpec",
     "MissingDataError",
     "Modality",
@@ -46,5 +55,7 @@ __all__ = [
     "make_source",
     "names",
     "prepare",
+    "read_batch",
+    "stack_examples",
     "steps_per_epoch",
 ]

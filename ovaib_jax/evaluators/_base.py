@@ -49,7 +49,10 @@ class Embedded:
     Attributes:
       z: (M, N, d) projection-head embeddings (for retrieval and MI bounds), or None.
       reps: ``{modality: (N, r_m)}`` encoder representations (for probes); may be empty.
-      targets: ``{target: (N,) or (N, k)}``: integer class ids or float regression values.
+      targets: ``{target: (N,) or (N, k)}``: integer class ids or float regression values;
+        also ``(N, M, k)`` for a *per-modality* target (one row per modality, e.g. the
+        private ``nuisance`` of ``ovaib_latent``), read by ``downstream``'s
+        ``per_modality_targets``.
       modality_names: the M modality names, in the order of ``z``'s first axis.
       target_specs: optional ``{target: Target}`` (``ovaib_jax.data.Target`` or
         :class:`TargetInfo`); a target without a spec is inferred by :meth:`target_info`
@@ -87,8 +90,10 @@ class Embedded:
         object.__setattr__(self, "reps", reps)
         targets = {k: np.asarray(v) for k, v in self.targets.items()}
         for k, v in targets.items():
-            if v.ndim not in (1, 2):
-                raise ValueError(f"Embedded: target {k!r} must be (N,) or (N, k); got {v.shape}.")
+            if v.ndim not in (1, 2, 3):
+                raise ValueError(
+                    f"Embedded: target {k!r} must be (N,), (N, k) or (N, M, k); got {v.shape}."
+                )
             sizes[f"targets[{k!r}]"] = v.shape[0]
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "target_specs", dict(self.target_specs))
@@ -128,6 +133,10 @@ class Embedded:
             )
         return np.concatenate([self.reps[m].astype(np.float32) for m in modalities], axis=1)
 
+    def per_modality(self, name: str) -> bool:
+        """Whether target ``name`` holds one row per modality: (N, M, k)."""
+        return self.targets[name].ndim == 3
+
     def target_info(self, name: str) -> TargetInfo:
         """The spec of target ``name``: given in ``target_specs``, else inferred."""
         if name not in self.targets:
@@ -139,7 +148,7 @@ class Embedded:
             if y.ndim != 1:
                 raise ValueError(f"Integer target {name!r} must be (N,); got {y.shape}.")
             return TargetInfo(name, "classification", num_classes=int(y.max(initial=0)) + 1)
-        return TargetInfo(name, "regression", dim=1 if y.ndim == 1 else int(y.shape[1]))
+        return TargetInfo(name, "regression", dim=1 if y.ndim == 1 else int(y.shape[-1]))
 
 
 def _to_host(x: Any) -> np.ndarray:
@@ -280,6 +289,11 @@ class Evaluator(abc.ABC):
         seed: int = 0,
     ) -> dict[str, Any]:
         """Flat ``{metric: value}`` (floats; a markdown string under ``"table"``)."""
+
+    def extra_keys(self) -> tuple[str, ...]:
+        """Example keys this evaluator reads beyond the dataset's declared targets (e.g. a
+        stored latent factor to decode); the caller embeds them as targets."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

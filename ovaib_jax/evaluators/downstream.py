@@ -28,7 +28,9 @@ def resolve_target(name: str, train: Embedded, test: Embedded) -> TargetInfo:
 
 
 def _targets(names: Sequence[str] | None, train: Embedded, test: Embedded) -> list[TargetInfo]:
-    names = list(train.targets) if names is None else list(names)
+    if names is None:  # per-modality targets are probed by ``per_modality_targets`` only
+        names = [t for t in train.targets if not train.per_modality(t)]
+    names = list(names)
     if not names:
         raise ValueError(
             "No targets to probe: the train split carries none (pass target_names= or a "
@@ -64,11 +66,19 @@ class DownstreamConfig(ProbeConfig):
 
     Attributes:
       modalities: modality names whose representations are concatenated (None: all).
-      targets: target names to probe, one probe each (None: every target of the split).
+      targets: target names to probe, one probe each (None: every target of the split
+        except per-modality ones). A stored example key that the dataset does not
+        declare as a target (e.g. ``ovaib_latent``'s ``shared`` factor) may be named: it
+        is read as a regression target.
+      per_modality_targets: stored keys of shape (M, k) per example, row m private to
+        modality m (``ovaib_latent``'s and ``mnist_views``' ``nuisance``): for each
+        modality m a regression probe from m's OWN representation to row m (see
+        :class:`Downstream`). Empty: none.
     """
 
     modalities: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
+    per_modality_targets: tuple[str, ...] = ()
 
 
 class Downstream(Evaluator):
@@ -77,10 +87,22 @@ class Downstream(Evaluator):
     Results (per target ``t``): classification ``t/accuracy`` (fraction in [0, 1]),
     ``t/loss`` (test cross-entropy); regression ``t/mse`` (target units), ``t/r2``; and
     ``t/val_loss``, ``t/best_epoch``, ``t/epochs``. ``objective`` is ignored.
+
+    Per-modality targets ``t`` (``per_modality_targets``; how much of a modality's
+    private factor its representation keeps, i.e. how far from *minimal* it is):
+    ``t/{modality}/r2`` and ``t/{modality}/mse`` for each modality, and their means
+    over modalities ``t/mean/r2``, ``t/mean/mse``. The target columns are standardised
+    with the train split's mean and std first (columns constant in train are dropped),
+    so ``mse`` is the fraction of variance left unexplained and ``r2`` (pooled over the
+    standardised columns) is close to the mean of the per-column R²: 0 = nothing
+    decodable, 1 = fully decodable.
     """
 
     name = "downstream"
     Config = DownstreamConfig
+
+    def extra_keys(self) -> tuple[str, ...]:
+        return tuple(self.config.targets or ()) + tuple(self.config.per_modality_targets)
 
     def run(
         self,
@@ -103,7 +125,58 @@ class Downstream(Evaluator):
                 x_tr, train.targets[info.name], x_te, test.targets[info.name], info, cfg, seed
             )
             out.update({f"{info.name}/{k}": v for k, v in r.items()})
+        for name in cfg.per_modality_targets:
+            out.update(per_modality_probes(name, mods, train, test, cfg, seed))
         return out
+
+
+def per_modality_probes(
+    name: str,
+    modalities: Sequence[str],
+    train: Embedded,
+    test: Embedded,
+    cfg: DownstreamConfig,
+    seed: int,
+) -> dict[str, float]:
+    """Decodes row m of the per-modality target ``name`` from modality m's representation.
+
+    Returns ``{name}/{modality}/{r2,mse}`` and ``{name}/mean/{r2,mse}`` (see
+    :class:`Downstream`).
+    """
+    for split, e in (("train", train), ("test", test)):
+        if name not in e.targets or not e.per_modality(name):
+            have = {k: v.shape for k, v in e.targets.items()}
+            raise ValueError(
+                f"downstream: per-modality target {name!r} must be a stored (N, M, k) array "
+                f"in the {split} split; it has {have}."
+            )
+    y_tr = np.asarray(train.targets[name], np.float64)
+    y_te = np.asarray(test.targets[name], np.float64)
+    if y_tr.shape[1] != train.num_modalities:
+        raise ValueError(
+            f"downstream: per-modality target {name!r} has {y_tr.shape[1]} rows per example, "
+            f"not one per modality ({train.modality_names})."
+        )
+    out: dict[str, float] = {}
+    for mod in modalities:
+        m = train.modality_index(mod)
+        mean, std = y_tr[:, m].mean(0), y_tr[:, m].std(0)
+        keep = std > 1e-8
+        if not keep.any():
+            continue
+        ya = ((y_tr[:, m] - mean) / np.where(keep, std, 1.0))[:, keep]
+        yb = ((y_te[:, m] - mean) / np.where(keep, std, 1.0))[:, keep]
+        info = TargetInfo(f"{name}[{mod}]", "regression", dim=int(keep.sum()))
+        (r,) = fit_probes(
+            train.features([mod]), ya, test.features([mod]), yb, info, cfg.probe_only(), seed
+        )
+        out[f"{name}/{mod}/r2"] = r["r2"]
+        out[f"{name}/{mod}/mse"] = r["mse"]
+    for metric in ("r2", "mse"):
+        vals = [v for k, v in out.items() if k.endswith(f"/{metric}")]
+        if vals:
+            out[f"{name}/mean/{metric}"] = float(np.mean(vals))
+    return out
 
 
 def subsets(names: Sequence[str], max_size: int | None = None) -> list[tuple[str, ...]]:
@@ -153,6 +226,9 @@ class ModalitySubsets(Evaluator):
 
     name = "modality_subsets"
     Config = ModalitySubsetsConfig
+
+    def extra_keys(self) -> tuple[str, ...]:
+        return tuple(self.config.targets or ())
 
     def run(
         self,

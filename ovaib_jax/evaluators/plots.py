@@ -6,6 +6,7 @@ global backend switch, so it is safe in scripts, tests and threads).
 * :func:`plot_retrieval_bars`: grouped bars of retrieval metrics, with std error bars
   when values are given per seed.
 * :func:`plot_embedding_pca`: 2-D PCA (numpy SVD) of embeddings coloured by label.
+* :func:`sweep_figures`: all of the above for a sweep (``python -m ovaib_jax.sweep``).
 
 Every function returns the path written.
 """
@@ -48,8 +49,24 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
 
 
+def _curve(paths: Sequence[PathLike], key: str) -> tuple[np.ndarray, ...] | None:
+    """(steps, mean, min, max) of ``key`` over runs, on the steps every run logged."""
+    series = []
+    for path in paths:
+        pts = {r["step"]: r[key] for r in read_metrics(path) if key in r and "step" in r}
+        if pts:
+            series.append(pts)
+    if not series:
+        return None
+    steps = sorted(set.intersection(*(set(p) for p in series)))
+    if not steps:
+        return None
+    y = np.asarray([[p[s] for s in steps] for p in series], np.float64)
+    return np.asarray(steps, np.float64), y.mean(0), y.min(0), y.max(0)
+
+
 def plot_training_curves(
-    runs: Mapping[str, PathLike] | Sequence[PathLike],
+    runs: Mapping[str, PathLike | Sequence[PathLike]] | Sequence[PathLike],
     out_path: PathLike,
     *,
     keys: Sequence[str] = ("loss",),
@@ -59,7 +76,9 @@ def plot_training_curves(
     """One panel per metric key, one line per run (x = ``step``).
 
     Args:
-      runs: ``{label: metrics.jsonl path}`` or paths (labelled by their directory).
+      runs: ``{label: metrics.jsonl path}`` or paths (labelled by their directory); a
+        label may map to several paths (e.g. the seeds of one objective): their mean is
+        drawn, with the min-max band, on the steps they all logged.
       out_path: PNG path.
       keys: metric names to plot (records without a key are skipped for that key).
       smooth: moving-average window (1: raw).
@@ -73,14 +92,18 @@ def plot_training_curves(
         runs = dict(zip(labels, paths))
     fig = Figure(figsize=(4.5 * len(keys), 3.4))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for label, path in runs.items():
-        records = read_metrics(path)
+    for label, group in runs.items():
+        group = [group] if isinstance(group, str | os.PathLike) else list(group)
         for ax, key in zip(axes, keys):
-            pts = [(r["step"], r[key]) for r in records if key in r and "step" in r]
-            if not pts:
+            curve = _curve(group, key)
+            if curve is None:
                 continue
-            x, y = np.asarray(pts, np.float64).T
-            ax.plot(x, _smooth(y, smooth), label=str(label), lw=1.2)
+            x, mean, lo, hi = curve
+            (line,) = ax.plot(x, _smooth(mean, smooth), label=str(label), lw=1.2)
+            if len(group) > 1:
+                ax.fill_between(
+                    x, _smooth(lo, smooth), _smooth(hi, smooth), color=line.get_color(), alpha=0.2
+                )
     for ax, key in zip(axes, keys):
         ax.set_xlabel("step")
         ax.set_title(key)
@@ -257,3 +280,89 @@ def plot_embedding_pca(
     if title:
         ax.set_title(title)
     return _save(fig, out_path)
+
+
+def _file_name(text: str) -> str:
+    """A file-name-safe form of a pair or target name (``"a+b->c"`` -> ``"a_b_to_c"``)."""
+    text = text.replace("->", "_to_").replace("+", "_")
+    return "".join(ch if ch.isalnum() or ch in "_-." else "_" for ch in text).strip("_")
+
+
+def sweep_figures(
+    runs: Sequence[Any],
+    out_dir: PathLike,
+    *,
+    embeddings: Mapping[str, tuple[np.ndarray, np.ndarray | None, Sequence[str]]] | None = None,
+) -> dict[str, str]:
+    """The figures of a sweep report, written into ``out_dir``.
+
+    Args:
+      runs: the sweep's ``report.RunRecord`` list.
+      out_dir: where the PNGs go (next to the report).
+      embeddings: ``{objective: (z (M, N, d), labels (N,) or None, modality names)}``
+        of one run per objective, for the PCA plots.
+
+    Returns:
+      ``{caption: file name}`` (relative to ``out_dir``): training curves (one line per
+      objective, mean and min-max band over seeds), one subset heatmap per target, one
+      retrieval bar chart per pair, one PCA scatter per objective.
+    """
+    from ovaib_jax.evaluators import report
+
+    out_dir = os.fspath(out_dir)
+    figures: dict[str, str] = {}
+    metrics = {}
+    for r in runs:
+        path = os.path.join(r.workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            metrics.setdefault(r.objective, []).append(path)
+    if metrics:
+        present = {
+            k for paths in metrics.values() for p in paths for rec in read_metrics(p) for k in rec
+        }
+        keys = [
+            k
+            for k in ("train/loss", "train/accuracy", "eval/inbatch_retrieval/top1")
+            if k in present
+        ]
+        if keys:
+            name = "curves.png"
+            plot_training_curves(metrics, os.path.join(out_dir, name), keys=keys)
+            figures["training curves (mean and min-max over seeds)"] = name
+    per_obj = report.per_objective(runs)
+    summary = report.summarize(per_obj)
+    for header, cols in report.subset_scores(per_obj).items():
+        scores = {
+            obj: {s: summary[obj][k]["mean"] for s, k in cols.items() if k in summary[obj]}
+            for obj in per_obj
+        }
+        acc = header.endswith("(%)")
+        name = f"subsets_{_file_name(header.split(' ')[0])}.png"
+        plot_subset_heatmap(
+            scores,
+            os.path.join(out_dir, name),
+            title=header,
+            scale=100.0 if acc else 1.0,
+            fmt=".1f" if acc else ".3g",
+            higher_is_better=acc,
+        )
+        figures[f"modality subsets: {header}"] = name
+    for pair, cols in report.retrieval_keys(per_obj).items():
+        bars = {
+            obj: {
+                m: summary[obj][k]["values"]
+                for m, k in cols.items()
+                if (m.startswith("R@") or m == "mAP") and k in summary[obj]  # [0, 1] scale
+            }
+            for obj in per_obj
+        }
+        name = f"retrieval_{_file_name(pair)}.png"
+        plot_retrieval_bars(bars, os.path.join(out_dir, name), title=f"retrieval {pair}")
+        figures[f"retrieval {pair}"] = name
+    for obj, (z, labels, names) in (embeddings or {}).items():
+        name = f"pca_{_file_name(obj)}.png"
+        plot_embedding_pca(
+            z, labels, os.path.join(out_dir, name), modality_names=names, title=f"{obj}: test z"
+        )
+        figures[f"PCA of the test embeddings: {obj}"] = name
+    return figures

@@ -99,3 +99,33 @@ def test_errors_are_clear():
         evaluators.get("downstream")(targets=["nope"]).run(TRAIN, TEST)
     with pytest.raises(ValueError, match="needs the train split"):
         evaluators.get("modality_subsets")().run(None, TEST)
+
+
+def _with_nuisance(e: Embedded, seed: int) -> Embedded:
+    """``e`` plus a per-modality target ``nuis`` (N, 3, 3): modality "a" carries its row
+    exactly (columns 0, 1 of its rep, column 2 constant), "b" and "c" none of theirs."""
+    rng = np.random.default_rng(seed)
+    n = e.num_examples
+    nuis = rng.normal(size=(n, 3, 3)).astype(np.float32)
+    nuis[:, 0, :2] = 3.0 * e.reps["a"][:, :2] - 1.0
+    nuis[:, 0, 2] = 7.0  # constant: skipped
+    return Embedded(None, e.reps, {**e.targets, "nuis": nuis}, NAMES)
+
+
+def test_per_modality_targets_decode_each_modality_from_its_own_rep():
+    train, test = _with_nuisance(TRAIN, 2), _with_nuisance(TEST, 3)
+    ev = evaluators.get("downstream")(
+        probe="linear", targets=["label"], per_modality_targets=["nuis"], **FAST
+    )
+    assert ev.extra_keys() == ("label", "nuis")
+    r = ev.run(train, test, seed=0)
+    assert r["nuis/a/r2"] > 0.95 and r["nuis/a/mse"] < 0.05  # standardised units
+    for m in ("b", "c"):
+        assert r[f"nuis/{m}/r2"] < 0.1 and r[f"nuis/{m}/mse"] > 0.9
+    assert r["nuis/mean/r2"] == pytest.approx(np.mean([r[f"nuis/{m}/r2"] for m in NAMES]))
+    assert "label/accuracy" in r and not any(k.startswith("nuis/") and k.count("/") == 1 for k in r)
+    # Without targets=, per-modality targets are not probed as ordinary targets.
+    default = evaluators.get("downstream")(probe="linear", **FAST).run(train, test, seed=0)
+    assert not any(k.startswith("nuis") for k in default)
+    with pytest.raises(ValueError, match=r"per-modality target 'label' must be .*\(N, M, k\)"):
+        evaluators.get("downstream")(per_modality_targets=["label"], **FAST).run(train, test)

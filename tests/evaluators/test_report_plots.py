@@ -109,3 +109,183 @@ def test_pca_2d_recovers_a_plane():
     assert p.shape == (100, 2)
     np.testing.assert_allclose(np.abs(p), np.abs(coords), atol=1e-8)
     np.testing.assert_allclose(np.var(p, axis=0).sum(), np.var(coords, axis=0).sum(), rtol=1e-6)
+
+
+def test_seeds_table_per_column_options():
+    results = {"a": {"acc": [0.9, 0.8], "mse": [0.2, 0.4]}, "b": {"acc": [0.7], "mse": [0.1]}}
+    table = report.seeds_table(
+        results,
+        scale={"acc": 100.0},
+        digits={"acc": 1, "mse": 3},
+        best={"acc": "max", "mse": "min"},
+    )
+    assert table.splitlines()[2] == "| a | **85.0 ± 7.1** | 0.300 ± 0.141 |"
+    assert table.splitlines()[3] == "| b | 70.0 | **0.100** |"
+    with pytest.raises(ValueError, match="best must be"):
+        report.seeds_table(results, best={"acc": "top"})
+
+
+def _fake_results(obj_shift: float, k: int) -> dict:
+    """A results.json of a 2-modality run (the k-th seed) with every evaluator the sweep
+    reports."""
+    s = obj_shift + 0.01 * k
+    return {
+        "step": 10,
+        "downstream": {
+            "label/accuracy": 0.8 + s,
+            "label/loss": 0.5,
+            "pos/mse": 0.1 - s / 10,
+            "nuis/a/r2": 0.3 + s,
+            "nuis/b/r2": 0.1,
+            "nuis/mean/r2": 0.2 + s / 2,
+        },
+        "modality_subsets": {
+            "a/label/accuracy": 0.6 + s,
+            "b/label/accuracy": 0.5,
+            "a+b/label/accuracy": 0.8 + s,
+            "a+b/pos/mse": 0.2,
+            "a/pos/mse": 0.3,
+            "table": "| ... |",
+        },
+        "retrieval": {
+            "a->b/R@1": 0.1 + s,
+            "a->b/R@5": 0.3,
+            "a->b/R@10": 0.5,
+            "a->b/mAP": 0.2 + s,
+            "a->b/median_rank": 7.0 - k,
+            "a->b/mean_rank": 9.0,
+            "R@1": 0.1 + s,
+            "mAP": 0.2 + s,
+            "num_candidates": 100,
+            "table": "| ... |",
+        },
+        "mi_bounds": {
+            "ova_mi_bound/a": 1.0 + s,
+            "ova_mi_bound/b": 1.5,
+            "ova_mi_bound/mean": 1.2,
+            "mi_bound/mean": 2.0,
+            "log_n": 4.0,
+            "loss": 3.0,
+        },
+    }
+
+
+def _runs():
+    runs = []
+    for k, seed in enumerate((42, 0)):
+        for obj, shift in (("ova_ib", 0.1), ("clip", 0.0)):
+            runs.append(
+                report.RunRecord(obj, seed, f"/r/{obj}/{seed}", _fake_results(shift, k), 60.0)
+            )
+    runs.append(report.RunRecord("gram", 42, "/r/gram/42", None, 5.0, "failed", "Non-finite"))
+    return runs
+
+
+def test_sweep_tables_layout_and_numbers():
+    runs = _runs()
+    per_obj = report.per_objective(runs)
+    assert list(per_obj) == ["ova_ib", "clip", "gram"] and per_obj["gram"] == []
+    assert report.flatten_results(runs[0].results)["downstream/label/accuracy"] == 0.9
+    assert "downstream/table" not in report.flatten_results({"downstream": {"table": "x"}})
+    summary = report.summarize(per_obj)
+    acc = summary["ova_ib"]["downstream/label/accuracy"]
+    assert acc["values"] == pytest.approx([0.9, 0.91]) and acc["n"] == 2
+    assert acc["std"] == pytest.approx(np.std(acc["values"], ddof=1))
+
+    main = report.downstream_table(per_obj).splitlines()
+    assert main[0] == "| objective | label acc. (%) | pos MSE |"
+    assert main[2] == "| ova_ib | **90.50 ± 0.71** | **0.0895 ± 0.0007** |"
+    assert main[3] == "| clip | 80.50 ± 0.71 | 0.0995 ± 0.0007 |"
+    assert main[4] == "| gram | - | - |"
+
+    (nuis,) = report.per_modality_tables(per_obj).values()
+    assert nuis.splitlines()[0] == "| objective | a | b | mean |" and "**" not in nuis
+
+    subsets = report.subsets_tables(per_obj)
+    assert list(subsets) == ["label acc. (%)", "pos MSE"]
+    assert subsets["label acc. (%)"].splitlines()[0] == "| objective | a | b | a+b |"
+    assert subsets["pos MSE"].splitlines()[0] == "| objective | a | a+b |"
+
+    (ret,) = report.retrieval_tables(per_obj).values()
+    lines = ret.splitlines()
+    assert lines[0] == "| objective | R@1 | R@5 | R@10 | mAP | median_rank |"
+    assert lines[2].split(" | ")[1].startswith("**")  # ova_ib's higher R@1
+    assert lines[2].endswith("| **6.5 ± 0.7** |") and lines[3].endswith("| **6.5 ± 0.7** |")
+
+    mi = report.mi_bounds_table(per_obj).splitlines()
+    assert mi[0] == "| objective | OVA a | OVA b | OVA mean | own mean | log N |"
+
+    wall = report.wall_time_table(runs).splitlines()
+    assert wall[0] == "| objective | seed 42 | seed 0 | mean |"
+    assert wall[2] == "| ova_ib | 1.00 | 1.00 | 1.00 ± 0.00 |" and wall[4].startswith(
+        "| gram | 0.08 | - |"
+    )
+
+
+def test_sweep_report_markdown_and_json():
+    runs = _runs()
+    md, summary = report.sweep_report(
+        runs,
+        title="experiments/x.py",
+        command="python -m ovaib_jax.sweep --config=experiments/x.py",
+        figures={"curves": "curves.png"},
+        notes=["`--config.objective.tau` does not apply to symile."],
+    )
+    assert md.startswith("# Sweep: experiments/x.py\n")
+    assert "python -m ovaib_jax.sweep --config=experiments/x.py" in md
+    for section in (
+        "## Downstream probe on all modalities (test split)",
+        "## Decoding each modality's own `nuis` from its representation (R²)",
+        "## Modality subsets: label acc. (%)",
+        "## Modality subsets: pos MSE",
+        "## Retrieval a->b",
+        "## Mutual-information lower bounds (nats, test split)",
+        "## Wall time per run (minutes)",
+        "## Failed runs",
+    ):
+        assert section in md, section
+    assert "![curves](curves.png)" in md and "does not apply to symile" in md
+    assert "* gram, seed 42: Non-finite" in md
+    assert summary["objectives"] == ["ova_ib", "clip", "gram"] and summary["seeds"] == [42, 0]
+    assert [r["finished"] for r in summary["runs"]] == [True] * 4 + [False]
+    assert "results" not in summary["runs"][0]
+    json.dumps(summary)  # JSON-able
+
+
+def test_grouped_training_curves_and_sweep_figures(tmp_path):
+    runs = []
+    for obj in ("ova_ib", "clip"):
+        for seed in (42, 0):
+            d = tmp_path / obj / str(seed)
+            d.mkdir(parents=True)
+            with open(d / "metrics.jsonl", "w") as f:
+                for step in range(5, 101, 5):
+                    rec = {"step": step, "train/loss": 1.0 / step + seed, "train/accuracy": 0.5}
+                    f.write(json.dumps(rec) + "\n")
+            runs.append(
+                report.RunRecord(obj, seed, str(d), _fake_results(0.1 * (obj == "clip"), 1), 1)
+            )
+    _check_png(
+        plots.plot_training_curves(
+            {
+                o: [r.workdir + "/metrics.jsonl" for r in runs if r.objective == o]
+                for o in ("ova_ib",)
+            },
+            tmp_path / "grouped.png",
+            keys=("train/loss",),
+        )
+    )
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 40, 4))
+    figures = plots.sweep_figures(
+        runs, tmp_path / "out", embeddings={"ova_ib": (z, rng.integers(0, 2, 40), ("a", "b"))}
+    )
+    assert sorted(figures.values()) == [
+        "curves.png",
+        "pca_ova_ib.png",
+        "retrieval_a_to_b.png",
+        "subsets_label.png",
+        "subsets_pos.png",
+    ]
+    for name in figures.values():
+        _check_png(tmp_path / "out" / name)

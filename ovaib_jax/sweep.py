@@ -1,0 +1,286 @@
+"""Trains every objective with every seed on one experiment, then writes the comparison.
+
+    python -m ovaib_jax.sweep --config=experiments/parity.py:M=4 \\
+        --objectives=ova_ib,symile,gram,pairwise_clip --seeds=42,0,1 --workdir=DIR \\
+        [--config.num_train_steps=500 ...]
+
+Every run uses the same encoders, data and hyper-parameters; only the objective (and
+the seed) changes. The config of objective NAME is the experiment file loaded with the
+argument ``objective=NAME`` (so each objective gets its own hyper-parameters and
+defaults, as ``--config=FILE:objective=NAME`` gives to ``ovaib_jax.main``), then the
+``--config.*`` overrides: every override of a field outside ``objective`` applies to
+every run, an ``objective.*`` override to the objectives that have that
+hyper-parameter (overrides are checked against the config of the file's default
+objective).
+
+Run ``(objective, seed)`` lives in ``DIR/<objective>/seed_<seed>/`` (the usual workdir
+of ``ovaib_jax.main``). Re-running the same command skips finished runs (their
+``results.json`` is there) and resumes interrupted ones from their last checkpoint; a
+run trained with another config stops the sweep with the differing keys. A run whose
+loss diverges is reported as failed and not retried. The evaluation is the config's
+``final_evaluators`` (run once, after the last step) and ``evaluators``.
+
+Then ``DIR/report.md`` and ``DIR/report.json`` (:func:`ovaib_jax.evaluators.report.
+sweep_report`: mean ± std over seeds, rows objectives, columns tasks, best in bold;
+modality subsets; retrieval per pair; MI bounds; wall time per run; the command) and
+PNG figures beside them (training curves, subset heatmaps, retrieval bars, PCA of one
+run's test embeddings per objective).
+
+The command line turns on JAX's persistent compilation cache in ``DIR/jax_cache`` (the
+runs of one objective differ only in data, so later seeds skip compiling); pass
+``--nocompilation_cache`` to keep it off, or set ``JAX_COMPILATION_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from ovaib_jax import configs, evaluate, losses, train
+from ovaib_jax.evaluators import plots, report
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "sweep_run.json"  # per run: wall time over all attempts, status, error
+
+
+def load_experiment(config_file: str, objective: str) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of ``config_file`` (``"path.py[:arg]"``) with ``objective=NAME``
+    put into its argument."""
+    path, _, arg = config_file.partition(":")
+    items = [a for a in arg.split(",") if a.strip() and not a.strip().startswith("objective=")]
+    spec = importlib.util.spec_from_file_location("_ovaib_sweep_experiment", path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"No experiment file {path!r}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.get_config(",".join([*items, f"objective={objective}"]))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e} (a sweep needs the argument objective=NAME).") from None
+
+
+def objective_configs(
+    config_file: str, objectives: Sequence[str], overrides: Mapping[str, Any]
+) -> tuple[dict[str, ml_collections.ConfigDict], list[str]]:
+    """The config of every objective with the overrides applied, each validated.
+
+    Returns:
+      ``({objective: config}, notes)``; notes say which ``objective.*`` overrides some
+      objectives do not take.
+
+    Raises:
+      ValueError: an unknown objective (listing the valid ones), an override of
+        ``seed`` or ``objective.name``, or a config that does not validate.
+    """
+    valid = losses.names()
+    unknown = [o for o in objectives if o not in valid]
+    if unknown or not objectives:
+        raise ValueError(
+            f"Unknown objective(s) {unknown or objectives}; valid objectives are {list(valid)}."
+        )
+    for key in ("seed", "objective.name"):
+        if key in overrides:
+            raise ValueError(
+                f"--config.{key} cannot be overridden in a sweep: use --seeds and --objectives."
+            )
+    out, notes = {}, []
+    for name in objectives:
+        config = load_experiment(config_file, name)
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            if parents == ["objective"] and leaf not in node:
+                notes.append(f"`--config.{key}` does not apply to {name}.")
+                continue
+            node[leaf] = value
+        try:
+            configs.validate_config(config)
+        except ValueError as e:
+            raise ValueError(f"objective {name!r}: {e}") from None
+        config.lock()
+        out[name] = config
+    return out, notes
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> report.RunRecord:
+    """Trains and evaluates one run (skipped when finished or failed before).
+
+    Raises:
+      ValueError: ``workdir`` holds a run trained with another config.
+      KeyboardInterrupt: the run was stopped by SIGTERM (its checkpoint is saved).
+    """
+    old = _read_json(os.path.join(workdir, "config.json"))
+    if old:
+        new, was = _flat(json.loads(config.to_json_best_effort())), _flat(old)
+        diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
+        if diff:
+            raise ValueError(
+                f"{workdir} holds a run trained with another config (differs in {diff}); "
+                "use another --workdir, or delete that run."
+            )
+    state_path = os.path.join(workdir, STATE_FILE)
+    state = {"wall_time_s": 0.0, "status": "running", "error": "", **_read_json(state_path)}
+    record = report.RunRecord(objective, int(config.seed), workdir, None, 0.0)
+    results = train.read_results(workdir)
+    finished = results is not None and results.get("step") == config.num_train_steps
+    if state["status"] == "failed" or finished:
+        record.results, record.wall_time_s = results, state["wall_time_s"]
+        record.status, record.error = ("failed", state["error"]) if not finished else ("ok", "")
+        log.info("Skipping %s (%s).", workdir, record.status)
+        return record
+    os.makedirs(workdir, exist_ok=True)
+    start = time.perf_counter()
+    out: dict[str, Any] = {}
+    try:
+        out = train.train_and_evaluate(config, workdir)
+        state["status"] = "ok"
+    except FloatingPointError as e:
+        log.error("%s diverged: %s", workdir, e)
+        state["status"], state["error"] = "failed", str(e).split(". ")[0]
+    finally:
+        state["wall_time_s"] += time.perf_counter() - start
+        with open(state_path, "w") as f:
+            json.dump(state, f, indent=2)
+    if out.get("preempted"):
+        raise KeyboardInterrupt(f"{workdir} stopped by SIGTERM; rerun the sweep to resume.")
+    record.results, record.status, record.error = out.get("final"), state["status"], state["error"]
+    record.wall_time_s = state["wall_time_s"]
+    return record
+
+
+def embed_test_split(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any, Any]:
+    """``(z (M, N, d), labels (N,) or None, modality names)`` of the eval split, embedded
+    with the run's last checkpoint (labels: the first classification target)."""
+    ctx, variables, _ = evaluate.restore_for_eval(config, workdir)
+    emb = ctx.embedded(variables, config.dataset.eval_split)
+    spec = ctx.resolved.spec
+    cls = [t.name for t in spec.targets if t.kind == "classification"]
+    return emb.z, emb.targets[cls[0]] if cls else None, emb.modality_names
+
+
+def sweep(
+    config_file: str,
+    objectives: Sequence[str],
+    seeds: Sequence[int],
+    workdir: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """Runs the sweep (module docstring) and writes the report; returns report.json's
+    content."""
+    per_objective, notes = objective_configs(config_file, objectives, overrides or {})
+    runs: list[report.RunRecord] = []
+    for seed in seeds:  # seed-major: after the first pass every objective has one run
+        for name, base in per_objective.items():
+            config = copy.deepcopy(base)
+            config.seed = int(seed)
+            rundir = os.path.join(workdir, name, f"seed_{seed}")
+            log.info("Run %s, seed %d -> %s", name, seed, rundir)
+            runs.append(run_one(config, name, rundir))
+    embeddings = {}
+    for name, config in per_objective.items():
+        done = [r for r in runs if r.objective == name and r.results is not None]
+        if done:
+            run_config = copy.deepcopy(config)
+            run_config.seed = done[0].seed
+            embeddings[name] = embed_test_split(run_config, done[0].workdir)
+    figures = plots.sweep_figures(runs, workdir, embeddings=embeddings)
+    markdown, summary = report.sweep_report(
+        runs, title=config_file, command=command, figures=figures, notes=notes
+    )
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    log.info("Wrote %s", os.path.join(workdir, "report.md"))
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    if len(argv) > 1:
+        from absl import app
+
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.getLogger("ovaib_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if flags.FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
+        # Runs of one objective differ only in the seed (data, not code): with a persistent
+        # compilation cache the later seeds skip compiling (minutes for ResNet on CPU).
+        jax.config.update(
+            "jax_compilation_cache_dir", os.path.join(flags.FLAGS.workdir, "jax_cache")
+        )
+    flag = flags.FLAGS["config"]
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", "ovaib_jax.sweep", *sys.argv[1:]])
+    try:
+        sweep(
+            config_flags.get_config_filename(flag),
+            [o.strip() for o in flags.FLAGS.objectives if o.strip()],
+            [int(s) for s in flags.FLAGS.seeds],
+            flags.FLAGS.workdir,
+            overrides=config_flags.get_override_values(flag),
+            command=command,
+        )
+    except KeyboardInterrupt as e:  # SIGTERM: the run's checkpoint is saved
+        log.warning("%s", e)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as e:  # a bad command line: one clear message
+        sys.exit(f"ovaib_jax.sweep: {e}")
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment file (experiments/*.py[:args]).", lock_config=True
+    )
+    flags.DEFINE_list("objectives", None, "Comma-separated objective names.")
+    flags.DEFINE_list("seeds", ["42", "0", "1"], "Comma-separated seeds (paper: 42,0,1).")
+    flags.DEFINE_string("workdir", None, "The sweep's directory (runs, report, figures).")
+    flags.DEFINE_bool(
+        "compilation_cache",
+        True,
+        "Persistent JAX compilation cache in WORKDIR/jax_cache (unless JAX already has one).",
+    )
+    flags.mark_flags_as_required(["config", "objectives", "workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
