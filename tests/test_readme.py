@@ -148,3 +148,14 @@ def test_readme_command_parsing():
 def test_every_cheap_readme_command_runs(tmp_path):
     skipped = run_readme(README, str(tmp_path))
     assert all(reason for _, reason in skipped)
+
+
+def test_readme_python_example_runs():
+    """The README's Python example (objectives in one's own JAX code) runs as written,
+    on 4 fake CPU devices for its sharded part."""
+    with open(README) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert blocks, "README has no python example"
+    for code in blocks:
+        proc = run([sys.executable, "-c", code], env=subprocess_env(devices=4))
+        assert proc.returncode == 0, proc.stderr[-3000:]
