@@ -20,8 +20,10 @@ Config arguments (``--config=experiments/parity.py:M=4,k=1,p=0.5``):
 Final evaluation (once, after the last step): ``downstream`` (an MLP probe of the label,
 i.e. the last modality's bits, from all representations), ``modality_subsets`` (the same
 probe on every subset: from the first M - 1 modalities the label is decodable only
-through their parity), ``retrieval`` (each modality from all the others) and
-``mi_bounds``.
+through their parity, and a linear probe cannot decode a parity of separately encoded
+inputs), ``retrieval`` of the parity modality from all the others with label relevance
+(a candidate is relevant when it has the query's bit pattern; by sample index, whole
+groups of equal patterns tie) and ``mi_bounds``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.config.M = arg.M
     config.dataset.config.k = arg.k
     config.dataset.config.p = arg.p
-    evaluation_setup(config, probe={**OFFLINE_PROBE, "max_epochs": 3 if arg.runlocal else 30})
+    # Bit patterns repeat (2**k of them), so retrieving the parity modality by sample index
+    # only ties whole groups: retrieve it from the others with label relevance (the label
+    # is the last modality's pattern), i.e. "top candidate has the right pattern".
+    names = [f"x{i}" for i in range(arg.M)]
+    retrieval = {
+        "pairs": ("+".join(names[:-1]) + "->" + names[-1],),
+        "relevance": "label",
+        "label_target": "label",
+    }
+    evaluation_setup(
+        config,
+        probe={**OFFLINE_PROBE, "max_epochs": 3 if arg.runlocal else 30},
+        retrieval=retrieval,
+    )
     if not arg.runlocal:
         config.batch_size = 256
         config.num_train_steps = 3_000
