@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.embedding_dim = 32  # projection output d (256 in the paper)
     config.model.head_layers = 3  # Dense layers of each projection head (3 in the paper)
     config.model.head_hidden = 0  # hidden width of the heads (0 = representation_dim)
-    config.model.normalize_embeddings = placeholder(bool)  # L2-normalise z (None: only for symile)
+    config.model.normalize_embeddings = placeholder(bool)  # L2-normalise z in the model (None: no)
     config.model.learnable_temperature = False  # learn log tau in the model, from objective.tau
     config.model.min_temperature = 0.001  # clip of a learnable tau
     config.model.max_temperature = 10.0  # upper clip of a learnable tau

@@ -375,8 +375,12 @@ def validate_config(
             )
     normalize = mc.get("normalize_embeddings")
     if normalize is None:
-        # Symile's MIP is not scale invariant and it does not normalise itself.
-        normalize = name == "symile"
+        # No objective needs the model to normalise: the cosine-, projection- and
+        # volume-based ones normalise inside, and Symile's MIP is left unnormalised so
+        # that the encoders learn its scale (with unit vectors and the default
+        # logit_scale = 1 its logits stay near 0 and it barely learns; unnormalised, it
+        # reaches the best achievable loss on XOR, docs/RESULTS.md).
+        normalize = False
 
     # ---- optimizer -------------------------------------------------------------------
     opt = _required(config, "optimizer")

@@ -42,8 +42,8 @@ class MultiModalModel(nn.Module):
       embedding_dim: d, the output dimension of every projection head.
       head_layers: Dense layers per projection head (3 in the paper).
       head_hidden: hidden width of the heads (0: same as ``representation_dim``).
-      normalize_embeddings: L2-normalise ``z`` (Symile expects unit vectors; the other
-        objectives normalise or are scale invariant themselves).
+      normalize_embeddings: L2-normalise ``z`` (off by default: the other objectives
+        normalise or are scale invariant themselves, and Symile learns its scale).
       learnable_temperature: create the ``log_temperature`` parameter.
       init_temperature: its initial value tau_0 (``log_temperature = log tau_0``).
       min_temperature, max_temperature: tau is clipped to this range (CLIP clips its
