@@ -373,6 +373,28 @@ def infonce(
     )
 
 
+def mean_of_terms(
+    results: Sequence[InfoNCE], prefix: str, log_n: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The mean row loss of one contrast per modality m, with its diagnostics.
+
+    Returns:
+      ``(loss, aux)``; aux: ``{prefix}`` (= loss), ``{prefix}/m{m}``, ``mi_bound/m{m}``
+      (``log_n - L_m``), ``accuracy/m{m}``, ``accuracy``, ``pos_score``, ``neg_score``.
+    """
+    aux: dict[str, jax.Array] = {}
+    for m, r in enumerate(results):
+        aux[f"{prefix}/m{m}"] = r.loss_rows
+        aux[f"mi_bound/m{m}"] = log_n - r.loss_rows
+        aux[f"accuracy/m{m}"] = r.accuracy_rows
+    loss = mean_of([r.loss_rows for r in results])
+    aux[prefix] = loss
+    aux["accuracy"] = mean_of([r.accuracy_rows for r in results])
+    aux["pos_score"] = mean_of([r.pos_mean for r in results])
+    aux["neg_score"] = mean_of([r.neg_mean for r in results])
+    return loss, aux
+
+
 def block_rows(x: Any, cols: jax.Array) -> Any:
     """Rows ``cols`` (consecutive indices, as given to a ``score_block``) of every leaf of
     ``x``: a dynamic slice, i.e. the identity for a single block and no scatter in the

@@ -147,8 +147,7 @@ def ova_sufficiency(
             return _core.safe_sqrt(jnp.sum(jnp.square(jnp.einsum("nkd,nd->nk", cand, q)), -1))
         return jnp.sum(q * cand, axis=-1)
 
-    aux: dict[str, jax.Array] = {}
-    terms, accs, pos, neg = [], [], [], []
+    results = []
     for m in range(m_count):
         # The projection score is invariant to the scale of the remaining embeddings
         # (lam -> 0), and the MLP projector sees the raw ones.
@@ -177,22 +176,8 @@ def ova_sufficiency(
             exclude_positive=exclude_positive,
             positive=positive,
         )
-        res = _core.infonce(stats, scale=scale, axis_name=axis_name)
-        terms.append(res.loss_rows)
-        accs.append(res.accuracy_rows)
-        pos.append(res.pos_mean)
-        neg.append(res.neg_mean)
-        aux[f"sufficiency/m{m}"] = res.loss_rows
-        aux[f"mi_bound/m{m}"] = math.log(n_global) - res.loss_rows
-        aux[f"accuracy/m{m}"] = res.accuracy_rows
-    loss = _core.mean_of(terms)
-    aux.update(
-        sufficiency=loss,
-        accuracy=_core.mean_of(accs),
-        pos_score=_core.mean_of(pos),
-        neg_score=_core.mean_of(neg),
-    )
-    return loss, aux
+        results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
+    return _core.mean_of_terms(results, "sufficiency", math.log(n_global))
 
 
 def ova_minimality(

@@ -106,8 +106,7 @@ def symile(
     z_all = jnp.moveaxis(z_all, 1, 0)  # (M, N, d)
     n_cols = n_global if negatives == "n" else n_global ** (m_count - 1)
     keys = None if key is None or negatives != "n" else jax.random.split(key, m_count)
-    aux: dict[str, jax.Array] = {}
-    terms, accs, pos_means, neg_means = [], [], [], []
+    results = []
     for m in range(m_count):
         anchor = z[m]
         positive = None
@@ -138,19 +137,5 @@ def symile(
             chunk_size=chunk_size,
             positive=positive,
         )
-        res = _core.infonce(stats, scale=logit_scale, axis_name=axis_name)
-        terms.append(res.loss_rows)
-        accs.append(res.accuracy_rows)
-        pos_means.append(res.pos_mean)
-        neg_means.append(res.neg_mean)
-        aux[f"symile/m{m}"] = res.loss_rows
-        aux[f"mi_bound/m{m}"] = math.log(n_cols) - res.loss_rows
-        aux[f"accuracy/m{m}"] = res.accuracy_rows
-    loss = _core.mean_of(terms)
-    aux.update(
-        symile=loss,
-        accuracy=_core.mean_of(accs),
-        pos_score=_core.mean_of(pos_means),
-        neg_score=_core.mean_of(neg_means),
-    )
-    return loss, aux
+        results.append(_core.infonce(stats, scale=logit_scale, axis_name=axis_name))
+    return _core.mean_of_terms(results, "symile", math.log(n_cols))
