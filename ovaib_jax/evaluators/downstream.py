@@ -45,6 +45,17 @@ def _targets(names: Sequence[str] | None, train: Embedded, test: Embedded) -> li
     return [resolve_target(t, train, test) for t in names]
 
 
+def _probe_modalities(
+    name: str, modalities: Any, train: Embedded | None, test: Embedded
+) -> list[str]:
+    """The modalities a probe uses (the config's, or all), checked on both splits."""
+    if train is None:
+        raise ValueError(f"{name}: needs the train split's representations.")
+    mods = list(modalities or train.modality_names)
+    _check_modalities(mods, train, test)
+    return mods
+
+
 def _check_modalities(mods: Sequence[str], train: Embedded, test: Embedded) -> None:
     for split, e in (("train", train), ("test", test)):
         missing = [m for m in mods if m not in e.reps]
@@ -113,11 +124,8 @@ class Downstream(Evaluator):
         seed: int = 0,
     ) -> dict[str, Any]:
         del objective
-        if train is None:
-            raise ValueError("downstream: needs the train split's representations.")
         cfg = self.config
-        mods = list(cfg.modalities or train.modality_names)
-        _check_modalities(mods, train, test)
+        mods = _probe_modalities(self.name, cfg.modalities, train, test)
         x_tr, x_te = train.features(mods), test.features(mods)
         out: dict[str, Any] = {}
         for info in _targets(cfg.targets, train, test):
@@ -239,11 +247,8 @@ class ModalitySubsets(Evaluator):
         seed: int = 0,
     ) -> dict[str, Any]:
         del objective
-        if train is None:
-            raise ValueError("modality_subsets: needs the train split's representations.")
         cfg = self.config
-        mods = list(cfg.modalities or train.modality_names)
-        _check_modalities(mods, train, test)
+        mods = _probe_modalities(self.name, cfg.modalities, train, test)
         rows = subsets(mods)
         infos = _targets(cfg.targets, train, test)
         widths = {m: train.reps[m].shape[1] for m in mods}
