@@ -71,6 +71,17 @@ def _metric_names(info: TargetInfo) -> tuple[str, ...]:
     return ("mse", "r2", "val_loss", "best_epoch", "epochs")
 
 
+FEATURES = ("representation", "embedding")
+
+
+def embeddings_as_features(e: Embedded) -> Embedded:
+    """The same split with each modality's embedding z_m (N, d) as its representation."""
+    if e.z is None:
+        raise ValueError("downstream: features='embedding' needs the split's embeddings z.")
+    reps = {m: e.z[i] for i, m in enumerate(e.modality_names)}
+    return dataclasses.replace(e, reps=reps)
+
+
 @dataclasses.dataclass(frozen=True)
 class DownstreamConfig(ProbeConfig):
     """``downstream`` config: the :class:`ProbeConfig` keys plus
@@ -85,11 +96,23 @@ class DownstreamConfig(ProbeConfig):
         modality m (``ovaib_latent``'s and ``mnist_views``' ``nuisance``): for each
         modality m a regression probe from m's OWN representation to row m (see
         :class:`Downstream`). Empty: none.
+      features: what the probes read: ``"representation"`` (the encoders' outputs, the
+        paper's protocol) or ``"embedding"`` (each modality's projection-head embedding
+        z_m, which the objectives act on directly; e.g. the minimality term's effect on
+        what z_m keeps). With ``"embedding"`` every result key is prefixed ``embedding/``.
     """
 
     modalities: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
     per_modality_targets: tuple[str, ...] = ()
+    features: str = "representation"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.features not in FEATURES:
+            raise ValueError(
+                f"downstream: features must be one of {FEATURES}, got {self.features!r}."
+            )
 
 
 class Downstream(Evaluator):
@@ -125,6 +148,8 @@ class Downstream(Evaluator):
     ) -> dict[str, Any]:
         del objective
         cfg = self.config
+        if cfg.features == "embedding" and train is not None:
+            train, test = embeddings_as_features(train), embeddings_as_features(test)
         mods = _probe_modalities(self.name, cfg.modalities, train, test)
         x_tr, x_te = train.features(mods), test.features(mods)
         out: dict[str, Any] = {}
@@ -135,7 +160,8 @@ class Downstream(Evaluator):
             out.update({f"{info.name}/{k}": v for k, v in r.items()})
         for name in cfg.per_modality_targets:
             out.update(per_modality_probes(name, mods, train, test, cfg, seed))
-        return out
+        prefix = "embedding/" if cfg.features == "embedding" else ""
+        return {prefix + k: v for k, v in out.items()}
 
 
 def per_modality_probes(

@@ -129,3 +129,29 @@ def test_per_modality_targets_decode_each_modality_from_its_own_rep():
     assert not any(k.startswith("nuis") for k in default)
     with pytest.raises(ValueError, match=r"per-modality target 'label' must be .*\(N, M, k\)"):
         evaluators.get("downstream")(per_modality_targets=["label"], **FAST).run(train, test)
+
+
+def test_features_embedding_probes_z_instead_of_the_representations():
+    # reps as in _with_nuisance ("a" carries its nuisance); z swaps the roles: z_b
+    # carries b's nuisance row, z_a and z_c are noise. The probe must follow z.
+    def split(seed):
+        e = _with_nuisance(TRAIN if seed == 2 else TEST, seed)
+        rng = np.random.default_rng(seed + 10)
+        z = rng.normal(size=(3, e.num_examples, WIDTH)).astype(np.float32)
+        z[1, :, :3] = e.targets["nuis"][:, 1] * 0.5 + 2.0
+        return Embedded(z, e.reps, e.targets, NAMES)
+
+    train, test = split(2), split(3)
+    slow = dict(FAST, max_epochs=200, patience=200)  # 3 columns from scratch: 40 are too few
+    kw = dict(probe="linear", targets=["label"], per_modality_targets=["nuis"], **slow)
+    reps = evaluators.get("downstream")(**kw).run(train, test, seed=0)
+    emb = evaluators.get("downstream")(features="embedding", **kw).run(train, test, seed=0)
+    assert set(emb) == {f"embedding/{k}" for k in reps}
+    assert reps["nuis/a/r2"] > 0.95 and reps["nuis/b/r2"] < 0.1
+    assert emb["embedding/nuis/b/r2"] > 0.95
+    assert emb["embedding/nuis/a/r2"] < 0.1 and emb["embedding/nuis/c/r2"] < 0.1
+    assert emb["embedding/label/accuracy"] < 0.6  # the class lives in rep "a", not in z
+    with pytest.raises(ValueError, match="features must be one of"):
+        evaluators.get("downstream")(features="z")
+    with pytest.raises(ValueError, match="needs the split's embeddings z"):
+        evaluators.get("downstream")(features="embedding", **FAST).run(TRAIN, TEST)
