@@ -1,12 +1,14 @@
 """Evaluation: evaluators by name, run on restored parameters (no optimizer state).
 
-    python -m ovaib_jax.evaluate --workdir=DIR [--config=experiments/default.py] [--step=N]
+    python -m ovaib_jax.evaluate --workdir=DIR [--config=experiments/default.py] [--step=N] \
+        [--set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding]
 
 restores the model variables of step N (default: the latest good checkpoint), runs every
 evaluator named in ``config.evaluators`` and ``config.final_evaluators`` (comma-separated)
 on ``config.dataset.eval_split`` and writes ``DIR/eval/results.json`` (``{"step": N,
 "<evaluator>": {"<metric>": value}}``). Without ``--config`` the run's own
-``DIR/config.json`` is used.
+``DIR/config.json`` is used; ``--set=KEY=VALUE`` (repeatable) overrides one of its keys
+(dotted, parsed as the type of the value it replaces; see :func:`apply_overrides`).
 
 Evaluators plug in by name (big_vision style). Two kinds:
 
@@ -49,6 +51,7 @@ __all__ = [
     "EvalContext",
     "HeldOutLoss",
     "InBatchRetrieval",
+    "apply_overrides",
     "create_evaluators",
     "evaluate_checkpoint",
     "run_evaluators",
@@ -450,6 +453,64 @@ def load_config(path_or_none: Any, workdir: str) -> ml_collections.ConfigDict:
     return _to_config(raw)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> None:
+    """Applies ``KEY=VALUE`` overrides in place (``--set`` of the command line).
+
+    ``KEY`` is a dotted path of an existing key; ``VALUE`` is parsed as the type of the
+    value it replaces (bool: true/false/1/0; int; float; tuple: comma-separated items of
+    the first item's type, or a Python literal; str: as given; None: a Python literal,
+    else the string). Under ``evaluator_kwargs.<evaluator>`` a new key may be set (a
+    config written before the evaluator gained that key); the evaluator checks it.
+    """
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
+        parts = key.split(".")
+        parent = config
+        for i, part in enumerate(parts[:-1]):
+            if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
+                have = sorted(parent.keys())
+                raise ValueError(
+                    f"--set {key}: no section {'.'.join(parts[: i + 1])!r}; keys there: {have}."
+                )
+            parent = parent[part]
+        leaf = parts[-1]
+        new_evaluator_key = len(parts) == 3 and parts[0] == "evaluator_kwargs"
+        if leaf not in parent and not new_evaluator_key:
+            raise ValueError(f"--set {key}: unknown key {leaf!r}; keys there: {sorted(parent)}.")
+        with config.unlocked():
+            parent[leaf] = _parse_like(raw, parent.get(leaf), key)
+
+
+def _parse_like(raw: str, old: Any, key: str) -> Any:
+    import ast
+
+    try:
+        if isinstance(old, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("true", "1")
+        if isinstance(old, int):
+            return int(raw)
+        if isinstance(old, float):
+            return float(raw)
+        if isinstance(old, (tuple, list)):
+            if raw.strip().startswith(("(", "[")):
+                return tuple(ast.literal_eval(raw))
+            kind = type(old[0]) if old else str
+            return tuple(kind(v.strip()) for v in raw.split(",") if v.strip())
+        if isinstance(old, str):
+            return raw
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+    except (ValueError, SyntaxError) as e:
+        kind = type(old).__name__
+        raise ValueError(f"--set {key}={raw}: cannot parse as {kind} ({e}).") from None
+
+
 def _to_config(raw: Any) -> ml_collections.ConfigDict:
     """JSON (lists for tuples) -> a ConfigDict with tuples restored."""
 
@@ -469,6 +530,7 @@ def main(argv: list[str]) -> None:
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/TFDS file-level chatter
     cfg = load_config(flags.FLAGS.config, flags.FLAGS.workdir)
+    apply_overrides(cfg, flags.FLAGS.set)
     results = evaluate_checkpoint(cfg, flags.FLAGS.workdir, flags.FLAGS.step)
     if jax.process_index() == 0:
         json.dump(results, sys.stdout, indent=2, sort_keys=True)
@@ -487,6 +549,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("workdir", None, "The run's directory (holds checkpoints/).")
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest good).")
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE: override a key of the config (repeatable).")
     flags.mark_flags_as_required(["workdir"])
 
 

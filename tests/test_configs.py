@@ -210,3 +210,46 @@ def test_bad_projector_value():
 def test_config_argument_errors():
     with pytest.raises(ValueError, match="valid arguments"):
         load("default", "objectve=symile")
+
+
+def test_evaluate_set_overrides_parse_as_the_replaced_type():
+    from ovaib_jax import evaluate
+
+    config = evaluate._to_config(
+        {
+            "seed": 42,
+            "final_evaluators": "downstream,retrieval",
+            "optimizer": {"learning_rate": 1e-3, "name": "adam"},
+            "async_checkpointing": True,
+            "model": {"mlp": {"hidden": [128, 128]}, "normalize_embeddings": None},
+            "evaluator_kwargs": {"downstream": {"max_epochs": 30}},
+        }
+    )
+    evaluate.apply_overrides(
+        config,
+        [
+            "seed=7",
+            "final_evaluators=downstream",
+            "optimizer.learning_rate=0.5",
+            "async_checkpointing=false",
+            "model.mlp.hidden=64,32",
+            "model.normalize_embeddings=True",
+            "evaluator_kwargs.downstream.max_epochs=3",
+            "evaluator_kwargs.downstream.features=embedding",  # a key the old config lacks
+        ],
+    )
+    assert config.seed == 7 and config.final_evaluators == "downstream"
+    assert config.optimizer.learning_rate == 0.5 and config.async_checkpointing is False
+    assert config.model.mlp.hidden == (64, 32) and config.model.normalize_embeddings is True
+    assert config.evaluator_kwargs.downstream.max_epochs == 3
+    assert config.evaluator_kwargs.downstream.features == "embedding"
+    for bad, msg in [
+        ("seed", "expects KEY=VALUE"),
+        ("sed=1", "unknown key 'sed'"),
+        ("optimiser.learning_rate=1", "no section 'optimiser'"),
+        ("seed=abc", "cannot parse as int"),
+        ("async_checkpointing=maybe", "cannot parse as bool"),
+        ("model.mlp.depth=3", "unknown key 'depth'"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            evaluate.apply_overrides(config, [bad])
