@@ -49,8 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # against its signature at start). For ova_ib: tau (temperature; 0.01 in the paper),
     # beta (weight of the minimality term; 1, 0.5 on WESAD), lam (ridge of the
     # projection; 1e-8), exclude_positive (the paper's literal denominator),
-    # normalize_minimality (L2-normalise before L_M), projector ("none" or "mlp": the
-    # learnable MLP projector ablation). chunk_size: candidates per block of the
+    # normalize_minimality (L2-normalise before L_M), projector ("none"; "mlp": the
+    # learnable MLP projector ablation; "product": the parameter-free sign-aware
+    # product of the remaining embeddings, an extension). chunk_size: candidates per block of the
     # blocked (memory-bounded) form, 0 = unblocked.
     config.objective = objective_config(arg.objective)
     if arg.objective == "ova_ib":

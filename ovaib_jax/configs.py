@@ -39,11 +39,12 @@ _NOT_HPARAMS = ("z", "axis_name", "chunk_size", "key")
 TEMPERATURE_PARAMS = ("tau", "logit_scale")
 # Paper defaults that differ from (or are absent in) the objectives' signatures.
 OBJECTIVE_OVERRIDES: dict[str, dict[str, Any]] = {
-    # "none": the projection of SPEC section 1; "mlp": the learnable MLP projector ablation.
+    # "none": the projection of SPEC section 1; "mlp": the learnable MLP projector ablation;
+    # "product": the parameter-free sign-aware losses.product_projector (an extension).
     "ova_ib": {"projector": "none"},
     "ova_sufficiency": {"projector": "none"},
 }
-PROJECTOR_CHOICES = ("none", "mlp")
+PROJECTOR_CHOICES = ("none", "mlp", "product")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
 
@@ -121,7 +122,8 @@ class Resolved:
       modalities: the modalities used, in the order of z (M entries).
       objective: the objective function from ``ovaib_jax.losses.get``.
       hparams: its hyper-parameters (anchor names resolved to indices; ``projector``
-        removed; a learnable temperature's parameter still holding its initial value).
+        removed, or the callable :func:`ovaib_jax.losses.product_projector` for
+        ``"product"``; a learnable temperature's parameter still holding its initial value).
       temperature_param: ``"tau"`` or ``"logit_scale"`` when the model learns it, else None.
       init_temperature: the model's initial tau.
       projector: whether the model needs the MLP projector.
@@ -336,6 +338,8 @@ def validate_config(
                 f"config.objective.projector={choice!r}; valid values are {PROJECTOR_CHOICES}."
             )
         projector = choice == "mlp"
+        if choice == "product":
+            hparams["projector"] = losses.product_projector
 
     # ---- model -----------------------------------------------------------------------
     mc = _required(config, "model")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "create_evaluators",
     "evaluate_checkpoint",
     "run_evaluators",
+    "run_projector",
 ]
 
 
@@ -220,12 +222,30 @@ class HeldOutLoss:
             yield k, v / n
 
 
+def run_projector(ctx: EvalContext, variables: Any) -> Callable | None:
+    """The OVA projector the run trains with, as ``projector(rest, m) -> (N, d)``: the
+    parameter-free one from the objective's hyper-parameters (``projector="product"``),
+    the model's MLP projector with ``variables`` (``"mlp"``), else None."""
+    from ovaib_jax import models
+
+    fixed = ctx.resolved.hparams.get("projector")
+    if fixed is not None:
+        return fixed
+    if ctx.resolved.projector:
+        params = {"params": variables["params"]}
+        return lambda rest, m: ctx.model.apply(
+            params, rest, m, method=models.MultiModalModel.project
+        )
+    return None
+
+
 class InBatchRetrieval:
     """Retrieve modality c of each sample from its other modalities, inside each batch.
 
     For every target modality c the queries are the remaining modalities of sample i,
     the candidates modality c of every sample of the batch, scored with the objective's
-    own similarity (``ovaib_jax.losses.get_scorer``). Reports top-1 and top-5 accuracy
+    own similarity (``ovaib_jax.losses.get_scorer``; a run trained with an OVA
+    projector: :func:`ovaib_jax.losses.projector_score`). Reports top-1 and top-5 accuracy
     per target (``<c>/top1``) and their means over targets (``top1``, ``top5``). The
     rank of the true candidate is the number of candidates scoring strictly higher.
 
@@ -243,11 +263,16 @@ class InBatchRetrieval:
         m = len(ctx.modality_names)
         ks_ = self.ks
 
-        def accuracies(z):
+        def accuracies(z, variables):
+            projector = run_projector(ctx, variables)
             out = []
             n = z.shape[1]
             for c in range(m):
-                scores = scorer(jnp.delete(z, c, axis=0), z[c])  # (N, N)
+                rest = jnp.delete(z, c, axis=0)
+                if projector is None:
+                    scores = scorer(rest, z[c])  # (N, N)
+                else:  # the projector's score, as in training
+                    scores = losses.projector_score(rest, z[c], projector=projector, m=c)
                 true = jnp.diagonal(scores)
                 # rank of the true candidate: how many score strictly higher
                 rank = jnp.sum(scores > true[:, None], axis=1)
@@ -261,7 +286,7 @@ class InBatchRetrieval:
         n = 0
         for batch in self.ctx.batches():
             z = self.ctx.embed(variables, batch)
-            acc = _host(self._accuracies(z))
+            acc = _host(self._accuracies(z, variables))
             total = acc if total is None else total + acc
             n += 1
         acc = total / n
@@ -306,8 +331,11 @@ class EmbeddedSplitEvaluator:
             else None
         )
         test_split = self.ctx.embedded(variables, cfg.dataset.eval_split, extra)
+        kwargs = {}
+        if "projector" in inspect.signature(self.evaluator.run).parameters:
+            kwargs["projector"] = run_projector(self.ctx, variables)
         out = self.evaluator.run(
-            train_split, test_split, objective=cfg.objective.name, seed=int(cfg.seed)
+            train_split, test_split, objective=cfg.objective.name, seed=int(cfg.seed), **kwargs
         )
         yield from out.items()
 

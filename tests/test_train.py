@@ -12,6 +12,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -246,3 +247,49 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
     with pytest.raises(RuntimeError, match="bad batch"):
         next(failing)
     failing.close()
+
+
+@pytest.mark.parametrize("projector", ["mlp", "product"])
+def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, projector):
+    """A run trained with an OVA projector is evaluated with the projector's score (as in
+    training), in-batch and over the split; checked against the score computed by hand."""
+    workdir = str(tmp_path / projector)
+    config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=2)
+    config.objective.projector = projector
+    train.train_and_evaluate(config, workdir)
+    config.eval_num_batches = 1
+    config.eval_batch_size = 64
+    config.evaluators = "inbatch_retrieval,retrieval"
+    config.evaluator_kwargs = {"retrieval": {"ties": "optimistic"}}
+    results = evaluate.evaluate_checkpoint(config, workdir)
+
+    kw = train.configs.dataset_kwargs(config)
+    src = data.make_source("ovaib_parity", "test", data_dir=data_dir, build=False, **kw)
+    batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
+    restored = train.checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), read_only=True
+    )
+    run = train.build(config, with_data=False)
+    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
+    restored.close()
+    params = variables["params"]
+    z, _ = run.model.apply(train._variables(params, variables["batch_stats"]), batch)
+    z = np.asarray(z, np.float64)
+    for m in range(3):
+        rest = np.delete(z, m, axis=0)
+        if projector == "product":
+            pred = rest[0] * rest[1]
+        else:
+            pred = np.asarray(
+                run.model.apply({"params": params}, jnp.asarray(rest, jnp.float32), m,
+                                method=models.MultiModalModel.project),
+                np.float64,
+            )
+        pred /= np.linalg.norm(pred, axis=1, keepdims=True)
+        cand = z[m] / np.linalg.norm(z[m], axis=1, keepdims=True)
+        scores = pred @ cand.T  # (tuples, candidates of modality m)
+        top1 = np.mean(np.sum(scores > np.diag(scores)[:, None] + 1e-6, axis=1) == 0)
+        name = f"x{m}"
+        pair = "+".join(f"x{i}" for i in range(3) if i != m) + f"->{name}"
+        assert results["inbatch_retrieval"][f"{name}/top1"] == pytest.approx(top1, abs=1 / 64)
+        assert results["retrieval"][f"{pair}/R@1"] == pytest.approx(top1, abs=1 / 64)

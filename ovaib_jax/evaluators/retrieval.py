@@ -279,6 +279,12 @@ class Retrieval(Evaluator):
     ``{pair}/mean_rank``, ``{pair}/mAP``; their means over pairs without the prefix
     (``R@1``, ..., ``mAP``); ``num_candidates`` (N); and ``table``, a markdown table
     (rows = pairs, columns = metrics). ``train`` is ignored.
+
+    ``projector``: the run's OVA projector (``projector(rest, m) -> (N, d)``, the MLP
+    ablation's or :func:`ovaib_jax.losses.product_projector`), when the objective was
+    trained with one: then the score is :func:`ovaib_jax.losses.projector_score`, as in
+    training, and each pair must retrieve a modality from all the others (the projector's
+    input). Passed by the trainer and ``ovaib_jax.evaluate``.
     """
 
     name = "retrieval"
@@ -291,12 +297,15 @@ class Retrieval(Evaluator):
         *,
         objective: str | None = None,
         seed: int = 0,
+        projector: Callable | None = None,
     ) -> dict[str, Any]:
         from ovaib_jax import losses
 
         del train
         cfg = self.config
         scorer = losses.get_scorer(require_objective(objective, self.name))
+        if projector is not None:
+            scorer = losses.projector_score
         if test.z is None:
             raise ValueError("retrieval: the test split has no embeddings z.")
         pairs = (
@@ -322,6 +331,17 @@ class Retrieval(Evaluator):
         per_pair: dict[str, dict[str, float]] = {}
         for pair in pairs:
             pname = pair_name(pair, test.modality_names)
+            scorer_kwargs = dict(cfg.scorer_kwargs)
+            if projector is not None:
+                others = tuple(i for i in range(test.num_modalities) if i != pair[1])
+                if pair[0] != others:
+                    raise ValueError(
+                        f"retrieval {pname}: a run trained with an OVA projector scores a "
+                        "modality only from all the others, in modality order (the "
+                        f"projector's input); use the pair "
+                        f"{pair_name((others, pair[1]), test.modality_names)!r}."
+                    )
+                scorer_kwargs.update(projector=projector, m=pair[1])
             r = retrieve(
                 test.z,
                 pair,
@@ -331,7 +351,7 @@ class Retrieval(Evaluator):
                 relevance=cfg.relevance,
                 labels=labels,
                 ties=cfg.ties,
-                scorer_kwargs=cfg.scorer_kwargs,
+                scorer_kwargs=scorer_kwargs,
                 seed=seed,
             )
             per_pair[pname] = r

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency
+from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency, product_projector
 from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
 from ovaib_jax.losses.scores import (
     clip_score,
     gram_score,
     ova_score,
+    projector_score,
     symile_score,
     triangle_score,
 )
@@ -98,6 +99,8 @@ __all__ = [
     "ova_sufficiency",
     "pairwise_clip",
     "pairwise_clip_ib",
+    "product_projector",
+    "projector_score",
     "symile",
     "symile_score",
     "triangle",

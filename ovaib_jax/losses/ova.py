@@ -25,6 +25,20 @@ def remaining(z: jax.Array, m: int) -> jax.Array:
     return jnp.concatenate([z[:m], z[m + 1 :]], axis=0)
 
 
+def product_projector(rest: jax.Array, m: int) -> jax.Array:
+    """A parameter-free, sign-aware projector: the elementwise product of the remaining
+    embeddings, (M-1, K, d) -> (K, d).
+
+    With ``projector=product_projector`` the score is ``cos(z_m, prod_{j != m} z_j)``, a
+    normalised multilinear (Symile-like) score inside OVA's one-vs-all InfoNCE: flipping
+    the sign of one remaining embedding flips the score (the span, and so the projection
+    score, does not move), and it can express multiplicative (parity) dependence that a
+    span test cannot (docs/RESULTS.md, section 1). Not in the paper: an extension.
+    """
+    del m
+    return jnp.prod(rest, axis=0)
+
+
 NEGATIVE_MODES = ("batch", "shuffled")
 
 

@@ -8,6 +8,8 @@ Per-query quantities (bases, products) are computed once, and the scores are one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -37,6 +39,26 @@ def ova_score(queries: jax.Array, cands: jax.Array, *, lam: float = 1e-8) -> jax
     queries, cands = _check(queries, cands, "ova_score")
     basis, _ = span_basis(jnp.moveaxis(queries, 0, 1), lam)  # (Nq, Q, d)
     return _core.safe_sqrt(projected_sq_norm(_core.l2_normalize(cands), basis).T)
+
+
+def projector_score(
+    queries: jax.Array, cands: jax.Array, *, projector: Callable, m: int
+) -> jax.Array:
+    """OVA with a projector (the MLP ablation, :func:`~ovaib_jax.losses.product_projector`):
+    ``cos(projector(queries, m)_i, c_j)``, as in training.
+
+    Args:
+      queries: (M-1, Nq, d) embeddings of every modality but the candidates', in order.
+      cands: (Nc, d) embeddings of modality ``m``.
+      projector: ``projector(rest, m) -> (Nq, d)``, the one the objective was trained with.
+      m: the candidates' modality index.
+
+    Returns:
+      (Nq, Nc) scores in [-1, 1].
+    """
+    queries, cands = _check(queries, cands, "projector_score")
+    pred = jnp.asarray(projector(queries, m), jnp.float32)
+    return _core.l2_normalize(pred) @ _core.l2_normalize(cands).T
 
 
 def clip_score(queries: jax.Array, cands: jax.Array) -> jax.Array:

@@ -179,3 +179,20 @@ def test_label_random_ties_are_seeded_and_chunk_invariant():
     # E[AP] of a uniformly random order, R relevant among N: (H_N + (R-1)/(N-1) (N - H_N)) / N
     h = sum(1.0 / i for i in range(1, n + 1))
     assert abs(rand["mAP"] - (h + 9 / 39 * (n - h)) / n) < 0.05
+
+
+def test_projector_run_is_scored_with_its_projector():
+    # c = a * b elementwise (signs +-1): the product projector finds every true triple,
+    # the span test of the OVA score cannot tell them from the others.
+    rng = np.random.default_rng(3)
+    a, b = (rng.choice([-1.0, 1.0], size=(200, 16)) for _ in range(2))
+    emb = Embedded(np.stack([a, b, a * b]).astype(np.float32), {}, {}, ("a", "b", "c"))
+    ev = evaluators.get("retrieval")(pairs=["a+b->c", "a+c->b"])
+    plain = ev.run(None, emb, objective="ova_ib")
+    with_projector = ev.run(None, emb, objective="ova_ib", projector=losses.product_projector)
+    assert with_projector["a+b->c/R@1"] == 1.0 and with_projector["a+c->b/R@1"] == 1.0
+    assert plain["a+b->c/R@1"] < 0.2
+    with pytest.raises(ValueError, match=r"from all the others.*'a\+b->c'"):
+        evaluators.get("retrieval")(pairs=["b+a->c"]).run(
+            None, emb, objective="ova_ib", projector=losses.product_projector
+        )

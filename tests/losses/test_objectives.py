@@ -212,6 +212,26 @@ def test_projector_ablation_matches_reference():
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
+def test_product_projector_matches_reference_and_sees_signs():
+    z = _z(4, n=6, d=8, seed=11)
+    loss, _ = losses.ova_sufficiency(z, tau=TAU, projector=losses.product_projector)
+    expected, _ = ref.ova_sufficiency(
+        np.asarray(z), TAU, projector=lambda rest, m: np.prod(rest, axis=0)
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    # Flipping one modality's sign leaves the span (the projection score) unchanged but
+    # flips every product that contains it: the product projector's loss moves.
+    flipped = z.at[1].multiply(-1.0)
+    moved, _ = losses.ova_sufficiency(flipped, tau=TAU, projector=losses.product_projector)
+    assert abs(float(moved) - float(loss)) > 1e-3
+    q, c = z[:3], z[3]
+    want = np.prod(np.asarray(q, np.float64), axis=0)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    cands = np.asarray(c, np.float64) / np.linalg.norm(np.asarray(c), axis=1, keepdims=True)
+    got = losses.projector_score(q, c, projector=losses.product_projector, m=3)
+    np.testing.assert_allclose(np.asarray(got), want @ cands.T, rtol=1e-5, atol=1e-6)
+
+
 def test_symile_key_changes_negatives_but_not_positives():
     z = _z(3, n=16, d=4, seed=7)
     l1, a1 = losses.symile(z, key=jax.random.key(1))
