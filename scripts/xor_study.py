@@ -45,7 +45,51 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ova_ib beta=0 shuffled": ("ova_ib", {"tau": 0.1, "beta": 0.0, "negatives": "shuffled"}),
     "ova_ib beta=0 tau=0.03": ("ova_ib", {"tau": 0.03, "beta": 0.0}),
     "gram": ("gram", {"tau": 0.1}),
+    # OVA + MLP projector (paper Table 4): a learned t_m(z_-m) replaces the projection.
+    "ova_ib beta=0 mlp projector": ("ova_ib", {"tau": 0.1, "beta": 0.0, "projector": "mlp"}),
+    # Sign-aware, parameter-free: predict z_m by the elementwise product of the remaining
+    # embeddings; flipping one remaining embedding flips the prediction (the span does not
+    # move), and the score cos(z_m, prod_j z_j) is a normalised multilinear (Symile-like)
+    # score inside OVA's one-vs-all InfoNCE.
+    "ova_ib beta=0 product projector": (
+        "ova_ib",
+        {"tau": 0.1, "beta": 0.0, "projector": "product"},
+    ),
+    # beta schedule: 0 for the first half, then a linear ramp to 1 at the last step.
+    "ova_ib beta 0->1 schedule": ("ova_ib", {"tau": 0.1, "beta": "ramp"}),
 }
+
+
+def beta_at(step: jax.Array, steps: int) -> jax.Array:
+    """The "ramp" beta schedule: 0 until steps / 2, then linear to 1 at the last step."""
+    half = steps // 2
+    return jnp.clip((step - half) / max(steps - 1 - half, 1), 0.0, 1.0)
+
+
+class Projectors(nn.Module):
+    """One MLP (128, ReLU) per held-out modality: concat of the remaining (M-1, K, d)
+    -> (K, d), the paper's "OVA + MLP projector" ablation."""
+
+    num_modalities: int = 3
+    dim: int = 32
+
+    @nn.compact
+    def __call__(self, rest: jax.Array, m: int) -> jax.Array:
+        nets = [
+            nn.Sequential([nn.Dense(128), nn.relu, nn.Dense(self.dim)], name=f"proj{i}")
+            for i in range(self.num_modalities)
+        ]
+        x = jnp.concatenate(list(rest), axis=-1)
+        if self.is_initializing():
+            for net in nets:
+                net(x)
+        return nets[m](x)
+
+
+def product_projector(rest: jax.Array, m: int) -> jax.Array:
+    """(M-1, K, d) -> (K, d): the elementwise product of the remaining embeddings."""
+    del m
+    return jnp.prod(rest, axis=0)
 
 
 class Encoder(nn.Module):
@@ -99,6 +143,10 @@ def contrastive_term(objective: str, loss: jax.Array, aux: dict) -> jax.Array:
     return loss
 
 
+def _unit(v: jax.Array) -> jax.Array:
+    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
 def pattern_top1(scorer: Callable, z: jax.Array, bits: jax.Array) -> float:
     """Retrieve c (modality 2) from (a, b): top candidate has the true c's pattern."""
     scores = scorer(z[:2], z[2])  # (N, N)
@@ -110,28 +158,46 @@ def run(variant: str, k: int, seed: int, steps: int, batch: int) -> dict[str, An
     objective, kwargs = VARIANTS[variant]
     fn = losses.get(objective)
     takes_key = objective == "symile" or kwargs.get("negatives") == "shuffled"
-    model = ThreeEncoders()
+    model, proj = ThreeEncoders(), Projectors()
     key = jax.random.key(seed)
-    params = model.init(key, *jnp.zeros((3, 1, k)))
+    params = {"enc": model.init(key, *jnp.zeros((3, 1, k)))}
+    if kwargs.get("projector") == "mlp":
+        params["proj"] = proj.init(jax.random.fold_in(key, 1), jnp.zeros((2, 1, 32)), 0)
     opt = optax.adam(1e-3)
     opt_state = opt.init(params)
 
-    def loss_fn(params, x, step_key):
-        z = model.apply(params, *x)
+    def objective_kwargs(params, step):
+        kw = dict(kwargs)
+        if kw.get("projector") == "mlp":
+            kw["projector"] = lambda rest, m: proj.apply(params["proj"], rest, m)
+        elif kw.get("projector") == "product":
+            kw["projector"] = product_projector
+        if kw.get("beta") == "ramp":
+            kw["beta"] = beta_at(step, steps)
+        return kw
+
+    def loss_fn(params, x, step_key, step=steps - 1):
+        z = model.apply(params["enc"], *x)
         extra = {"key": step_key} if takes_key and kwargs.get("negatives") != "n_squared" else {}
-        return fn(z, **kwargs, **extra)
+        return fn(z, **objective_kwargs(params, step), **extra)
 
     @jax.jit
     def step(params, opt_state, i):
         data_key, loss_key = jax.random.split(jax.random.fold_in(key, i))
         _, x = sample_xor(data_key, batch, k)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, loss_key)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, loss_key, i)
         updates, opt_state = opt.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    scorer = losses.get_scorer(objective)
+    def scorer(rest, query):
+        projector = objective_kwargs(params, 0).get("projector")
+        if projector is None:
+            return losses.get_scorer(objective)(rest, query)
+        pred = projector(rest, 2)  # (N, d): each tuple's prediction of z_2
+        return _unit(pred) @ _unit(query).T  # (N tuples, N candidates), cos as in training
+
     test_bits, test_x = sample_xor(jax.random.key(10_000 + seed), batch, k)
-    acc0 = pattern_top1(scorer, model.apply(params, *test_x), test_bits)
+    acc0 = pattern_top1(scorer, model.apply(params["enc"], *test_x), test_bits)
     start = time.perf_counter()
     curve = []
     for i in range(steps):
@@ -147,7 +213,7 @@ def run(variant: str, k: int, seed: int, steps: int, batch: int) -> dict[str, An
             for x in [sample_xor(jax.random.key(20_000 + j), batch, k)[1]]
         ]
     )
-    acc = pattern_top1(scorer, model.apply(params, *test_x), test_bits)
+    acc = pattern_top1(scorer, model.apply(params["enc"], *test_x), test_bits)
     return {
         "variant": variant,
         "k": k,

@@ -1,0 +1,61 @@
+#!/bin/bash
+# Every sweep behind the tables of docs/RESULTS.md sections 2-4, in one place.
+#
+#   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent mfeat mnist_views
+#   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
+#
+# Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
+# Same seeds give the same numbers on the same machine. On the 2-core machine of
+# docs/RESULTS.md the sections were run as 3 to 4 concurrent streams (about 2.5 hours).
+set -euo pipefail
+ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
+shift
+SECTIONS=${*:-parity p_sweep latent mfeat}
+S="python -m ovaib_jax.sweep --seeds=42,0,1"
+# Parity and latent: the probes and retrieval only (the subset table is for mfeat).
+F="--config.final_evaluators=downstream,retrieval"
+ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
+
+for section in $SECTIONS; do
+  case $section in
+  parity)  # p = 1, M = 3, 4, 5: every objective; OVA-IB at beta = 1, + MLP / product projector
+    for M in 3 4 5; do
+      P="--config=experiments/parity.py:M=$M"
+      $S $P --workdir=$ROOT/parity_m$M $F --objectives=$ALL
+      $S $P --workdir=$ROOT/parity_m${M}_beta1 $F --objectives=ova_ib --config.objective.beta=1.0
+      $S $P --workdir=$ROOT/parity_m${M}_mlp $F --objectives=ova_ib --config.objective.projector=mlp
+      $S $P --workdir=$ROOT/parity_m${M}_product $F --objectives=ova_ib \
+        --config.objective.projector=product
+    done ;;
+  p_sweep)  # M = 3, the last modality is the parity with probability p, else a copy of x0
+    $S --config=experiments/parity.py:p=0.5 --workdir=$ROOT/parity_m3_p0.5 $F \
+      --objectives=ova_ib,symile,gram,pairwise_clip ;;
+  latent)  # OVA-IB's beta sweep, its projector variants at beta = 1, the other objectives
+    for b in 0 0.1 0.5 1 2; do
+      $S --config=experiments/latent.py:beta=$b --workdir=$ROOT/latent_beta$b $F --objectives=ova_ib
+    done
+    $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_mlp $F --objectives=ova_ib \
+      --config.objective.projector=mlp
+    $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_product $F --objectives=ova_ib \
+      --config.objective.projector=product
+    $S --config=experiments/latent.py --workdir=$ROOT/latent_others $F \
+      --objectives=${ALL#ova_ib,}
+    # The same probes on each modality's embedding z (what the minimality term acts on).
+    for run in "$ROOT"/latent_*/*/seed_*; do
+      [ -f "$run/eval/results.json" ] && continue
+      python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
+        --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
+        > /dev/null
+    done ;;
+  mfeat)  # all four final evaluators, the 63-subset table included
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat --objectives=$ALL
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_beta1 --objectives=ova_ib \
+      --config.objective.beta=1.0
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_mlp --objectives=ova_ib \
+      --config.objective.projector=mlp ;;
+  mnist_views)
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views \
+      --objectives=ova_ib,symile,gram,pairwise_clip ;;
+  *) echo "unknown section $section" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,253 @@
+"""The tables of docs/RESULTS.md, from the run directories of the sweeps that made them.
+
+    python scripts/results_tables.py --root /tmp/res [--json docs/results/tables.json]
+
+``--root`` holds one directory per sweep (the ``--workdir`` of each command listed in
+docs/RESULTS.md), each with ``<objective>/seed_<seed>/results.json`` (the trainer's
+final evaluation), optionally ``eval/results.json`` beside it (a later
+``python -m ovaib_jax.evaluate`` of the same checkpoint, e.g. with other evaluator
+kwargs) and ``sweep_run.json`` (wall time). Prints every table as markdown, mean ± std
+over seeds (sample std), with the number of seeds and the mean wall time per run, and
+writes every value per seed to ``--json``. A row whose runs are missing is printed as
+"not run", so a partial set of sweeps still gives the tables it can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    sweep: str  # directory under --root
+    objective: str
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple[Row, ...]
+    metrics: tuple[tuple[str, str], ...]  # (column label, metric key)
+    digits: int = 3
+
+
+OBJECTIVES = (
+    "ova_ib",
+    "symile",
+    "gram",
+    "triangle",
+    "pairwise_clip",
+    "pairwise_clip_ib",
+    "anchor_clip",
+)
+
+
+def _objective_rows(sweep: str, ablations: Sequence[tuple[str, str]] = ()) -> tuple[Row, ...]:
+    rows = [Row(o, sweep, o) for o in OBJECTIVES]
+    rows[1:1] = [Row(label, s, "ova_ib") for label, s in ablations]
+    return tuple(rows)
+
+
+def parity_table(m: int) -> Table:
+    rest = "+".join(f"x{i}" for i in range(m - 1))
+    pair = f"{rest}->x{m - 1}"
+    return Table(
+        title=f"parity M = {m}, p = 1 (chance R@1 = 0.25)",
+        rows=_objective_rows(
+            f"parity_m{m}",
+            [
+                ("ova_ib beta = 1 (ablation)", f"parity_m{m}_beta1"),
+                ("ova_ib + MLP projector (ablation)", f"parity_m{m}_mlp"),
+                ("ova_ib + product projector (extension)", f"parity_m{m}_product"),
+            ],
+        ),
+        metrics=(
+            (f"R@1 {pair}", f"retrieval/{pair}/R@1"),
+            ("mAP", f"retrieval/{pair}/mAP"),
+            ("median rank", f"retrieval/{pair}/median_rank"),
+            ("probe acc. (all modalities)", "downstream/label/accuracy"),
+        ),
+    )
+
+
+P_SWEEP_OBJECTIVES = ("ova_ib", "symile", "gram", "pairwise_clip")
+
+
+def p_sweep_table() -> Table:
+    rows = []
+    for p in ("0.5",):
+        for o in P_SWEEP_OBJECTIVES:
+            rows.append(Row(f"p = {p}: {o}", f"parity_m3_p{p}", o))
+    return Table(
+        title="parity M = 3, p < 1 (with probability 1 - p the last modality copies x0)",
+        rows=tuple(rows),
+        metrics=(
+            ("R@1 x0+x1->x2", "retrieval/x0+x1->x2/R@1"),
+            ("mAP", "retrieval/x0+x1->x2/mAP"),
+            ("probe acc. (all modalities)", "downstream/label/accuracy"),
+        ),
+    )
+
+
+LATENT_METRICS = (
+    ("label acc.", "downstream/label/accuracy"),
+    ("target R²", "downstream/target/r2"),
+    ("synergy acc. (chance 0.25)", "downstream/synergy_label/accuracy"),
+    ("nuisance R² (representation)", "downstream/nuisance/mean/r2"),
+    ("nuisance R² (embedding z)", "eval:downstream/embedding/nuisance/mean/r2"),
+    ("retrieval R@1 (mean of 3)", "retrieval/R@1"),
+)
+
+
+def latent_tables() -> list[Table]:
+    betas = ("0", "0.1", "0.5", "1", "2")
+    beta_rows = tuple(Row(f"ova_ib beta = {b}", f"latent_beta{b}", "ova_ib") for b in betas)
+    others = tuple(Row(o, "latent_others", o) for o in OBJECTIVES[1:])
+    mlp = (
+        Row("ova_ib beta = 1 + MLP projector", "latent_mlp", "ova_ib"),
+        Row("ova_ib beta = 1 + product projector", "latent_product", "ova_ib"),
+    )
+    return [
+        Table("ovaib_latent M = 3: OVA-IB's beta sweep", beta_rows, LATENT_METRICS),
+        Table(
+            "ovaib_latent M = 3: the other objectives and the MLP projector",
+            mlp + others,
+            LATENT_METRICS,
+        ),
+    ]
+
+
+def mfeat_tables(dataset: str = "mfeat", m: int = 6) -> list[Table]:
+    rows = _objective_rows(
+        dataset,
+        [
+            ("ova_ib beta = 1 (ablation)", f"{dataset}_beta1"),
+            ("ova_ib + MLP projector (ablation)", f"{dataset}_mlp"),
+        ],
+    )
+    sizes = tuple((f"subsets of {k}", f"subset_size:{k}") for k in range(1, m + 1))
+    return [
+        Table(
+            f"{dataset}: downstream accuracy and retrieval",
+            rows,
+            (
+                ("probe acc. (all views)", "downstream/label/accuracy"),
+                ("retrieval R@1 (mean over views)", "retrieval/R@1"),
+                ("retrieval mAP", "retrieval/mAP"),
+            ),
+        ),
+        Table(
+            f"{dataset}: probe accuracy by number of views (mean over the subsets of that size)",
+            rows,
+            sizes,
+        ),
+    ]
+
+
+TABLES: list[Table] = [
+    parity_table(3),
+    parity_table(4),
+    parity_table(5),
+    p_sweep_table(),
+    *latent_tables(),
+    *mfeat_tables("mfeat", 6),
+    *mfeat_tables("mnist_views", 3),
+]
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _lookup(run_dir: str, key: str) -> float | None:
+    """A metric of one run: ``evaluator/metric`` from results.json, ``eval:...`` from
+    eval/results.json, ``subset_size:k`` the mean label accuracy of the size-k subsets."""
+    source = "results.json"
+    if key.startswith("eval:"):
+        source, key = os.path.join("eval", "results.json"), key[len("eval:") :]
+    path = os.path.join(run_dir, source)
+    if not os.path.exists(path):
+        return None
+    results = _load(path)
+    if key.startswith("subset_size:"):
+        k = int(key.split(":")[1])
+        table = results.get("modality_subsets", {})
+        vals = [
+            v
+            for name, v in table.items()
+            if name.endswith("/label/accuracy") and name.split("/")[0].count("+") == k - 1
+        ]
+        return float(np.mean(vals)) if vals else None
+    evaluator, _, metric = key.partition("/")
+    value = results.get(evaluator, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def _runs(root: str, row: Row) -> list[str]:
+    pattern = os.path.join(root, row.sweep, row.objective, "seed_*")
+    return sorted(d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, "results.json")))
+
+
+def _fmt(vals: list[float], digits: int) -> str:
+    if not vals:
+        return "-"
+    x = np.asarray(vals)
+    std = x.std(ddof=1) if len(x) > 1 else 0.0
+    return f"{x.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def render(table: Table, root: str) -> tuple[str, dict]:
+    head = ["objective", *(c for c, _ in table.metrics), "seeds", "wall s/run"]
+    lines = [f"#### {table.title}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
+    raw: dict = {}
+    for row in table.rows:
+        runs = _runs(root, row)
+        if not runs:
+            lines.append(f"| {row.label} | " + " | ".join(["not run"] * (len(head) - 1)) + " |")
+            continue
+        cells, raw[row.label] = [], {}
+        for col, key in table.metrics:
+            vals = [v for v in (_lookup(d, key) for d in runs) if v is not None]
+            raw[row.label][col] = vals
+            cells.append(_fmt(vals, table.digits))
+        walls = [
+            _load(os.path.join(d, "sweep_run.json")).get("wall_time_s", np.nan)
+            for d in runs
+            if os.path.exists(os.path.join(d, "sweep_run.json"))
+        ]
+        seeds = ",".join(os.path.basename(d).removeprefix("seed_") for d in runs)
+        wall = f"{np.nanmean(walls):.0f}" if walls else "-"
+        lines.append(f"| {row.label} | " + " | ".join([*cells, seeds, wall]) + " |")
+    return "\n".join(lines), raw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="directory holding the sweep workdirs")
+    parser.add_argument("--json", default="", help="write every per-seed value here")
+    parser.add_argument("--only", default="", help="print tables whose title contains this")
+    args = parser.parse_args()
+    everything = {}
+    for table in TABLES:
+        if args.only and args.only not in table.title:
+            continue
+        text, raw = render(table, args.root)
+        everything[table.title] = raw
+        print(text, end="\n\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(everything, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
