@@ -228,7 +228,10 @@ def render(table: Table, root: str) -> tuple[str, dict]:
         for col, key in table.metrics:
             vals = [v for v in (_lookup(d, key) for d in runs) if v is not None]
             raw[row.label][col] = vals
-            cells.append(_fmt(vals, table.digits))
+            cell = _fmt(vals, table.digits)
+            if vals and len(vals) < len(runs):  # e.g. a later evaluation not run on every seed
+                cell += f" ({len(vals)} seeds)"
+            cells.append(cell)
         walls = [
             _load(os.path.join(d, "sweep_run.json")).get("wall_time_s", np.nan)
             for d in runs
