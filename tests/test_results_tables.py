@@ -1,0 +1,74 @@
+"""scripts/results_tables.py: the tables of docs/RESULTS.md from sweep run directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+from tests.train_helpers import ROOT
+
+
+def _module():
+    path = os.path.join(ROOT, "scripts", "results_tables.py")
+    spec = importlib.util.spec_from_file_location("results_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["results_tables"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root, sweep, objective, seed, results, evaluated=None, wall=10.0):
+    d = os.path.join(root, sweep, objective, f"seed_{seed}")
+    os.makedirs(os.path.join(d, "eval"))
+    json.dump(results, open(os.path.join(d, "results.json"), "w"))
+    json.dump({"wall_time_s": wall}, open(os.path.join(d, "sweep_run.json"), "w"))
+    if evaluated is not None:
+        json.dump(evaluated, open(os.path.join(d, "eval", "results.json"), "w"))
+
+
+def test_tables_are_mean_and_sample_std_over_seeds(tmp_path):
+    rt = _module()
+    root = str(tmp_path)
+    subsets = {"a/label/accuracy": 0.5, "b/label/accuracy": 0.7, "a+b/label/accuracy": 0.9}
+    _run(
+        root,
+        "s",
+        "ova_ib",
+        0,
+        {"retrieval": {"R@1": 0.2}, "modality_subsets": subsets},
+        {"downstream": {"x": 1.0}},
+        wall=10.0,
+    )
+    _run(
+        root, "s", "ova_ib", 1, {"retrieval": {"R@1": 0.6}, "modality_subsets": subsets}, wall=30.0
+    )
+    table = rt.Table(
+        "t",
+        (rt.Row("ova", "s", "ova_ib"), rt.Row("sym", "s", "symile")),
+        (
+            ("R@1", "retrieval/R@1"),
+            ("one view", "subset_size:1"),
+            ("two", "subset_size:2"),
+            ("later", "eval:downstream/x"),
+        ),
+    )
+    text, raw = rt.render(table, root)
+    lines = text.splitlines()
+    std = np.std([0.2, 0.6], ddof=1)
+    assert f"| ova | 0.400 ± {std:.3f} | 0.600 ± 0.000 | 0.900 ± 0.000 |" in lines[4]
+    assert "1.000 ± 0.000 (1 seeds)" in lines[4] and lines[4].endswith("| 0,1 | 20 |")
+    assert lines[5].startswith("| sym | not run")
+    assert raw["ova"]["R@1"] == [0.2, 0.6]
+
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "a\n<!-- table: t -->\nold\n<!-- end table -->\nb\n<!-- table: u -->\nx\n"
+        "<!-- end table -->\n"
+    )
+    rt.update_markdown(str(doc), {"t": text})
+    new = doc.read_text()
+    assert "old" not in new and text in new and "<!-- table: u -->\nx\n" in new
