@@ -55,6 +55,20 @@ def _reference_loss(run, variables, batch, step: int):
     return run.resolved.objective(z, **kwargs)
 
 
+def _restored_with_test_batch(config, workdir: str, data_dir: str):
+    """(run, the latest checkpoint's model variables, the first 64 test examples)."""
+    kw = train.configs.dataset_kwargs(config)
+    src = data.make_source("ovaib_parity", "test", data_dir=data_dir, build=False, **kw)
+    batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
+    restored = train.checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), read_only=True
+    )
+    run = train.build(config, with_data=False)
+    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
+    restored.close()
+    return run, variables, batch
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_one_real_step_every_config(name):
     """Each config builds and takes one step; its loss equals the unsharded objective."""
@@ -158,20 +172,7 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     assert results["step"] == 6
     saved = json.load(open(os.path.join(workdir, "eval", "results.json")))
     assert saved["heldout_loss"]["loss"] == pytest.approx(results["heldout_loss"]["loss"])
-    src = data.make_source(
-        "ovaib_parity",
-        "test",
-        data_dir=data_dir,
-        build=False,
-        **train.configs.dataset_kwargs(config),
-    )
-    first = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
-    restored = train.checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), read_only=True
-    )
-    run = train.build(config, with_data=False)
-    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
-    restored.close()
+    run, variables, first = _restored_with_test_batch(config, workdir, data_dir)
     z, _ = run.model.apply(train._variables(variables["params"], variables["batch_stats"]), first)
     want, _ = losses.get("ova_ib")(z, **run.resolved.hparams)
     assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
@@ -263,15 +264,7 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
     config.evaluator_kwargs = {"retrieval": {"ties": "optimistic"}}
     results = evaluate.evaluate_checkpoint(config, workdir)
 
-    kw = train.configs.dataset_kwargs(config)
-    src = data.make_source("ovaib_parity", "test", data_dir=data_dir, build=False, **kw)
-    batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
-    restored = train.checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), read_only=True
-    )
-    run = train.build(config, with_data=False)
-    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
-    restored.close()
+    run, variables, batch = _restored_with_test_batch(config, workdir, data_dir)
     params = variables["params"]
     z, _ = run.model.apply(train._variables(params, variables["batch_stats"]), batch)
     z = np.asarray(z, np.float64)
