@@ -86,12 +86,6 @@ class Projectors(nn.Module):
         return nets[m](x)
 
 
-def product_projector(rest: jax.Array, m: int) -> jax.Array:
-    """(M-1, K, d) -> (K, d): the elementwise product of the remaining embeddings."""
-    del m
-    return jnp.prod(rest, axis=0)
-
-
 class Encoder(nn.Module):
     """MLP 128-128-32 (ReLU)."""
 
@@ -143,10 +137,6 @@ def contrastive_term(objective: str, loss: jax.Array, aux: dict) -> jax.Array:
     return loss
 
 
-def _unit(v: jax.Array) -> jax.Array:
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 def pattern_top1(scorer: Callable, z: jax.Array, bits: jax.Array) -> float:
     """Retrieve c (modality 2) from (a, b): top candidate has the true c's pattern."""
     scores = scorer(z[:2], z[2])  # (N, N)
@@ -171,7 +161,7 @@ def run(variant: str, k: int, seed: int, steps: int, batch: int) -> dict[str, An
         if kw.get("projector") == "mlp":
             kw["projector"] = lambda rest, m: proj.apply(params["proj"], rest, m)
         elif kw.get("projector") == "product":
-            kw["projector"] = product_projector
+            kw["projector"] = losses.product_projector
         if kw.get("beta") == "ramp":
             kw["beta"] = beta_at(step, steps)
         return kw
@@ -193,8 +183,7 @@ def run(variant: str, k: int, seed: int, steps: int, batch: int) -> dict[str, An
         projector = objective_kwargs(params, 0).get("projector")
         if projector is None:
             return losses.get_scorer(objective)(rest, query)
-        pred = projector(rest, 2)  # (N, d): each tuple's prediction of z_2
-        return _unit(pred) @ _unit(query).T  # (N tuples, N candidates), cos as in training
+        return losses.projector_score(rest, query, projector=projector, m=2)  # as in training
 
     test_bits, test_x = sample_xor(jax.random.key(10_000 + seed), batch, k)
     acc0 = pattern_top1(scorer, model.apply(params["enc"], *test_x), test_bits)
