@@ -116,6 +116,11 @@ def objective_configs(
     return out, notes
 
 
+# Fields that change what is measured after training, not what is trained: a run that
+# differs from the sweep's config only in these is the same run.
+EVALUATION_KEYS = ("evaluators", "final_evaluators", "evaluator_kwargs")
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -143,6 +148,14 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     if old:
         new, was = _flat(json.loads(config.to_json_best_effort())), _flat(old)
         diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
+        eval_only = [k for k in diff if k.split(".")[0] in EVALUATION_KEYS]
+        if eval_only:
+            log.warning(
+                "%s was set up with other evaluation settings (%s); its results keep them "
+                "(re-evaluate with python -m ovaib_jax.evaluate --workdir=%s --set=...).",
+                workdir, eval_only, workdir,
+            )
+            diff = [k for k in diff if k not in eval_only]
         if diff:
             raise ValueError(
                 f"{workdir} holds a run trained with another config (differs in {diff}); "

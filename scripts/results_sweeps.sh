@@ -1,7 +1,7 @@
 #!/bin/bash
 # Every sweep behind the tables of docs/RESULTS.md sections 2-4, in one place.
 #
-#   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent mfeat mnist_views
+#   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent latent_m5 mfeat mnist_views
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -10,20 +10,29 @@
 set -euo pipefail
 ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
 shift
-SECTIONS=${*:-parity p_sweep latent mfeat mnist_views}
+SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 S="python -m ovaib_jax.sweep --seeds=42,0,1"
 # Parity and latent: the probes and retrieval only (the subset table is for mfeat).
 F="--config.final_evaluators=downstream,retrieval"
 ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
+
+# The latent probes again on each modality's embedding z (what the minimality term acts on).
+embedding_probes() {
+  for run in "$ROOT"/latent_*/*/seed_*; do
+    [ -f "$run/eval/results.json" ] && continue
+    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
+      --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
+      > /dev/null
+  done
+}
 
 for section in $SECTIONS; do
   case $section in
   parity)  # p = 1, M = 3, 4, 5: every objective; OVA-IB at beta = 1, + MLP / product projector
     for M in 3 4 5; do
       P="--config=experiments/parity.py:M=$M"
-      # TRIANGLE is defined for M = 3 only; CLIP+IB and anchor (pairwise, at chance at
-      # M = 3 as theory says) were left out at M = 4, 5 for time.
-      [ $M = 3 ] && OBJ=$ALL || OBJ=ova_ib,symile,gram,pairwise_clip
+      # TRIANGLE is defined for M = 3 only.
+      [ $M = 3 ] && OBJ=$ALL || OBJ=${ALL/triangle,/}
       $S $P --workdir=$ROOT/parity_m$M $F --objectives=$OBJ
       $S $P --workdir=$ROOT/parity_m${M}_beta1 $F --objectives=ova_ib --config.objective.beta=1.0
       $S $P --workdir=$ROOT/parity_m${M}_mlp $F --objectives=ova_ib --config.objective.projector=mlp
@@ -31,9 +40,8 @@ for section in $SECTIONS; do
         --config.objective.projector=product
     done ;;
   p_sweep)  # M = 3, the last modality is the parity with probability p, else a copy of x0
-    for p in 0.9 0.5; do
-      $S --config=experiments/parity.py:p=$p --workdir=$ROOT/parity_m3_p$p $F \
-        --objectives=ova_ib,symile,gram,pairwise_clip
+    for p in 0.9 0.75 0.5; do
+      $S --config=experiments/parity.py:p=$p --workdir=$ROOT/parity_m3_p$p $F --objectives=$ALL
     done ;;
   latent)  # OVA-IB's beta sweep, its projector variants at beta = 1, the other objectives
     for b in 0 0.1 0.5 1 2; do
@@ -45,22 +53,29 @@ for section in $SECTIONS; do
       --config.objective.projector=product
     $S --config=experiments/latent.py --workdir=$ROOT/latent_others $F \
       --objectives=${ALL#ova_ib,}
-    # The same probes on each modality's embedding z (what the minimality term acts on).
-    for run in "$ROOT"/latent_*/*/seed_*; do
-      [ -f "$run/eval/results.json" ] && continue
-      python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
-        --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
-        > /dev/null
-    done ;;
+    embedding_probes ;;
+  latent_m5)  # does beta help more as M grows? The beta sweep again at M = 5
+    for b in 0 0.1 0.5 1 2; do
+      $S --config=experiments/latent.py:M=5,beta=$b --workdir=$ROOT/latent_m5_beta$b $F \
+        --objectives=ova_ib
+    done
+    $S --config=experiments/latent.py:M=5 --workdir=$ROOT/latent_m5_others $F \
+      --objectives=symile,pairwise_clip
+    embedding_probes ;;
   mfeat)  # all four final evaluators, the 63-subset table included (TRIANGLE: M = 3 only)
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat --objectives=${ALL/triangle,/}
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_beta1 --objectives=ova_ib \
       --config.objective.beta=1.0
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_mlp --objectives=ova_ib \
+      --config.objective.projector=mlp
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_product --objectives=ova_ib \
+      --config.objective.projector=product ;;
+  mnist_views)  # as mfeat (TRIANGLE: M = 3, but mnist_views has 3 views: run it too)
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views --objectives=$ALL
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_beta1 --objectives=ova_ib \
+      --config.objective.beta=1.0
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_mlp --objectives=ova_ib \
       --config.objective.projector=mlp ;;
-  mnist_views)  # run with three objectives only (time); section 4b
-    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views \
-      --objectives=ova_ib,symile,pairwise_clip ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

@@ -200,8 +200,26 @@ def test_a_run_trained_with_another_config_stops_the_sweep(tmp_path):
     other = json.loads(cfg.to_json_best_effort())
     other["batch_size"] = 32
     (rundir / "config.json").write_text(json.dumps(other))
+    other["evaluator_kwargs"]["downstream"]["new_key"] = 1  # evaluation only: not reported
+    (rundir / "config.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match=r"another config \(differs in \['batch_size'\]\)"):
         sweep.run_one(cfg, "ova_ib", str(rundir))
+
+
+def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path):
+    """Evaluator settings added or changed after a run finished do not make it another
+    run: the sweep skips it instead of stopping."""
+    config = os.path.join(ROOT, "experiments", "parity.py")
+    cfg = sweep.objective_configs(config, ["ova_ib"], {})[0]["ova_ib"]
+    rundir = tmp_path / "ova_ib" / "seed_42"
+    rundir.mkdir(parents=True)
+    old = json.loads(cfg.to_json_best_effort())
+    del old["evaluator_kwargs"]["downstream"]
+    old["final_evaluators"] = ["downstream"]
+    (rundir / "config.json").write_text(json.dumps(old))
+    (rundir / sweep.STATE_FILE).write_text(json.dumps({"status": "failed", "error": "x"}))
+    record = sweep.run_one(cfg, "ova_ib", str(rundir))
+    assert (record.status, record.error) == ("failed", "x")
 
 
 def test_final_evaluators_run_once_and_results_are_completed_on_rerun(tmp_path):
