@@ -595,9 +595,7 @@ def section_memory(rep: Report, s: Sizes) -> None:
 
 def section_scaling(rep: Report, s: Sizes) -> None:
     m0, n0, d0 = s.scale_base
-    rep.add(
-        f"## 4. Scaling of ova_ib forward+backward (base M={m0}, N={n0}, d={d0}; aux returned)"
-    )
+    rep.add(f"## 4. Scaling of ova_ib forward+backward (base M={m0}, N={n0}, d={d0}; aux returned)")
     rep.add()
     rep.add(
         "'/ floor': ratio to the floor of the same size. 'time vs smallest' and 'floor vs "

@@ -153,7 +153,9 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
             log.warning(
                 "%s was set up with other evaluation settings (%s); its results keep them "
                 "(re-evaluate with python -m ovaib_jax.evaluate --workdir=%s --set=...).",
-                workdir, eval_only, workdir,
+                workdir,
+                eval_only,
+                workdir,
             )
             diff = [k for k in diff if k not in eval_only]
         if diff:

@@ -274,8 +274,12 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
             pred = rest[0] * rest[1]
         else:
             pred = np.asarray(
-                run.model.apply({"params": params}, jnp.asarray(rest, jnp.float32), m,
-                                method=models.MultiModalModel.project),
+                run.model.apply(
+                    {"params": params},
+                    jnp.asarray(rest, jnp.float32),
+                    m,
+                    method=models.MultiModalModel.project,
+                ),
                 np.float64,
             )
         pred /= np.linalg.norm(pred, axis=1, keepdims=True)
