@@ -56,6 +56,7 @@ __all__ = [
     "create_evaluators",
     "evaluate_checkpoint",
     "run_evaluators",
+    "run_loss_kwargs",
     "run_projector",
 ]
 
@@ -239,6 +240,24 @@ def run_projector(ctx: EvalContext, variables: Any) -> Callable | None:
     return None
 
 
+def run_loss_kwargs(ctx: EvalContext, variables: Any) -> dict[str, Any]:
+    """The keyword arguments the run's objective trains with, as ``variables`` give
+    them: the objective's hyper-parameters, the learned temperature (``tau`` or
+    ``logit_scale``) when the model learns one, and the run's OVA projector."""
+    from ovaib_jax import models
+
+    kwargs = dict(ctx.resolved.hparams)
+    name = ctx.resolved.temperature_param
+    if name is not None:
+        params = {"params": variables["params"]}
+        tau = ctx.model.apply(params, method=models.MultiModalModel.temperature)
+        kwargs[name] = float(tau if name == "tau" else 1.0 / tau)
+    projector = run_projector(ctx, variables)
+    if projector is not None:
+        kwargs["projector"] = projector
+    return kwargs
+
+
 class InBatchRetrieval:
     """Retrieve modality c of each sample from its other modalities, inside each batch.
 
@@ -332,8 +351,11 @@ class EmbeddedSplitEvaluator:
         )
         test_split = self.ctx.embedded(variables, cfg.dataset.eval_split, extra)
         kwargs = {}
-        if "projector" in inspect.signature(self.evaluator.run).parameters:
+        takes = inspect.signature(self.evaluator.run).parameters
+        if "projector" in takes:
             kwargs["projector"] = run_projector(self.ctx, variables)
+        if "loss_kwargs" in takes:
+            kwargs["loss_kwargs"] = run_loss_kwargs(self.ctx, variables)
         out = self.evaluator.run(
             train_split, test_split, objective=cfg.objective.name, seed=int(cfg.seed), **kwargs
         )

@@ -253,15 +253,19 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
 @pytest.mark.parametrize("projector", ["mlp", "product"])
 def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, projector):
     """A run trained with an OVA projector is evaluated with the projector's score (as in
-    training), in-batch and over the split; checked against the score computed by hand."""
+    training), in-batch, over the split and in the MI bounds; checked against the score
+    computed by hand."""
     workdir = str(tmp_path / projector)
     config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=2)
     config.objective.projector = projector
     train.train_and_evaluate(config, workdir)
     config.eval_num_batches = 1
     config.eval_batch_size = 64
-    config.evaluators = "inbatch_retrieval,retrieval"
-    config.evaluator_kwargs = {"retrieval": {"ties": "optimistic"}}
+    config.evaluators = "inbatch_retrieval,retrieval,mi_bounds"
+    config.evaluator_kwargs = {
+        "retrieval": {"ties": "optimistic"},
+        "mi_bounds": {"batch_size": 64, "max_batches": 1, "shuffle": False},
+    }
     results = evaluate.evaluate_checkpoint(config, workdir)
 
     run, variables, batch = _restored_with_test_batch(config, workdir, data_dir)
@@ -290,3 +294,10 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
         pair = "+".join(f"x{i}" for i in range(3) if i != m) + f"->{name}"
         assert results["inbatch_retrieval"][f"{name}/top1"] == pytest.approx(top1, abs=1 / 64)
         assert results["retrieval"][f"{pair}/R@1"] == pytest.approx(top1, abs=1 / 64)
+        # mi_bounds scores the objective as trained: the projector and the run's tau
+        # (not ova_ib's default 0.01). L_m: retrieve each tuple's projection from z_m.
+        logits = scores.T / config.objective.tau
+        top = logits.max(axis=1, keepdims=True)
+        lse = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+        bound = np.log(64) - np.mean(lse - np.diag(logits))
+        assert results["mi_bounds"][f"mi_bound/m{m}"] == pytest.approx(bound, abs=1e-3)

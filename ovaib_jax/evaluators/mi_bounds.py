@@ -4,8 +4,11 @@ The test embeddings are shuffled (seeded; so that batches are not ordered by sub
 class) and cut into batches of ``batch_size`` (the last partial batch is dropped: the bound
 ``log N - L`` depends on N, and mixing batch sizes would mix ceilings). On each batch:
 
-* the training objective's loss (``ovaib_jax.losses.get(objective)`` with
-  ``loss_kwargs``) and every ``mi_bound/*`` entry of its aux, averaged over batches.
+* the training objective's loss (``ovaib_jax.losses.get(objective)`` called as in
+  training: with the run's hyper-parameters, learned temperature and OVA projector,
+  which ``ovaib_jax.evaluate`` passes as ``run(..., loss_kwargs=...)``, updated with the
+  config's ``loss_kwargs``) and every ``mi_bound/*`` entry of its aux, averaged over
+  batches.
   Their meaning is the objective's (``mi_bound/m{m}`` for OVA and Symile,
   ``mi_bound/{p}->{q}`` for pairwise CLIP, ``mi_bound/anchor_to_rest`` for GRAM...);
 * a common yardstick whatever the objective: the One-vs-All sufficiency bound
@@ -39,8 +42,9 @@ class MIBoundsConfig:
       batch_size: N of each held-out batch (capped at the split size).
       max_batches: at most this many batches (None: all full batches).
       shuffle: shuffle the split (seeded) before batching.
-      loss_kwargs: keyword arguments of the objective (e.g. ``{"tau": 0.07}``; pass the
-        trained temperature / logit scale when they were learned).
+      loss_kwargs: keyword arguments of the objective (e.g. ``{"tau": 0.07}``); they
+        override the run's own (``run(loss_kwargs=...)``), which runs evaluated by
+        ``ovaib_jax.evaluate`` get from their config and checkpoint.
       ova_tau: temperature of the OVA yardstick.
       chunk_size: candidates per block inside the losses (None: whole batch).
     """
@@ -99,7 +103,11 @@ class MIBounds(Evaluator):
         *,
         objective: str | None = None,
         seed: int = 0,
+        loss_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """``loss_kwargs``: the objective's keyword arguments as the run trained with
+        them (hyper-parameters, learned temperature, ``projector``); the config's
+        ``loss_kwargs`` override them. None: the objective's defaults."""
         from ovaib_jax import losses
 
         del train
@@ -115,13 +123,16 @@ class MIBounds(Evaluator):
         order = np.random.default_rng(seed).permutation(n) if cfg.shuffle else np.arange(n)
         num = n // b if cfg.max_batches is None else min(n // b, cfg.max_batches)
 
-        kwargs = dict(cfg.loss_kwargs)
+        kwargs = {**(loss_kwargs or {}), **cfg.loss_kwargs}
         if cfg.chunk_size is not None:
             kwargs.setdefault("chunk_size", cfg.chunk_size)
+        items = tuple(sorted(kwargs.items()))
         try:
-            stats = _stats_fn(objective, tuple(sorted(kwargs.items())), cfg.ova_tau, m)
-        except TypeError:  # unhashable loss_kwargs (e.g. an array): compile uncached
-            stats = _stats_fn.__wrapped__(objective, tuple(sorted(kwargs.items())), cfg.ova_tau, m)
+            if any(callable(v) for v in kwargs.values()):  # a projector closes over params
+                raise TypeError
+            stats = _stats_fn(objective, items, cfg.ova_tau, m)
+        except TypeError:  # unhashable (e.g. an array) or a projector: compile uncached
+            stats = _stats_fn.__wrapped__(objective, items, cfg.ova_tau, m)
         key = jax.random.key(seed)
         sums: dict[str, float] = {}
         for i in range(num):
