@@ -58,6 +58,7 @@ __all__ = [
     "run_evaluators",
     "run_loss_kwargs",
     "run_projector",
+    "run_scorer_kwargs",
 ]
 
 
@@ -240,6 +241,15 @@ def run_projector(ctx: EvalContext, variables: Any) -> Callable | None:
     return None
 
 
+def run_scorer_kwargs(ctx: EvalContext) -> dict[str, Any]:
+    """The run's objective hyper-parameters that its retrieval scorer takes too (OVA's
+    ``lam`` and ``product_weight``), so that retrieval scores as training did."""
+    from ovaib_jax import losses
+
+    takes = inspect.signature(losses.get_scorer(ctx.config.objective.name)).parameters
+    return {k: v for k, v in ctx.resolved.hparams.items() if k in takes and k != "projector"}
+
+
 def run_loss_kwargs(ctx: EvalContext, variables: Any) -> dict[str, Any]:
     """The keyword arguments the run's objective trains with, as ``variables`` give
     them: the objective's hyper-parameters, the learned temperature (``tau`` or
@@ -278,7 +288,9 @@ class InBatchRetrieval:
 
         self.ctx = ctx
         self.ks = tuple(ks)
-        scorer = losses.get_scorer(ctx.config.objective.name)
+        scorer = functools.partial(
+            losses.get_scorer(ctx.config.objective.name), **run_scorer_kwargs(ctx)
+        )
         m = len(ctx.modality_names)
         ks_ = self.ks
 
@@ -354,6 +366,8 @@ class EmbeddedSplitEvaluator:
         takes = inspect.signature(self.evaluator.run).parameters
         if "projector" in takes:
             kwargs["projector"] = run_projector(self.ctx, variables)
+        if "scorer_kwargs" in takes:
+            kwargs["scorer_kwargs"] = run_scorer_kwargs(self.ctx)
         if "loss_kwargs" in takes:
             kwargs["loss_kwargs"] = run_loss_kwargs(self.ctx, variables)
         out = self.evaluator.run(

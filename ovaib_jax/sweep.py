@@ -148,6 +148,19 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     if old:
         new, was = _flat(json.loads(config.to_json_best_effort())), _flat(old)
         diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
+        # An objective option added to the library after the run, at its default (the
+        # behaviour the run had), does not make it another run.
+        defaults = configs.objective_config(objective).to_dict()
+        diff = [
+            k
+            for k in diff
+            if not (
+                k not in was
+                and k.startswith("objective.")
+                and k[len("objective.") :] in defaults
+                and new[k] == defaults[k[len("objective.") :]]
+            )
+        ]
         eval_only = [k for k in diff if k.split(".")[0] in EVALUATION_KEYS]
         if eval_only:
             log.warning(

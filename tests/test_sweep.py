@@ -207,19 +207,24 @@ def test_a_run_trained_with_another_config_stops_the_sweep(tmp_path):
 
 
 def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path):
-    """Evaluator settings added or changed after a run finished do not make it another
-    run: the sweep skips it instead of stopping."""
+    """Evaluator settings added or changed after a run finished, and objective options
+    added at their default, do not make it another run: the sweep skips it."""
     config = os.path.join(ROOT, "experiments", "parity.py")
     cfg = sweep.objective_configs(config, ["ova_ib"], {})[0]["ova_ib"]
     rundir = tmp_path / "ova_ib" / "seed_42"
     rundir.mkdir(parents=True)
     old = json.loads(cfg.to_json_best_effort())
     del old["evaluator_kwargs"]["downstream"]
+    del old["objective"]["product_weight"]  # an option added later, at its default
     old["final_evaluators"] = ["downstream"]
     (rundir / "config.json").write_text(json.dumps(old))
     (rundir / sweep.STATE_FILE).write_text(json.dumps({"status": "failed", "error": "x"}))
     record = sweep.run_one(cfg, "ova_ib", str(rundir))
     assert (record.status, record.error) == ("failed", "x")
+    cfg.unlock()
+    cfg.objective.product_weight = 0.5  # not the default: another run
+    with pytest.raises(ValueError, match=r"differs in \['objective.product_weight'\]"):
+        sweep.run_one(cfg, "ova_ib", str(rundir))
 
 
 def test_final_evaluators_run_once_and_results_are_completed_on_rerun(tmp_path):

@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from ovaib_jax import data, evaluate, losses, models, train
+from tests.losses import reference as ref
 from tests.train_helpers import ROOT, synthetic_batch, tiny_config
 
 jax.config.update("jax_disable_most_optimizations", True)
@@ -250,14 +251,17 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
     failing.close()
 
 
-@pytest.mark.parametrize("projector", ["mlp", "product"])
+@pytest.mark.parametrize("projector", ["mlp", "product", "span+product"])
 def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, projector):
-    """A run trained with an OVA projector is evaluated with the projector's score (as in
-    training), in-batch, over the split and in the MI bounds; checked against the score
-    computed by hand."""
+    """A run trained with an OVA projector (or the span + product score) is evaluated
+    with its training score, in-batch, over the split and in the MI bounds; checked
+    against the score computed by hand."""
     workdir = str(tmp_path / projector)
     config = tiny_config(data_dir, num_train_steps=2, checkpoint_every_steps=2)
-    config.objective.projector = projector
+    if projector == "span+product":
+        config.objective.product_weight = 0.5
+    else:
+        config.objective.projector = projector
     train.train_and_evaluate(config, workdir)
     config.eval_num_batches = 1
     config.eval_batch_size = 64
@@ -274,7 +278,18 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
     z = np.asarray(z, np.float64)
     for m in range(3):
         rest = np.delete(z, m, axis=0)
-        if projector == "product":
+        if projector == "span+product":
+            scores = np.array(
+                [
+                    [
+                        ref.ova_score_pair(c, rest[:, i], 1e-8)
+                        + 0.5 * ref._cos(c, rest[0, i] * rest[1, i])
+                        for c in z[m]
+                    ]
+                    for i in range(z.shape[1])
+                ]
+            )
+        elif projector == "product":
             pred = rest[0] * rest[1]
         else:
             pred = np.asarray(
@@ -286,14 +301,17 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
                 ),
                 np.float64,
             )
-        pred /= np.linalg.norm(pred, axis=1, keepdims=True)
-        cand = z[m] / np.linalg.norm(z[m], axis=1, keepdims=True)
-        scores = pred @ cand.T  # (tuples, candidates of modality m)
+        if projector != "span+product":
+            pred /= np.linalg.norm(pred, axis=1, keepdims=True)
+            cand = z[m] / np.linalg.norm(z[m], axis=1, keepdims=True)
+            scores = pred @ cand.T  # (tuples, candidates of modality m)
         top1 = np.mean(np.sum(scores > np.diag(scores)[:, None] + 1e-6, axis=1) == 0)
         name = f"x{m}"
         pair = "+".join(f"x{i}" for i in range(3) if i != m) + f"->{name}"
         assert results["inbatch_retrieval"][f"{name}/top1"] == pytest.approx(top1, abs=1 / 64)
         assert results["retrieval"][f"{pair}/R@1"] == pytest.approx(top1, abs=1 / 64)
+        mean_rank = 1 + np.mean(np.sum(scores > np.diag(scores)[:, None] + 1e-6, axis=1))
+        assert results["retrieval"][f"{pair}/mean_rank"] == pytest.approx(mean_rank, abs=0.1)
         # mi_bounds scores the objective as trained: the projector and the run's tau
         # (not ova_ib's default 0.01). L_m: retrieve each tuple's projection from z_m.
         logits = scores.T / config.objective.tau

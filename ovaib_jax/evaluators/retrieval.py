@@ -284,7 +284,10 @@ class Retrieval(Evaluator):
     ablation's or :func:`ovaib_jax.losses.product_projector`), when the objective was
     trained with one: then the score is :func:`ovaib_jax.losses.projector_score`, as in
     training, and each pair must retrieve a modality from all the others (the projector's
-    input). Passed by the trainer and ``ovaib_jax.evaluate``.
+    input). ``scorer_kwargs``: the hyper-parameters the run's scorer shares with its
+    objective (OVA's ``lam``, ``product_weight``), so that retrieval scores as training
+    did; the config's ``scorer_kwargs`` override them. Both passed by the trainer and
+    ``ovaib_jax.evaluate``.
     """
 
     name = "retrieval"
@@ -298,6 +301,7 @@ class Retrieval(Evaluator):
         objective: str | None = None,
         seed: int = 0,
         projector: Callable | None = None,
+        scorer_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         from ovaib_jax import losses
 
@@ -331,7 +335,8 @@ class Retrieval(Evaluator):
         per_pair: dict[str, dict[str, float]] = {}
         for pair in pairs:
             pname = pair_name(pair, test.modality_names)
-            scorer_kwargs = dict(cfg.scorer_kwargs)
+            kwargs = {} if projector is not None else dict(scorer_kwargs or {})
+            kwargs.update(cfg.scorer_kwargs)
             if projector is not None:
                 others = tuple(i for i in range(test.num_modalities) if i != pair[1])
                 if pair[0] != others:
@@ -341,7 +346,7 @@ class Retrieval(Evaluator):
                         f"projector's input); use the pair "
                         f"{pair_name((others, pair[1]), test.modality_names)!r}."
                     )
-                scorer_kwargs.update(projector=projector, m=pair[1])
+                kwargs.update(projector=projector, m=pair[1])
             r = retrieve(
                 test.z,
                 pair,
@@ -351,7 +356,7 @@ class Retrieval(Evaluator):
                 relevance=cfg.relevance,
                 labels=labels,
                 ties=cfg.ties,
-                scorer_kwargs=scorer_kwargs,
+                scorer_kwargs=kwargs,
                 seed=seed,
             )
             per_pair[pname] = r

@@ -68,6 +68,7 @@ def ova_sufficiency(
     lam: float = 1e-8,
     exclude_positive: bool = False,
     projector: Projector | None = None,
+    product_weight: float = 0.0,
     negatives: str = "batch",
     key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
@@ -105,6 +106,13 @@ def ova_sufficiency(
         ``projector(rest, m) -> (K, d)`` mapping remaining embeddings ``rest`` of shape
         (M-1, K, d) to a prediction of z_m for each of the K tuples; the score is then
         ``cos(z_m, projector(rest, m))``. It must act per tuple.
+      product_weight: w >= 0 (an extension, not in the paper): the score becomes
+        ``||Q_{n'} z^_{m,n}|| + w cos(z[m, n], prod_{j != m} z[j, n'])``, the projection
+        score plus the sign-aware product score of :func:`product_projector`. The
+        projection is blind to the sign of each remaining embedding, so it cannot
+        express dependence such as c = a XOR b; the product term can, and the projection
+        keeps the linear (span) dependence the product score misses. A Python float;
+        0 is the paper's score. Not with ``projector``.
       negatives: ``"batch"`` (default, the paper): candidate n' is the true tuple of
         remaining modalities of sample n'. ``"shuffled"`` (an extension, not in the
         paper): as Symile's "n" negatives, the rows of each remaining modality are
@@ -134,15 +142,26 @@ def ova_sufficiency(
     n_global = n * _core.axis_size(axis_name)
     if exclude_positive and n_global < 2:
         raise ValueError(f"{name}: exclude_positive=True needs a batch of N >= 2, got {n_global}.")
+    if product_weight < 0 or (product_weight and projector is not None):
+        raise ValueError(
+            f"{name}: product_weight must be >= 0 and cannot be combined with a projector; "
+            f"got {product_weight} (projector {'set' if projector is not None else 'None'})."
+        )
     scale = 1.0 / tau
     queries = _core.l2_normalize(z)
     keys = None if key is None else jax.random.split(key, m_count)
+    w = float(product_weight)
 
     def per_candidate(rest, m):
-        """(M-1, K, d) tuples -> per-tuple quantity: a basis (K, M-1, d) or a unit (K, d)."""
+        """(M-1, K, d) tuples -> per-tuple quantity: a basis (K, M-1, d) (with
+        ``product_weight``: the unit product appended, (K, M, d)) or a unit (K, d)."""
         if projector is None:
             # ``rest`` comes from the unit queries: normalised once for all m.
-            return span_basis(jnp.moveaxis(rest, 0, 1), lam, normalized=True)[0]
+            basis = span_basis(jnp.moveaxis(rest, 0, 1), lam, normalized=True)[0]
+            if not w:
+                return basis
+            prod = _core.l2_normalize(jnp.prod(rest, axis=0))  # (K, d)
+            return jnp.concatenate([basis, prod[:, None, :]], axis=1)
         pred = jnp.asarray(projector(rest, m), jnp.float32)
         if pred.shape != (rest.shape[1], d):
             raise ValueError(
@@ -152,14 +171,22 @@ def ova_sufficiency(
         return _core.l2_normalize(pred)
 
     def block_scores(q, cand):  # (n, d), (C, ...) -> (n, C)
-        if projector is None:
+        if projector is not None:
+            return q @ cand.T
+        if not w:
             return _core.safe_sqrt(projected_sq_norm(q, cand))
-        return q @ cand.T
+        c, k, d = cand.shape  # one matmul against the bases and products together
+        proj = (q @ cand.reshape(c * k, d).T).reshape(q.shape[0], c, k)
+        span = _core.safe_sqrt(jnp.sum(jnp.square(proj[..., :-1]), axis=-1))
+        return span + w * proj[..., -1]
 
     def paired_scores(q, cand):  # (n, d), (n, ...) -> (n,) score of row i with tuple i
-        if projector is None:
-            return _core.safe_sqrt(jnp.sum(jnp.square(jnp.einsum("nkd,nd->nk", cand, q)), -1))
-        return jnp.sum(q * cand, axis=-1)
+        if projector is not None:
+            return jnp.sum(q * cand, axis=-1)
+        proj = jnp.einsum("nkd,nd->nk", cand, q)
+        if not w:
+            return _core.safe_sqrt(jnp.sum(jnp.square(proj), -1))
+        return _core.safe_sqrt(jnp.sum(jnp.square(proj[:, :-1]), -1)) + w * proj[:, -1]
 
     results = []
     for m in range(m_count):
@@ -252,6 +279,7 @@ def ova_ib(
     exclude_positive: bool = False,
     normalize_minimality: bool = True,
     projector: Projector | None = None,
+    product_weight: float = 0.0,
     negatives: str = "batch",
     key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
@@ -270,6 +298,7 @@ def ova_ib(
         lam=lam,
         exclude_positive=exclude_positive,
         projector=projector,
+        product_weight=product_weight,
         negatives=negatives,
         key=key,
         axis_name=axis_name,

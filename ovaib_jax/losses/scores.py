@@ -27,18 +27,27 @@ def _check(queries: jax.Array, cands: jax.Array, fn_name: str) -> tuple[jax.Arra
     return queries.astype(jnp.float32), cands.astype(jnp.float32)
 
 
-def ova_score(queries: jax.Array, cands: jax.Array, *, lam: float = 1e-8) -> jax.Array:
-    """OVA-IB: ``cos(c_j, P_i c_j) = ||P_i c^_j||``, P_i projecting onto span{queries of i}.
+def ova_score(
+    queries: jax.Array, cands: jax.Array, *, lam: float = 1e-8, product_weight: float = 0.0
+) -> jax.Array:
+    """OVA-IB: ``cos(c_j, P_i c_j) = ||P_i c^_j||``, P_i projecting onto span{queries of i};
+    with ``product_weight`` w, plus ``w cos(c_j, prod_q queries[q, i])`` (as
+    :func:`~ovaib_jax.losses.ova_sufficiency` trains with it).
 
     Args:
       queries: (Q, Nq, d). cands: (Nc, d).
 
     Returns:
-      (Nq, Nc) scores in [0, 1].
+      (Nq, Nc) scores in [0, 1] (in [-w, 1 + w] with the product term).
     """
     queries, cands = _check(queries, cands, "ova_score")
     basis, _ = span_basis(jnp.moveaxis(queries, 0, 1), lam)  # (Nq, Q, d)
-    return _core.safe_sqrt(projected_sq_norm(_core.l2_normalize(cands), basis).T)
+    unit = _core.l2_normalize(cands)
+    score = _core.safe_sqrt(projected_sq_norm(unit, basis).T)
+    if product_weight:
+        prod = _core.l2_normalize(jnp.prod(_core.l2_normalize(queries), axis=0))
+        score = score + product_weight * (prod @ unit.T)
+    return score
 
 
 def projector_score(

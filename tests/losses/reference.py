@@ -37,8 +37,17 @@ def ova_score_pair(zq: np.ndarray, rest: np.ndarray, lam: float) -> float:
     return _cos(zq, zbar)
 
 
-def ova_sufficiency(z, tau=0.01, lam=1e-8, exclude_positive=False, projector=None, shuffled=False):
-    """``shuffled``: candidate j != i is the tuple (rest_k[(j + k) mod N] for k = 1..M-1)
+def ova_sufficiency(
+    z,
+    tau=0.01,
+    lam=1e-8,
+    exclude_positive=False,
+    projector=None,
+    shuffled=False,
+    product_weight=0.0,
+):
+    """``product_weight`` w: the score is eq. 11's plus w cos(z_m, prod of the tuple).
+    ``shuffled``: candidate j != i is the tuple (rest_k[(j + k) mod N] for k = 1..M-1)
     (deterministic product-of-marginals negatives), the diagonal the true tuple."""
     z = np.asarray(z, np.float64)
     m_count, n, _ = z.shape
@@ -54,6 +63,7 @@ def ova_sufficiency(z, tau=0.01, lam=1e-8, exclude_positive=False, projector=Non
                     tup = rest[:, j]
                 if projector is None:
                     s[i, j] = ova_score_pair(z[m, i], tup, lam)
+                    s[i, j] += product_weight * _cos(z[m, i], np.prod(tup, axis=0))
                 else:
                     s[i, j] = _cos(z[m, i], projector(tup[:, None], m)[0])
         terms.append(_ce_rows(s / tau, exclude_positive))

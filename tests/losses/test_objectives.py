@@ -232,6 +232,51 @@ def test_product_projector_matches_reference_and_sees_signs():
     np.testing.assert_allclose(np.asarray(got), want @ cands.T, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("negatives", ["batch", "shuffled"])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_span_plus_product_score_matches_reference(negatives, chunk):
+    z = _z(4, n=6, d=8, seed=12)
+    kw = {"tau": TAU, "product_weight": 0.7, "negatives": negatives, "chunk_size": chunk}
+    loss, _ = losses.ova_sufficiency(z, **kw)
+    expected, _ = ref.ova_sufficiency(
+        np.asarray(z), TAU, product_weight=0.7, shuffled=negatives == "shuffled"
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    # The product term sees the sign of a remaining embedding; the paper's score does not.
+    flipped = z.at[1].multiply(-1.0)
+    moved, _ = losses.ova_sufficiency(flipped, **kw)
+    assert abs(float(moved) - float(loss)) > 1e-3
+    base, _ = losses.ova_sufficiency(z, tau=TAU, negatives=negatives, chunk_size=chunk)
+    same, _ = losses.ova_sufficiency(flipped, tau=TAU, negatives=negatives, chunk_size=chunk)
+    np.testing.assert_allclose(float(base), float(same), rtol=1e-5)
+    # ova_ib passes it on; the scorer scores retrieval the same way.
+    ib, _ = losses.ova_ib(
+        z, tau=TAU, beta=0.0, product_weight=0.7, negatives=negatives, chunk_size=chunk
+    )
+    np.testing.assert_allclose(float(ib), float(loss), rtol=1e-6)
+    got = np.asarray(losses.ova_score(z[:3], z[3], product_weight=0.7))
+    zn = np.asarray(z, np.float64)
+    want = np.array(
+        [
+            [
+                ref.ova_score_pair(c, zn[:3, i], 1e-8)
+                + 0.7 * ref._cos(c, np.prod(zn[:3, i], axis=0))
+                for c in zn[3]
+            ]
+            for i in range(6)
+        ]
+    )
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_span_plus_product_score_bad_arguments():
+    z = _z(3, n=4, d=5, seed=1)
+    with pytest.raises(ValueError, match="product_weight must be >= 0"):
+        losses.ova_sufficiency(z, product_weight=-1.0)
+    with pytest.raises(ValueError, match="cannot be combined with a projector"):
+        losses.ova_sufficiency(z, product_weight=1.0, projector=losses.product_projector)
+
+
 def test_symile_key_changes_negatives_but_not_positives():
     z = _z(3, n=16, d=4, seed=7)
     l1, a1 = losses.symile(z, key=jax.random.key(1))

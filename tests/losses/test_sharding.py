@@ -19,6 +19,7 @@ CASES = {
     "ova_ib_excl": {"tau": 0.1, "exclude_positive": True},
     "ova_sufficiency": {"tau": 0.1},
     "ova_sufficiency_shuffled": {"tau": 0.1, "negatives": "shuffled", "key": "KEY"},
+    "ova_ib_product": {"tau": 0.1, "product_weight": 0.5},
     "pairwise_clip": {"tau": 0.1},
     "pairwise_clip_ib": {"tau": 0.1, "beta": 0.5},
     "anchor_clip": {"tau": 0.1, "anchor": 2},
@@ -31,7 +32,7 @@ CASES = {
 
 
 def _objective(case):
-    for suffix in ("_excl", "_key", "_n_squared", "_shuffled"):
+    for suffix in ("_excl", "_key", "_n_squared", "_shuffled", "_product"):
         case = case.removesuffix(suffix)
     return losses.get(case)
 
