@@ -21,6 +21,7 @@ Prints one markdown table (mean +- std over seeds) and writes every run to ``--o
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import time
@@ -55,6 +56,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "ova_ib",
         {"tau": 0.1, "beta": 0.0, "projector": "product"},
     ),
+    # The paper's projection score plus the product score (product_weight w = 1):
+    # ||P_{span z_-m} z^_m|| + cos(z_m, prod_j z_j), linear and multiplicative dependence.
+    "ova_ib beta=0 span+product": ("ova_ib", {"tau": 0.1, "beta": 0.0, "product_weight": 1.0}),
     # beta schedule: 0 for the first half, then a linear ramp to 1 at the last step.
     "ova_ib beta 0->1 schedule": ("ova_ib", {"tau": 0.1, "beta": "ramp"}),
 }
@@ -181,8 +185,10 @@ def run(variant: str, k: int, seed: int, steps: int, batch: int) -> dict[str, An
 
     def scorer(rest, query):
         projector = objective_kwargs(params, 0).get("projector")
-        if projector is None:
-            return losses.get_scorer(objective)(rest, query)
+        if projector is None:  # the scorer's hyper-parameters as in training
+            score = losses.get_scorer(objective)
+            takes = inspect.signature(score).parameters
+            return score(rest, query, **{k: v for k, v in kwargs.items() if k in takes})
         return losses.projector_score(rest, query, projector=projector, m=2)  # as in training
 
     test_bits, test_x = sample_xor(jax.random.key(10_000 + seed), batch, k)
