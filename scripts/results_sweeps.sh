@@ -28,7 +28,8 @@ embedding_probes() {
 
 for section in $SECTIONS; do
   case $section in
-  parity)  # p = 1, M = 3, 4, 5: every objective; OVA-IB at beta = 1, + MLP / product projector
+  parity)  # p = 1, M = 3, 4, 5: every objective; OVA-IB at beta = 1, + MLP / product
+    # projector, + the span + product score (product_weight = 1)
     for M in 3 4 5; do
       P="--config=experiments/parity.py:M=$M"
       # TRIANGLE is defined for M = 3 only.
@@ -38,6 +39,8 @@ for section in $SECTIONS; do
       $S $P --workdir=$ROOT/parity_m${M}_mlp $F --objectives=ova_ib --config.objective.projector=mlp
       $S $P --workdir=$ROOT/parity_m${M}_product $F --objectives=ova_ib \
         --config.objective.projector=product
+      $S $P --workdir=$ROOT/parity_m${M}_span_product $F --objectives=ova_ib \
+        --config.objective.product_weight=1.0
     done ;;
   p_sweep)  # M = 3, the last modality is the parity with probability p, else a copy of x0
     for p in 0.9 0.75 0.5; do
@@ -51,6 +54,8 @@ for section in $SECTIONS; do
       --config.objective.projector=mlp
     $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_product $F --objectives=ova_ib \
       --config.objective.projector=product
+    $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_span_product $F \
+      --objectives=ova_ib --config.objective.product_weight=1.0
     $S --config=experiments/latent.py --workdir=$ROOT/latent_others $F \
       --objectives=${ALL#ova_ib,}
     embedding_probes ;;
@@ -69,7 +74,9 @@ for section in $SECTIONS; do
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_mlp --objectives=ova_ib \
       --config.objective.projector=mlp
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_product --objectives=ova_ib \
-      --config.objective.projector=product ;;
+      --config.objective.projector=product
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_span_product --objectives=ova_ib \
+      --config.objective.product_weight=1.0 ;;
   mnist_views)  # as mfeat (TRIANGLE: M = 3, but mnist_views has 3 views: run it too)
     $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views --objectives=$ALL
     $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_beta1 --objectives=ova_ib \
