@@ -51,8 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # projection; 1e-8), exclude_positive (the paper's literal denominator),
     # normalize_minimality (L2-normalise before L_M), projector ("none"; "mlp": the
     # learnable MLP projector ablation; "product": the parameter-free sign-aware
-    # product of the remaining embeddings, an extension). chunk_size: candidates per block of the
-    # blocked (memory-bounded) form, 0 = unblocked.
+    # product of the remaining embeddings, an extension), product_weight (w >= 0: the
+    # projection score plus w cos(z_m, prod z_-m), an extension; 0 = the paper's score).
+    # chunk_size: candidates per block of the blocked (memory-bounded) form, 0 = unblocked.
     config.objective = objective_config(arg.objective)
     if arg.objective == "ova_ib":
         # SPEC section 8: at tau = 0.1 and beta = 0 OVA-IB solves small parity problems;

@@ -72,6 +72,7 @@ def parity_table(m: int) -> Table:
                 ("ova_ib beta = 1 (ablation)", f"parity_m{m}_beta1"),
                 ("ova_ib + MLP projector (ablation)", f"parity_m{m}_mlp"),
                 ("ova_ib + product projector (extension)", f"parity_m{m}_product"),
+                ("ova_ib span + product score (extension)", f"parity_m{m}_span_product"),
             ],
             m,
         ),
@@ -83,18 +84,16 @@ def parity_table(m: int) -> Table:
     )
 
 
-P_SWEEP_OBJECTIVES = ("ova_ib", "symile", "gram", "pairwise_clip")
-
-
 def p_sweep_table() -> Table:
     rows = []
-    for p in ("0.9", "0.5"):
-        for o in P_SWEEP_OBJECTIVES:
+    for p in ("0.9", "0.75", "0.5"):
+        for o in OBJECTIVES:
             rows.append(Row(f"p = {p}: {o}", f"parity_m3_p{p}", o))
     return Table(
         title=(
             "parity M = 3, p < 1 (with probability 1 - p the last modality copies x0; "
-            "best achievable R@1: 0.925 at p = 0.9, 0.625 at p = 0.5)"
+            "best achievable R@1 p + (1 - p) / 4: 0.925 at p = 0.9, 0.8125 at p = 0.75, "
+            "0.625 at p = 0.5)"
         ),
         rows=tuple(rows),
         metrics=(
@@ -115,14 +114,20 @@ LATENT_METRICS = (
 )
 
 
+LATENT_BETAS = ("0", "0.1", "0.5", "1", "2")
+
+
 def latent_tables() -> list[Table]:
-    betas = ("0", "0.1", "0.5", "1", "2")
-    beta_rows = tuple(Row(f"ova_ib beta = {b}", f"latent_beta{b}", "ova_ib") for b in betas)
+    beta_rows = tuple(Row(f"ova_ib beta = {b}", f"latent_beta{b}", "ova_ib") for b in LATENT_BETAS)
     others = tuple(Row(o, "latent_others", o) for o in OBJECTIVES[1:])
     mlp = (
         Row("ova_ib beta = 1 + MLP projector", "latent_mlp", "ova_ib"),
         Row("ova_ib beta = 1 + product projector", "latent_product", "ova_ib"),
+        Row("ova_ib beta = 1, span + product score", "latent_span_product", "ova_ib"),
     )
+    m5 = tuple(
+        Row(f"ova_ib beta = {b}", f"latent_m5_beta{b}", "ova_ib") for b in LATENT_BETAS
+    ) + tuple(Row(o, "latent_m5_others", o) for o in ("symile", "pairwise_clip"))
     return [
         Table("ovaib_latent M = 3: OVA-IB's beta sweep", beta_rows, LATENT_METRICS),
         Table(
@@ -130,18 +135,23 @@ def latent_tables() -> list[Table]:
             mlp + others,
             LATENT_METRICS,
         ),
+        Table("ovaib_latent M = 5: OVA-IB's beta sweep, Symile, pairwise CLIP", m5, LATENT_METRICS),
     ]
 
 
-def mfeat_tables(dataset: str = "mfeat", m: int = 6, nuisance: bool = False) -> list[Table]:
-    rows = _objective_rows(
-        dataset,
-        [
-            ("ova_ib beta = 1 (ablation)", f"{dataset}_beta1"),
-            ("ova_ib + MLP projector (ablation)", f"{dataset}_mlp"),
-        ],
-        m,
-    )
+def mfeat_tables(
+    dataset: str = "mfeat", m: int = 6, nuisance: bool = False, extensions: bool = False
+) -> list[Table]:
+    variants = [
+        ("ova_ib beta = 1 (ablation)", f"{dataset}_beta1"),
+        ("ova_ib + MLP projector (ablation)", f"{dataset}_mlp"),
+    ]
+    if extensions:
+        variants += [
+            ("ova_ib + product projector (extension)", f"{dataset}_product"),
+            ("ova_ib span + product score (extension)", f"{dataset}_span_product"),
+        ]
+    rows = _objective_rows(dataset, variants, m)
     sizes = tuple((f"subsets of {k}", f"subset_size:{k}") for k in range(1, m + 1))
     return [
         Table(
@@ -168,7 +178,7 @@ TABLES: list[Table] = [
     parity_table(5),
     p_sweep_table(),
     *latent_tables(),
-    *mfeat_tables("mfeat", 6),
+    *mfeat_tables("mfeat", 6, extensions=True),
     *mfeat_tables("mnist_views", 3, nuisance=True),
 ]
 
