@@ -830,15 +830,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preemption = _Preemption(None)
     workdir = os.path.abspath(workdir)
     primary = jax.process_index() == 0
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     try:
-        run = build(config, workdir)
+        run = build(config, workdir)  # validates the config first
     except BaseException:
         preemption.restore()
         raise
+    if primary:  # only a config that builds is recorded (atomically) as the run's
+        os.makedirs(workdir, exist_ok=True)
+        tmp = os.path.join(workdir, "config.json.tmp")
+        with open(tmp, "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(tmp, os.path.join(workdir, "config.json"))
     ckpt = run.checkpointer
     start = int(np.asarray(run.state.step.addressable_data(0)))
     total = int(config.num_train_steps)

@@ -204,6 +204,17 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
 
 
+def test_an_invalid_config_is_not_recorded_as_the_run(data_dir, tmp_path):
+    """config.json is the record of what the workdir trains; a config that fails
+    validation must not leave one (a corrected rerun would be refused as another run)."""
+    workdir = str(tmp_path / "bad")
+    config = tiny_config(data_dir)
+    config.objective.taux = 0.1  # a typo'd key
+    with pytest.raises(ValueError, match="taux"):
+        train.train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
 def _toy_source(n=40):
     rng = np.random.default_rng(0)
     return [
