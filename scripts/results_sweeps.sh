@@ -19,7 +19,7 @@ ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
 # The latent probes again on each modality's embedding z (what the minimality term acts on).
 embedding_probes() {
   for run in "$ROOT"/latent_*/*/seed_*; do
-    [ -f "$run/eval/results.json" ] && continue
+    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
     python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
       --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
       > /dev/null
@@ -56,6 +56,8 @@ for section in $SECTIONS; do
       --config.objective.projector=product
     $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_span_product $F \
       --objectives=ova_ib --config.objective.product_weight=1.0
+    $S --config=experiments/latent.py:beta=1 --workdir=$ROOT/latent_span_product_w0.3 $F \
+      --objectives=ova_ib --config.objective.product_weight=0.3
     $S --config=experiments/latent.py --workdir=$ROOT/latent_others $F \
       --objectives=${ALL#ova_ib,}
     embedding_probes ;;

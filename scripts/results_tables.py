@@ -110,7 +110,7 @@ LATENT_METRICS = (
     ("synergy acc. (chance 0.25)", "downstream/synergy_label/accuracy"),
     ("nuisance R² (representation)", "downstream/nuisance/mean/r2"),
     ("nuisance R² (embedding z)", "eval:downstream/embedding/nuisance/mean/r2"),
-    ("retrieval R@1 (mean of 3)", "retrieval/R@1"),
+    ("retrieval R@1 (mean over modalities)", "retrieval/R@1"),
 )
 
 
@@ -124,6 +124,7 @@ def latent_tables() -> list[Table]:
         Row("ova_ib beta = 1 + MLP projector", "latent_mlp", "ova_ib"),
         Row("ova_ib beta = 1 + product projector", "latent_product", "ova_ib"),
         Row("ova_ib beta = 1, span + product score", "latent_span_product", "ova_ib"),
+        Row("ova_ib beta = 1, span + 0.3 x product score", "latent_span_product_w0.3", "ova_ib"),
     )
     m5 = tuple(
         Row(f"ova_ib beta = {b}", f"latent_m5_beta{b}", "ova_ib") for b in LATENT_BETAS

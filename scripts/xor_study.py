@@ -59,6 +59,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # The paper's projection score plus the product score (product_weight w = 1):
     # ||P_{span z_-m} z^_m|| + cos(z_m, prod_j z_j), linear and multiplicative dependence.
     "ova_ib beta=0 span+product": ("ova_ib", {"tau": 0.1, "beta": 0.0, "product_weight": 1.0}),
+    "ova_ib beta=0 span+product w=0.3": (
+        "ova_ib",
+        {"tau": 0.1, "beta": 0.0, "product_weight": 0.3},
+    ),
     # beta schedule: 0 for the first half, then a linear ramp to 1 at the last step.
     "ova_ib beta 0->1 schedule": ("ova_ib", {"tau": 0.1, "beta": "ramp"}),
 }
