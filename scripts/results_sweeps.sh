@@ -68,6 +68,10 @@ for section in $SECTIONS; do
     done
     $S --config=experiments/latent.py:M=5 --workdir=$ROOT/latent_m5_others $F \
       --objectives=symile,pairwise_clip
+    $S --config=experiments/latent.py:M=5,beta=1 --workdir=$ROOT/latent_m5_product $F \
+      --objectives=ova_ib --config.objective.projector=product
+    $S --config=experiments/latent.py:M=5,beta=1 --workdir=$ROOT/latent_m5_span_product $F \
+      --objectives=ova_ib --config.objective.product_weight=1.0
     embedding_probes ;;
   mfeat)  # all four final evaluators, the 63-subset table included (TRIANGLE: M = 3 only)
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat --objectives=${ALL/triangle,/}
@@ -84,7 +88,9 @@ for section in $SECTIONS; do
     $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_beta1 --objectives=ova_ib \
       --config.objective.beta=1.0
     $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_mlp --objectives=ova_ib \
-      --config.objective.projector=mlp ;;
+      --config.objective.projector=mlp
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_span_product \
+      --objectives=ova_ib --config.objective.product_weight=1.0 ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

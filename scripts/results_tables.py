@@ -128,7 +128,11 @@ def latent_tables() -> list[Table]:
     )
     m5 = tuple(
         Row(f"ova_ib beta = {b}", f"latent_m5_beta{b}", "ova_ib") for b in LATENT_BETAS
-    ) + tuple(Row(o, "latent_m5_others", o) for o in ("symile", "pairwise_clip"))
+    ) + (
+        Row("ova_ib beta = 1 + product projector", "latent_m5_product", "ova_ib"),
+        Row("ova_ib beta = 1, span + product score", "latent_m5_span_product", "ova_ib"),
+        *(Row(o, "latent_m5_others", o) for o in ("symile", "pairwise_clip")),
+    )
     return [
         Table("ovaib_latent M = 3: OVA-IB's beta sweep", beta_rows, LATENT_METRICS),
         Table(
@@ -136,7 +140,9 @@ def latent_tables() -> list[Table]:
             mlp + others,
             LATENT_METRICS,
         ),
-        Table("ovaib_latent M = 5: OVA-IB's beta sweep, Symile, pairwise CLIP", m5, LATENT_METRICS),
+        Table(
+            "ovaib_latent M = 5: OVA-IB's beta sweep, Symile, pairwise CLIP", m5, LATENT_METRICS
+        ),
     ]
 
 
@@ -148,10 +154,8 @@ def mfeat_tables(
         ("ova_ib + MLP projector (ablation)", f"{dataset}_mlp"),
     ]
     if extensions:
-        variants += [
-            ("ova_ib + product projector (extension)", f"{dataset}_product"),
-            ("ova_ib span + product score (extension)", f"{dataset}_span_product"),
-        ]
+        variants.append(("ova_ib + product projector (extension)", f"{dataset}_product"))
+    variants.append(("ova_ib span + product score (extension)", f"{dataset}_span_product"))
     rows = _objective_rows(dataset, variants, m)
     sizes = tuple((f"subsets of {k}", f"subset_size:{k}") for k in range(1, m + 1))
     return [
