@@ -126,9 +126,8 @@ def latent_tables() -> list[Table]:
         Row("ova_ib beta = 1, span + product score", "latent_span_product", "ova_ib"),
         Row("ova_ib beta = 1, span + 0.3 x product score", "latent_span_product_w0.3", "ova_ib"),
     )
-    m5 = tuple(
-        Row(f"ova_ib beta = {b}", f"latent_m5_beta{b}", "ova_ib") for b in LATENT_BETAS
-    ) + (
+    m5 = (
+        *(Row(f"ova_ib beta = {b}", f"latent_m5_beta{b}", "ova_ib") for b in LATENT_BETAS),
         Row("ova_ib beta = 1 + product projector", "latent_m5_product", "ova_ib"),
         Row("ova_ib beta = 1, span + product score", "latent_m5_span_product", "ova_ib"),
         *(Row(o, "latent_m5_others", o) for o in ("symile", "pairwise_clip")),
@@ -140,9 +139,7 @@ def latent_tables() -> list[Table]:
             mlp + others,
             LATENT_METRICS,
         ),
-        Table(
-            "ovaib_latent M = 5: OVA-IB's beta sweep, Symile, pairwise CLIP", m5, LATENT_METRICS
-        ),
+        Table("ovaib_latent M = 5: OVA-IB's beta sweep, Symile, pairwise CLIP", m5, LATENT_METRICS),
     ]
 
 
