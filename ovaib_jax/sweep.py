@@ -150,17 +150,8 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
         diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
         # An objective option added to the library after the run, at its default (the
         # behaviour the run had), does not make it another run.
-        defaults = configs.objective_config(objective).to_dict()
-        diff = [
-            k
-            for k in diff
-            if not (
-                k not in was
-                and k.startswith("objective.")
-                and k[len("objective.") :] in defaults
-                and new[k] == defaults[k[len("objective.") :]]
-            )
-        ]
+        defaults = {f"objective.{k}": v for k, v in configs.objective_config(objective).items()}
+        diff = [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
         eval_only = [k for k in diff if k.split(".")[0] in EVALUATION_KEYS]
         if eval_only:
             log.warning(

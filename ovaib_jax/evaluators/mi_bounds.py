@@ -127,12 +127,13 @@ class MIBounds(Evaluator):
         if cfg.chunk_size is not None:
             kwargs.setdefault("chunk_size", cfg.chunk_size)
         items = tuple(sorted(kwargs.items()))
+        uncached = _stats_fn.__wrapped__
+        # A projector closes over the run's parameters: never cache it.
+        fn = uncached if any(callable(v) for v in kwargs.values()) else _stats_fn
         try:
-            if any(callable(v) for v in kwargs.values()):  # a projector closes over params
-                raise TypeError
-            stats = _stats_fn(objective, items, cfg.ova_tau, m)
-        except TypeError:  # unhashable (e.g. an array) or a projector: compile uncached
-            stats = _stats_fn.__wrapped__(objective, items, cfg.ova_tau, m)
+            stats = fn(objective, items, cfg.ova_tau, m)
+        except TypeError:  # unhashable loss_kwargs (e.g. an array): compile uncached
+            stats = uncached(objective, items, cfg.ova_tau, m)
         key = jax.random.key(seed)
         sums: dict[str, float] = {}
         for i in range(num):
