@@ -6,7 +6,7 @@
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
 # Same seeds give the same numbers on the same machine. On the 2-core machine of
-# docs/RESULTS.md the sections were run as 3 to 4 concurrent streams (about 2.5 hours).
+# docs/RESULTS.md the sections were run as 3 to 5 concurrent streams (about 4 hours in all).
 set -euo pipefail
 ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
 shift
