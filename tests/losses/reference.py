@@ -30,11 +30,14 @@ def _ce_rows(logits: np.ndarray, exclude_positive: bool = False, smoothing: floa
     return float(np.mean(losses))
 
 
-def ova_score_pair(zq: np.ndarray, rest: np.ndarray, lam: float) -> float:
-    """Paper eq. 11: cos(z, A (A^T A + lam I)^-1 A^T z) with A = rest^T (d x (M-1))."""
+def ova_score_pair(
+    zq: np.ndarray, rest: np.ndarray, lam: float, product_weight: float = 0.0
+) -> float:
+    """Paper eq. 11: cos(z, A (A^T A + lam I)^-1 A^T z) with A = rest^T (d x (M-1));
+    with ``product_weight`` w, plus w cos(z, prod of the rows of ``rest``)."""
     a = rest.T
     zbar = a @ np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ zq)
-    return _cos(zq, zbar)
+    return _cos(zq, zbar) + product_weight * _cos(zq, np.prod(rest, axis=0))
 
 
 def ova_sufficiency(
@@ -46,9 +49,9 @@ def ova_sufficiency(
     shuffled=False,
     product_weight=0.0,
 ):
-    """``product_weight`` w: the score is eq. 11's plus w cos(z_m, prod of the tuple).
-    ``shuffled``: candidate j != i is the tuple (rest_k[(j + k) mod N] for k = 1..M-1)
-    (deterministic product-of-marginals negatives), the diagonal the true tuple."""
+    """``product_weight``: see :func:`ova_score_pair`. ``shuffled``: candidate j != i is
+    the tuple (rest_k[(j + k) mod N] for k = 1..M-1) (deterministic product-of-marginals
+    negatives), the diagonal the true tuple."""
     z = np.asarray(z, np.float64)
     m_count, n, _ = z.shape
     terms = []
@@ -62,8 +65,7 @@ def ova_sufficiency(
                 else:
                     tup = rest[:, j]
                 if projector is None:
-                    s[i, j] = ova_score_pair(z[m, i], tup, lam)
-                    s[i, j] += product_weight * _cos(z[m, i], np.prod(tup, axis=0))
+                    s[i, j] = ova_score_pair(z[m, i], tup, lam, product_weight)
                 else:
                     s[i, j] = _cos(z[m, i], projector(tup[:, None], m)[0])
         terms.append(_ce_rows(s / tau, exclude_positive))
