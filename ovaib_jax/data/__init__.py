@@ -13,7 +13,7 @@ Typical use::
 Build from the command line: ``python -m ovaib_jax.data.build NAME``.
 """
 
-from ovaib_jax.data.base import MissingDataError, SpecBuilder
+from ovaib_jax.data.base import CorruptDataError, MissingDataError, SpecBuilder
 from ovaib_jax.data.pipeline import (
     ArraySource,
     load_arrays,
@@ -39,6 +39,7 @@ from ovaib_jax.data.spec import DatasetSpec, Modality, Target
 __all__ = [
     "BUILDERS",
     "ArraySource",
+    "CorruptDataError",
     "DatasetSpec",
     "MissingDataError",
     "Modality",

@@ -2,6 +2,9 @@
 
 Private to ``ovaib_jax.data``: reading the original pickles, importing h5py lazily, and
 the deterministic episode-wise split.
+
+Builders read their raw files inside ``SpecBuilder.reading_raw_file(path, FORMAT,
+errors)``, so that a damaged file raises one ``CorruptDataError`` naming it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from typing import Any
 
 import numpy as np
 from etils import epath
+
+# What h5py raises for a file that is not HDF5, is truncated ("truncated file: eof = ...")
+# or holds damaged objects or chunks.
+HDF5_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, KeyError)
 
 
 def load_pickle(path: epath.PathLike) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ovaib_jax.data import registry
-from ovaib_jax.data.base import MissingDataError
+from ovaib_jax.data.base import CorruptDataError, MissingDataError
 
 MAX_LABELS_READ = 100_000  # label balance is computed on at most this many examples
 
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             manual_dir=args.manual_dir,
             **parse_overrides(args.set),
         )
-    except MissingDataError as e:
+    except (MissingDataError, CorruptDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary(builder))

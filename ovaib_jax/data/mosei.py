@@ -16,6 +16,7 @@ from ovaib_jax.data.spec import DatasetSpec, Modality, Target
 AUDIO_DIM = 74  # COVAREP
 TEXT_DIM = 300  # GloVe
 SPLITS = ("train", "valid", "test")
+RAW_FORMAT = "a Python pickle (MultiBench's CMU-MOSEI file)"
 
 
 @dataclasses.dataclass(eq=False)
@@ -119,7 +120,8 @@ Only the file of the chosen config is needed."""
         if config.seq_len < 1:
             raise ValueError(f"MOSEI: seq_len must be >= 1, got {config.seq_len}.")
         root = self.require_manual_files(dl_manager, config.file_name)
-        data = load_pickle(root / config.file_name)
+        with self.reading_raw_file(root / config.file_name, RAW_FORMAT):
+            data = load_pickle(root / config.file_name)
         missing = [s for s in SPLITS if not isinstance(data, dict) or s not in data]
         if missing:
             raise ValueError(

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ovaib_jax.data._multibench import import_h5py
+from ovaib_jax.data._multibench import HDF5_ERRORS, import_h5py
 from ovaib_jax.data.base import SpecBuilder
 from ovaib_jax.data.spec import DatasetSpec, Modality, Target
 
@@ -25,6 +25,7 @@ SPLIT_FILES = {
 POSITION_MEAN = np.array([0.4970164, -0.00916641], np.float32)
 POSITION_STD = np.array([0.0572766, 0.06118315], np.float32)
 POSE_SOURCES = ("eef_pose", "control")
+RAW_FORMAT = "an HDF5 file (a fannypack TrajectoriesFile, gentle_push_*.hdf5)"
 
 
 @dataclasses.dataclass(eq=False)
@@ -140,7 +141,7 @@ Building needs the h5py package (pip install h5py)."""
         w = config.window
         needed = ("image", "force", "Cylinder0_pos", "eef_pos")
         needed += ("eef_quat",) if config.pose == "eef_pose" else ("contact",)
-        for index, traj in _trajectories(path, needed, self.name):
+        for index, traj in _trajectories(path, needed, self):
             n = len(traj["Cylinder0_pos"])
             image = traj["image"].astype(np.float32)
             force = traj["force"].astype(np.float32)
@@ -166,25 +167,35 @@ Building needs the h5py package (pip install h5py)."""
 
 
 def _trajectories(
-    path: epath.Path, needed: tuple[str, ...], dataset: str
+    path: epath.Path, needed: tuple[str, ...], builder: SpecBuilder
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Yields (index, {key: array of ``needed``}) for ``trajectory0``, ``trajectory1``, ..."""
-    h5py = import_h5py(dataset)
-    with h5py.File(path, "r") as f:
+    h5py = import_h5py(builder.name)
+
+    def reading():  # a damaged file: one CorruptDataError naming it
+        return builder.reading_raw_file(path, RAW_FORMAT, HDF5_ERRORS)
+
+    with reading():
+        f = h5py.File(path, "r")
+    with f:
         prefix = "trajectory"
-        indices = sorted(int(k[len(prefix) :]) for k in f.keys() if k.startswith(prefix))
+        with reading():
+            keys = sorted(f.keys())
+        indices = sorted(int(k[len(prefix) :]) for k in keys if k.startswith(prefix))
         if not indices:
-            raise ValueError(
-                f"MuJoCo Push: {path} holds no 'trajectory<i>' group; found {sorted(f)}."
-            )
+            raise ValueError(f"MuJoCo Push: {path} holds no 'trajectory<i>' group; found {keys}.")
         for i in indices:
-            group = f[f"{prefix}{i}"]
-            missing = [k for k in needed if k not in group]
+            with reading():
+                group = f[f"{prefix}{i}"]
+                found = sorted(group.keys())
+            missing = [k for k in needed if k not in found]
             if missing:
                 raise ValueError(
-                    f"MuJoCo Push: {path} trajectory{i} lacks {missing}; found {sorted(group)}."
+                    f"MuJoCo Push: {path} trajectory{i} lacks {missing}; found {found}."
                 )
-            yield i, {k: np.asarray(group[k][()]) for k in needed}
+            with reading():
+                arrays = {k: np.asarray(group[k][()]) for k in needed}
+            yield i, arrays
 
 
 def _pose(traj: dict[str, np.ndarray], source: str) -> np.ndarray:

@@ -52,6 +52,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from ovaib_jax.data import integrity
+
 Example = Mapping[str, Any]
 Batch = dict[str, np.ndarray]
 
@@ -119,13 +121,20 @@ def read_batch(
 
     Uses ``source.get_batch`` (columns), else ``source.__getitems__``, else ``source[i]``
     (see the module docstring). ``transform`` is applied to each example before stacking.
+    A read that fails on a damaged record file raises CorruptDataError naming the file.
     """
     get_batch = getattr(source, "get_batch", None)
     if transform is None and get_batch is not None:
         return get_batch(indices)
     index_list = np.asarray(indices).tolist()
     getitems = getattr(source, "__getitems__", None)
-    examples = getitems(index_list) if getitems is not None else [source[i] for i in index_list]
+    try:
+        examples = getitems(index_list) if getitems is not None else [source[i] for i in index_list]
+    except Exception as e:  # a damaged record file: say which one and how to rebuild
+        error = integrity.read_error(source, index_list)
+        if error is None:
+            raise
+        raise error from e
     if transform is not None:
         examples = [transform(ex) for ex in examples]
     return stack_examples(examples)
@@ -267,9 +276,10 @@ class _StreamOrderMapDataset(grain.MapDataset):
     """Per-example reference of the stream order: element ``pos`` of the repeated source
     is source element ``epoch * n + perm_epoch[pos % n]`` (the parent takes it mod n)."""
 
-    def __init__(self, parent: grain.MapDataset, stream: _Stream):
+    def __init__(self, parent: grain.MapDataset, stream: _Stream, source: Sequence[Example]):
         super().__init__(parent)
         self._stream = stream
+        self._source = source  # to name a damaged record file
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -277,7 +287,14 @@ class _StreamOrderMapDataset(grain.MapDataset):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        return self._parent[self._stream.source_position(index)]
+        position = self._stream.source_position(index)
+        try:
+            return self._parent[position]
+        except Exception as e:
+            error = integrity.read_error(self._source, [position % self._stream.n])
+            if error is None:
+                raise
+            raise error from e
 
     def __str__(self) -> str:
         return "StreamOrderMapDataset"
@@ -314,6 +331,7 @@ def make_dataset(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     if len(source) == 0:
         raise ValueError("The data source is empty.")
+    integrity.check_source(source)  # a truncated record file: one clear error, now
     stream = _Stream(
         len(source),
         batch_size=batch_size,
@@ -329,7 +347,7 @@ def make_dataset(
     # The per-example reference: grain's own graph, one element at a time.
     ds = grain.MapDataset.source(source)
     ds = ds.repeat(num_epochs)
-    ds = _StreamOrderMapDataset(ds, stream)
+    ds = _StreamOrderMapDataset(ds, stream, source)
     if transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

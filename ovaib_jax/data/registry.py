@@ -15,6 +15,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ovaib_jax.data import integrity
 from ovaib_jax.data.base import SpecBuilder
 from ovaib_jax.data.spec import DatasetSpec
 
@@ -139,6 +140,10 @@ def make_source(
     Returns:
       A TFDS ``ArrayRecordDataSource``: ``len(src)`` examples, ``src[i]`` a dict of numpy
       values as declared by the dataset's spec.
+
+    Raises:
+      CorruptDataError: a record file of the split is damaged (truncated, ...); the
+        message names it and says how to rebuild.
     """
     kwargs = dict(data_dir=data_dir, config=config, manual_dir=manual_dir, **config_kwargs)
     builder = prepare(name, **kwargs) if build else get_builder(name, **kwargs)
@@ -147,4 +152,6 @@ def make_source(
             f"Dataset {name!r} ({builder.info.full_name}) is not built in {builder.data_dir_root}; "
             f"run `python -m ovaib_jax.data.build {name}` or pass build=True."
         )
-    return builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)
+    integrity.check_source(source)  # opens each file once: a truncated one fails here
+    return source

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ovaib_jax.data._multibench import holdout_split, import_h5py
+from ovaib_jax.data._multibench import HDF5_ERRORS, holdout_split, import_h5py
 from ovaib_jax.data.base import MissingDataError, SpecBuilder
 from ovaib_jax.data.spec import DatasetSpec, Modality, Target
 
@@ -18,6 +18,7 @@ IMAGE_SIZE = 128
 PROPRIO_DIM = 8  # proprio[t][:8], as MultiBench and the original loader read it.
 ACTION_DIM = 4  # ee_yaw_next = proprio[t + 1][:4] (MultiBench's action_dim).
 SUBDIR = "triangle_real_data"  # the folder of MultiBench's download_data.sh zip.
+RAW_FORMAT = "an HDF5 file (a Vision&Touch episode, triangle_real_data/*.h5)"
 # HDF5 dataset read for each modality and target.
 _SOURCES = {
     "rgb": "image",
@@ -182,7 +183,7 @@ Building needs the h5py package (pip install h5py)."""
     def _generate_examples(self, paths: list[epath.Path]) -> Iterator[tuple[str, dict]]:
         config = self.builder_config
         for path in paths:
-            episode = _read_episode(path, config, self.name)
+            episode = _read_episode(path, config, self)
             for t in range(len(episode["proprio"]) - 1):
                 example: dict[str, Any] = {}
                 for m in config.modalities:
@@ -200,17 +201,19 @@ def _episode_files(root: epath.Path | None) -> list[epath.Path]:
     return sorted(root.glob("*.h5")) or sorted((root / SUBDIR).glob("*.h5"))
 
 
-def _read_episode(path: epath.Path, config: VisionTouchConfig, dataset: str) -> dict:
+def _read_episode(path: epath.Path, config: VisionTouchConfig, builder: SpecBuilder) -> dict:
     """Reads the arrays one episode file needs, converted to what is stored."""
-    h5py = import_h5py(dataset)
+    h5py = import_h5py(builder.name)
     wanted = {_SOURCES[k] for k in (*config.modalities, *config.targets)} | {"proprio"}
-    with h5py.File(path, "r") as f:
-        missing = sorted(wanted - set(f.keys()))
-        if missing:
-            raise ValueError(
-                f"Vision&Touch: {path} lacks the HDF5 dataset(s) {missing}; found {sorted(f)}."
-            )
-        raw = {key: np.asarray(f[key][()]) for key in wanted}
+    with builder.reading_raw_file(path, RAW_FORMAT, HDF5_ERRORS):
+        with h5py.File(path, "r") as f:
+            found = sorted(f.keys())
+            missing = sorted(wanted - set(found))
+            raw = {} if missing else {key: np.asarray(f[key][()]) for key in wanted}
+    if missing:
+        raise ValueError(
+            f"Vision&Touch: {path} lacks the HDF5 dataset(s) {missing}; found {found}."
+        )
     n = len(raw["proprio"])
     out: dict[str, np.ndarray] = {"proprio": raw["proprio"].astype(np.float32)[:, :PROPRIO_DIM]}
     if "contact" in raw:

@@ -27,6 +27,7 @@ CLASS_NAMES = ("baseline", "stress", "amusement")
 # The 15 subjects of the release (S1 and S12 were discarded by the authors).
 ALL_SUBJECTS = tuple(f"S{i}" for i in (*range(2, 12), *range(13, 18)))
 LABEL_RULES = ("constant", "majority")
+RAW_FORMAT = "a Python pickle (a WESAD subject file, S*/S*.pkl of the WESAD release)"
 
 
 @dataclasses.dataclass(eq=False)
@@ -192,7 +193,7 @@ Only the S*/S*.pkl files are read; the other files of each subject folder may st
         hop_c = _samples(config.stride_s, CHEST_HZ, "stride_s")
         hop_b = _samples(config.stride_s, BVP_HZ, "stride_s")
         for path in paths:
-            subject, resp, ecg, bvp, labels = _read_subject(path)
+            subject, resp, ecg, bvp, labels = _read_subject(path, self)
             number = int(subject.lstrip("S"))
             n_windows = (
                 min(
@@ -220,10 +221,11 @@ Only the S*/S*.pkl files are read; the other files of each subject folder may st
 
 
 def _read_subject(
-    path: epath.Path,
+    path: epath.Path, builder: SpecBuilder
 ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reads one ``S*.pkl``: (subject, resp (N,), ecg (N,), bvp (n,), labels (N,))."""
-    data = load_pickle(path)
+    with builder.reading_raw_file(path, RAW_FORMAT):
+        data = load_pickle(path)
     try:
         chest, wrist = data["signal"]["chest"], data["signal"]["wrist"]
         resp = np.asarray(chest["Resp"], np.float32).reshape(-1)

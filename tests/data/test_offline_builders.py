@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax import data
-from ovaib_jax.data import mfeat, mnist_views, wheels
+from ovaib_jax.data import build, mfeat, mnist_views, wheels
 
 PARITY = dict(k=2, dim=16, num_train=4000, num_test=200)
 LATENT = dict(num_train=2000, num_test=100)
@@ -252,6 +252,31 @@ def test_mfeat_missing_files_one_clear_error(tmp_path, monkeypatch):
     assert not list((tmp_path / "data").rglob("dataset_info.json"))
     assert not list((tmp_path / "data").rglob("*.array_record*"))
     assert not [p for p in (tmp_path / "data").rglob("*") if "incomplete" in p.name]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [np.random.default_rng(0).bytes(2000), b"<html><body>Not Found</body></html>\n"],
+    ids=["random_bytes", "html_page"],
+)
+def test_mfeat_damaged_uci_file_names_the_file(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.setenv("OVAIB_NO_DOWNLOAD", "1")
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name, _ in mfeat.VIEWS:
+        (manual / f"mfeat-{name}").write_text("1 2 3\n")
+    bad = manual / "mfeat-kar"
+    bad.write_bytes(content)
+    with pytest.raises(data.CorruptDataError) as e:
+        data.prepare("uci_mfeat", data_dir=tmp_path / "data", manual_dir=manual)
+    message = str(e.value)
+    for fragment in (str(bad), "whitespace-separated", "download it again", "manual_dir"):
+        assert fragment in message, fragment
+    assert not list((tmp_path / "data").rglob("dataset_info.json"))
+    # The build command reports it as an error (exit code 1), not a traceback.
+    args = ["uci_mfeat", "--data_dir", str(tmp_path / "data"), "--manual_dir", str(manual)]
+    assert build.main(args) == 1
+    assert str(bad) in capsys.readouterr().err
 
 
 def test_failed_pip_download_says_what_to_run(tmp_path, monkeypatch):

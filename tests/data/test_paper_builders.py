@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax.data import registry
-from ovaib_jax.data.base import MissingDataError
+from ovaib_jax.data.base import CorruptDataError, MissingDataError
 from ovaib_jax.data.mosei import Mosei
 from ovaib_jax.data.mujoco_push import POSITION_MEAN, POSITION_STD, MujocoPush, _pose
 from ovaib_jax.data.spec import DatasetSpec
@@ -492,3 +492,75 @@ def test_spec_shapes_of_the_paper():
     assert registry.get_spec("mosei", config="raw", seq_len=32).modalities[1].shape == (32, 74)
     push = registry.get_spec("mujoco_push")
     assert [m.shape for m in push.modalities] == [(32, 32, 32), (32, 6), (32, 7)]
+
+
+# ---- damaged raw files ---------------------------------------------------------------
+
+
+def _garbage(path: Path, size: int = 4096, seed: int = 0) -> None:
+    """Overwrites ``path`` with random bytes (a wrong or corrupted download)."""
+    path.write_bytes(np.random.default_rng(seed).bytes(size))
+
+
+def _truncate(path: Path) -> None:
+    """Cuts ``path`` in half (an interrupted download or copy)."""
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _assert_damaged_file_error(err, path: Path, expected_format: str, source: str) -> None:
+    """One CorruptDataError naming the file, the format expected and where to get it."""
+    assert isinstance(err.value, CorruptDataError) and isinstance(err.value, ValueError)
+    message = str(err.value)
+    for needle in (str(path), expected_format, "manual_dir", source, "download it again"):
+        assert needle in message, (needle, message)
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate])
+def test_wesad_damaged_pickle_names_the_file(tmp_path, damage):
+    write_wesad(tmp_path / "manual", ["S2", "S3"])
+    bad = tmp_path / "manual" / "S2" / "S2.pkl"
+    damage(bad)
+    config = Wesad.make_config(valid_subjects=(), test_subjects=("S3",))
+    builder = Wesad(config=config, data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+    with pytest.raises(CorruptDataError) as err:
+        builder.download_and_prepare()
+    _assert_damaged_file_error(err, bad, "Python pickle", "archive.ics.uci.edu")
+    _assert_nothing_built(tmp_path / "data")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate])
+def test_mosei_damaged_pickle_names_the_file(tmp_path, damage):
+    (tmp_path / "manual").mkdir()
+    bad = tmp_path / "manual" / "mosei_raw.pkl"
+    write_mosei(bad)
+    damage(bad)
+    builder = Mosei(data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+    with pytest.raises(CorruptDataError) as err:
+        builder.download_and_prepare()
+    _assert_damaged_file_error(err, bad, "Python pickle", "MultiBench")
+    _assert_nothing_built(tmp_path / "data")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate])
+def test_vision_touch_damaged_hdf5_names_the_file(tmp_path, h5py, damage):
+    write_vision_touch(tmp_path / "manual", h5py, episodes=2)
+    bad = tmp_path / "manual" / "triangle_real_data" / "triangle_1_1000.h5"
+    damage(bad)
+    builder = VisionTouch(config="vfp", data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+    with pytest.raises(CorruptDataError) as err:
+        builder.download_and_prepare()
+    _assert_damaged_file_error(err, bad, "HDF5", "MultiBench")
+    _assert_nothing_built(tmp_path / "data")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate])
+def test_mujoco_push_damaged_hdf5_names_the_file(tmp_path, h5py, damage):
+    write_push(tmp_path / "manual", h5py)
+    bad = tmp_path / "manual" / "gentle_push_10.hdf5"
+    damage(bad)
+    builder = MujocoPush(data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+    with pytest.raises(CorruptDataError) as err:
+        builder.download_and_prepare()
+    _assert_damaged_file_error(err, bad, "HDF5", "MultiBench")
+    _assert_nothing_built(tmp_path / "data")

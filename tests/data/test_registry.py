@@ -1,11 +1,17 @@
 """The dataset registry: names, specs without data, configs, build-once, the build command."""
 
 import dataclasses
+import logging
 import os
+import pathlib
+import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from ovaib_jax import data
 from ovaib_jax.data import base, build
@@ -195,3 +201,172 @@ def test_parse_overrides():
     }
     with pytest.raises(ValueError, match="key=value"):
         build.parse_overrides(["M"])
+
+
+# ---- damaged built files -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_parity(tmp_path_factory):
+    """A tiny built ovaib_parity (40 train examples); tests damage copies of it."""
+    root = tmp_path_factory.mktemp("built")
+    data.prepare("ovaib_parity", data_dir=root, **TINY_PARITY)
+    return root
+
+
+def _copy_of_built(built_parity, tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(data_dir, train record file) of a fresh copy of the built dataset."""
+    root = tmp_path / "data"
+    shutil.copytree(built_parity, root)
+    (record,) = sorted(root.rglob("ovaib_parity-train.array_record-*"))
+    return root, record
+
+
+def _cut(path: pathlib.Path, fraction: float) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(int(path.stat().st_size * fraction))
+
+
+def _garble_records(path: pathlib.Path) -> None:
+    """Overwrites the record chunks but not the index: the file opens, reads fail."""
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 20000)
+
+
+def _assert_rebuild_message(err, record: pathlib.Path) -> None:
+    message = str(err.value)
+    version_dir = record.parent
+    for needle in (
+        str(record),
+        "ovaib_parity",
+        str(version_dir),
+        "delete",
+        "python -m ovaib_jax.data.build ovaib_parity",
+        "--config m3 --set k=2 --set num_test=10 --set num_train=40",
+    ):
+        assert needle in message, (needle, message)
+
+
+# A half file ends on a 64 KiB block boundary: it opens and reads as empty records
+# (examples of None); 0.7 of it fails to open with "Invalid/Corrupted Riegeli/records file".
+@pytest.mark.parametrize("fraction", [0.5, 0.7])
+def test_truncated_record_file_make_source_names_file_and_rebuild(built_parity, tmp_path, fraction):
+    root, record = _copy_of_built(built_parity, tmp_path)
+    _cut(record, fraction)
+    with pytest.raises(data.CorruptDataError) as err:
+        data.make_source("ovaib_parity", "train", data_dir=root, build=False, **TINY_PARITY)
+    _assert_rebuild_message(err, record)
+    # The other split is intact and still reads.
+    test = data.make_source("ovaib_parity", "test", data_dir=root, build=False, **TINY_PARITY)
+    assert len(data.load_arrays(test)["label"]) == 10
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("damage", ["cut", "garbled"])
+def test_damaged_record_file_iterating_names_file_and_rebuild(
+    built_parity, tmp_path, batched, damage
+):
+    root, record = _copy_of_built(built_parity, tmp_path)
+    builder = data.get_builder("ovaib_parity", data_dir=root, **TINY_PARITY)
+    source = builder.as_data_source("train")  # opened before the damage, not checked
+    if damage == "cut":
+        _cut(record, 0.7)
+    else:
+        _garble_records(record)
+    with pytest.raises(data.CorruptDataError) as err:
+        it = data.make_iterator(source, batch_size=8, seed=0, batched=batched, prefetch=2)
+        next(it)
+    _assert_rebuild_message(err, record)
+    if damage == "garbled":  # the file opens and counts right: the read is what fails
+        with pytest.raises(data.CorruptDataError):
+            data.load_arrays(source)
+
+
+# ---- builds killed midway ------------------------------------------------------------
+
+
+def _config_dir(builder) -> pathlib.Path:
+    return pathlib.Path(os.fspath(builder.data_path)).parent
+
+
+def _fake_incomplete(directory: pathlib.Path, name: str, age_s: float = 3600.0):
+    """An ``incomplete.*`` build directory as TFDS leaves it when a build is killed."""
+    path = directory / name
+    path.mkdir(parents=True)
+    (path / "ovaib_parity-train.array_record-00000-of-00001").write_bytes(b"partial")
+    stamp = time.time() - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_build_removes_incomplete_dirs_left_by_a_killed_build(tmp_path):
+    builder = data.get_builder("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    stale = _fake_incomplete(_config_dir(builder), f"incomplete.KILLED_{builder.version}")
+    other_config = data.get_builder("ovaib_parity", data_dir=tmp_path, config="m4")
+    other = _fake_incomplete(_config_dir(other_config), "incomplete.OTHER1_1.0.0")
+    data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    assert not stale.exists()
+    assert other.exists()  # another dataset (config) is not touched
+    assert data.is_built(builder)
+    src = data.make_source("ovaib_parity", "train", data_dir=tmp_path, build=False, **TINY_PARITY)
+    assert len(data.load_arrays(src)["label"]) == 40
+    # Once built, a later prepare (reusing the data) removes leftovers too, but only
+    # when no build holds the lock, and without waiting for it.
+    late = _fake_incomplete(_config_dir(builder), f"incomplete.LATE01_{builder.version}")
+    with base.build_lock(_config_dir(builder)):
+        data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+        assert late.exists()
+    data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    assert not late.exists()
+
+
+def test_build_waits_for_a_live_build_and_keeps_its_directory(tmp_path):
+    builder = data.get_builder("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    config_dir = _config_dir(builder)
+    live = _fake_incomplete(config_dir, f"incomplete.LIVE01_{builder.version}", age_s=0)
+    errors = []
+
+    def build():
+        try:
+            data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    with base.build_lock(config_dir) as held:  # another build holds the builder's lock
+        assert held
+        thread = threading.Thread(target=build)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and live.exists() and not data.is_built(builder)
+        shutil.rmtree(live)  # the other build ends (TFDS removes or renames its dir)
+    thread.join(60)
+    assert not thread.is_alive() and errors == []
+    assert data.is_built(builder)
+
+
+def test_only_incomplete_dirs_older_than_the_build_are_removed(tmp_path):
+    started = time.time()
+    old = _fake_incomplete(tmp_path, "incomplete.OLD123_1.0.0", age_s=60)
+    new = _fake_incomplete(tmp_path, "incomplete.NEW123_1.0.0", age_s=-60)
+    kept = [_fake_incomplete(tmp_path, "1.0.0", age_s=60), tmp_path / "x.incomplete"]
+    kept[1].write_text("")
+    removed = base.remove_stale_incomplete_dirs(tmp_path, started)
+    assert [pathlib.Path(os.fspath(p)) for p in removed] == [old]
+    assert not old.exists() and new.exists() and all(p.exists() for p in kept)
+
+
+# ---- console noise -------------------------------------------------------------------
+
+
+def test_custom_config_message_is_silenced_other_warnings_pass(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    builder = data.get_builder("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
+    assert builder.builder_config.name == "m3-k2-num_test10-num_train40"  # a custom config
+    absl_logging.warning("Using another configuration: %s", "kept")
+    absl_logging.warning("Using custom data configuration: %s", "not from TFDS")
+    messages = [r.getMessage() for r in caplog.records if r.name == "absl"]
+    assert [m for m in messages if m.startswith("Using custom data configuration:")] == [
+        "Using custom data configuration: not from TFDS"
+    ]
+    assert "Using another configuration: kept" in messages
