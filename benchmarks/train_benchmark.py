@@ -102,24 +102,20 @@ def main(argv):
     del argv
     import jax
 
-    from ovaib_jax import train
+    from ovaib_jax import inputs, train
 
     config = FLAGS.config
     run = train.build(config, workdir=None)
     state = run.state
     it = run.train_iter
     n, w = FLAGS.chunk, FLAGS.warmup
-
-    keys = list(run.modality_names)
-    to_device = lambda b: train.global_batch(b, run.mesh, keys)  # noqa: E731
-    ahead = int(config.dataset.get("device_prefetch", 0) or 0)
+    ahead = int(config.dataset.device_prefetch)
 
     def feed(iterator):
-        """(next global batch, close) as the training loop gets them from ``iterator``."""
-        if ahead:  # batches converted to device arrays by a background thread
-            prefetcher = train.Prefetcher(iterator, to_device, size=ahead)
-            return (lambda: next(prefetcher)), prefetcher.close
-        return (lambda: to_device(next(iterator))), (lambda: None)
+        """(next global batch, close) as the training loop gets them from ``iterator``:
+        converted to device arrays ahead by a thread when ``device_prefetch`` > 0."""
+        batches = inputs.device_batches(iterator, run.mesh, run.modality_names, ahead)
+        return (lambda: next(batches)), batches.close
 
     # The same pipeline's batches, read once (before its feed starts reading ahead) and
     # replayed from host memory.

@@ -33,8 +33,6 @@ __all__ = ["Checkpointer", "Restored", "gather_process_json"]
 
 log = logging.getLogger(__name__)
 
-TREE_ITEMS = ("model", "optimizer")
-
 
 def gather_process_json(obj: Any) -> list[Any]:
     """The JSON-serialisable ``obj`` of every process, in process order, on every process."""

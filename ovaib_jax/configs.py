@@ -1,20 +1,21 @@
-"""Config building blocks shared by ``experiments/*.py`` and the checks run at start-up.
+"""Config authoring, loading and recording: what ``experiments/*.py`` build configs with.
 
-* :func:`objective_config` builds the ``config.objective`` section of any objective from
-  its signature (so every hyper-parameter the function takes is a config key, and
-  nothing else is).
-* :func:`validate_config` checks a whole config before anything is built and raises ONE
-  ``ValueError`` naming the problem and its fix; it returns the resolved pieces
-  (dataset spec, modalities, objective function and hyper-parameters) as
-  :class:`Resolved`.
+* Authoring: :func:`parse_arg` (big_vision-style ``"objective=symile,runlocal"``),
+  :func:`objective_config` (the ``config.objective`` section of any objective, from its
+  signature: every hyper-parameter it takes is a key, nothing else is),
+  :func:`evaluation_setup` and :func:`paper_setup` (shared sections).
+* Loading: :func:`load_experiment` (the one experiment-file loader; :func:`sibling_config`
+  for variants), :func:`apply_overrides` (the one override applier).
+* Recording: :func:`to_json` / :func:`from_json` (``WORKDIR/config.json``).
+
+Checking a config before a run is built is ``ovaib_jax.validation``'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -23,20 +24,25 @@ __all__ = [
     "HEAVY_EVALUATORS",
     "OBJECTIVE_OVERRIDES",
     "OFFLINE_PROBE",
-    "TEMPERATURE_PARAMS",
-    "Resolved",
+    "OPTIMIZERS",
+    "PROJECTOR_CHOICES",
+    "SCHEDULES",
+    "apply_overrides",
+    "dataset_kwargs",
     "evaluation_setup",
+    "evaluator_names",
+    "from_json",
+    "load_experiment",
     "objective_config",
     "objective_hparam_names",
+    "paper_setup",
     "parse_arg",
-    "validate_config",
+    "sibling_config",
+    "to_json",
 ]
 
 # Arguments of every objective that are not hyper-parameters: the trainer passes them.
 _NOT_HPARAMS = ("z", "axis_name", "chunk_size", "key")
-# The hyper-parameter that a learnable temperature replaces, and how: tau is the model's
-# temperature itself; Symile's logit_scale is its inverse.
-TEMPERATURE_PARAMS = ("tau", "logit_scale")
 # Paper defaults that differ from (or are absent in) the objectives' signatures.
 OBJECTIVE_OVERRIDES: dict[str, dict[str, Any]] = {
     # "none": the projection of SPEC section 1; "mlp": the learnable MLP projector ablation;
@@ -113,341 +119,50 @@ def objective_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"name": name, "chunk_size": 0, **values})
 
 
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-    """What :func:`validate_config` worked out from a config.
-
-    Attributes:
-      spec: the dataset's :class:`ovaib_jax.data.spec.DatasetSpec`.
-      modalities: the modalities used, in the order of z (M entries).
-      objective: the objective function from ``ovaib_jax.losses.get``.
-      hparams: its hyper-parameters (anchor names resolved to indices; ``projector``
-        removed, or the callable :func:`ovaib_jax.losses.product_projector` for
-        ``"product"``; a learnable temperature's parameter still holding its initial value).
-      temperature_param: ``"tau"`` or ``"logit_scale"`` when the model learns it, else None.
-      init_temperature: the model's initial tau.
-      projector: whether the model needs the MLP projector.
-      normalize_embeddings: whether the model L2-normalises z.
-      encoders: encoder name per modality.
-    """
-
-    spec: Any
-    modalities: tuple[Any, ...]
-    objective: Callable[..., Any]
-    hparams: dict[str, Any]
-    temperature_param: str | None
-    init_temperature: float
-    projector: bool
-    normalize_embeddings: bool
-    encoders: tuple[str, ...]
-
-    @property
-    def modality_names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.modalities)
-
-    @property
-    def takes_key(self) -> bool:
-        return "key" in inspect.signature(self.objective).parameters
-
-
-def _required(config: ml_collections.ConfigDict, path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            raise ValueError(
-                f"config has no field {path!r}; start from experiments/default.py, which "
-                "defines every field the trainer reads."
-            )
-        node = node[part]
-    return node
-
-
 def dataset_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config.dataset.config`` as keyword arguments for ``get_spec``/``make_source``."""
-    section = config.dataset.get("config")
+    """``config.dataset.config`` (and ``builder_config``) as keyword arguments of
+    ``ovaib_jax.data.get_spec`` / ``make_source``."""
+    section = config.dataset.config
     kwargs = section.to_dict() if hasattr(section, "to_dict") else dict(section or {})
-    builder_config = config.dataset.get("builder_config") or None
-    return {"config": builder_config, **kwargs}
+    return {"config": config.dataset.builder_config or None, **kwargs}
 
 
-def _positive_int(config: ml_collections.ConfigDict, path: str, allow_zero: bool = False) -> int:
-    value = _required(config, path)
-    ok = (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"config.{path} must be an integer {bound}, got {value!r}.")
-    return value
-
-
-def validate_config(
-    config: ml_collections.ConfigDict,
-    *,
-    device_count: int | None = None,
-    process_count: int | None = None,
-) -> Resolved:
-    """Checks ``config`` before anything is built; one clear ``ValueError`` per problem.
-
-    Checks: positive step counts and intervals; the global batch divisible by the
-    number of devices (and processes); the objective name and every hyper-parameter
-    against the objective's signature; the dataset name, its modality subset and the M
-    the objective needs; anchors; encoder names and overrides; optimizer and schedule;
-    evaluator names.
-
-    Args:
-      config: the full experiment config.
-      device_count: devices of the run (default ``jax.device_count()``).
-      process_count: processes of the run (default ``jax.process_count()``).
-
-    Returns:
-      The :class:`Resolved` pieces the trainer builds from.
-    """
-    import jax
-
-    from ovaib_jax import data, models
-
-    device_count = jax.device_count() if device_count is None else device_count
-    process_count = jax.process_count() if process_count is None else process_count
-
-    # ---- schedule of the run ---------------------------------------------------------
-    for path in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "batch_size"):
-        _positive_int(config, path)
-    _positive_int(config, "eval_every_steps", allow_zero=True)
-    _positive_int(config, "eval_batch_size", allow_zero=True)
-    seed = _required(config, "seed")
-    if not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"config.seed must be an integer in [0, 2**32), got {seed!r}.")
-    for path in ("batch_size", "eval_batch_size"):
-        size = config[path] or config.batch_size
-        if size % device_count:
-            lo = size // device_count * device_count
-            raise ValueError(
-                f"config.{path}={size} (global) is not divisible by the {device_count} devices "
-                f"of this run; use a multiple of {device_count}, e.g. "
-                f"--config.{path}={max(lo, device_count)}."
-            )
-        if size % process_count:
-            raise ValueError(
-                f"config.{path}={size} is not divisible by the {process_count} processes; "
-                f"use a multiple of {process_count}."
-            )
-
-    # ---- objective -------------------------------------------------------------------
-    name = _required(config, "objective.name")
-    from ovaib_jax import losses
-
-    try:
-        fn = losses.get(name)
-    except (ValueError, KeyError) as e:
-        raise ValueError(
-            f"config.objective.name={name!r} is not an objective: {e} Set "
-            "--config.objective.name to one of them (or pick the matching defaults with "
-            "--config=experiments/default.py:objective=NAME)."
-        ) from None
-    hparams_sig = objective_hparam_names(fn)
-    section = config.objective.to_dict()
-    chunk = section.pop("chunk_size", 0)
-    section.pop("name")
-    if chunk is None or not isinstance(chunk, int) or chunk < 0:
-        raise ValueError(
-            f"config.objective.chunk_size must be an int >= 0 (0: off), got {chunk!r}."
-        )
-    unknown = sorted(set(section) - set(hparams_sig))
-    if unknown:
-        raise ValueError(
-            f"config.objective has {unknown}, which objective {name!r} does not take (it takes "
-            f"{sorted(hparams_sig)}). Start from --config=experiments/default.py:objective={name} "
-            "to get exactly its hyper-parameters."
-        )
-    missing = sorted(
-        k
-        for k, p in hparams_sig.items()
-        if p.default is inspect.Parameter.empty and k not in section
-    )
-    if missing:
-        raise ValueError(f"config.objective lacks {missing}, required by objective {name!r}.")
-    for key, value in section.items():
-        if key in ("tau", "logit_scale") and not (
-            isinstance(value, int | float) and value > 0 and math.isfinite(value)
-        ):
-            raise ValueError(f"config.objective.{key} must be a positive number, got {value!r}.")
-
-    # ---- dataset and modalities ------------------------------------------------------
-    ds_name = _required(config, "dataset.name")
-    try:
-        spec = data.get_spec(ds_name, **dataset_kwargs(config))
-    except ValueError as e:
-        raise ValueError(f"config.dataset: {e}") from None
-    wanted = [s.strip() for s in (config.dataset.get("modalities") or "").split(",") if s.strip()]
-    by_name = {m.name: m for m in spec.modalities}
-    if wanted:
-        bad = [w for w in wanted if w not in by_name]
-        if bad or len(set(wanted)) != len(wanted):
-            raise ValueError(
-                f"config.dataset.modalities={config.dataset.modalities!r}: "
-                + (f"{bad} are not modalities of {ds_name!r}" if bad else "repeated names")
-                + f"; its modalities are {list(by_name)} (comma-separated; empty = all)."
-            )
-        modalities = tuple(by_name[w] for w in wanted)
-    else:
-        modalities = tuple(spec.modalities)
-    m = len(modalities)
-    if m < 2:
-        raise ValueError(
-            f"{m} modality selected ({[x.name for x in modalities]}); every objective aligns "
-            f"M >= 2 modalities. Set config.dataset.modalities to two or more of {list(by_name)}."
-        )
-    for split_key in ("train_split", "eval_split"):
-        split = config.dataset.get(split_key)
-        base = (split or "").split("[")[0]
-        if split and spec.splits and base not in spec.splits:
-            raise ValueError(
-                f"config.dataset.{split_key}={split!r}: {ds_name!r} has splits {list(spec.splits)}."
-            )
-
-    hparams = dict(section)
-    if "anchor" in hparams:
-        anchor = hparams["anchor"]
-        names = [x.name for x in modalities]
-        if isinstance(anchor, str):
-            if anchor not in names:
-                raise ValueError(
-                    f"config.objective.anchor={anchor!r} is not one of the modalities {names}; "
-                    "give a modality name or an index."
-                )
-            hparams["anchor"] = names.index(anchor)
-        elif not isinstance(anchor, int) or not -m <= anchor < m:
-            raise ValueError(
-                f"config.objective.anchor={anchor!r} is not a modality index for M = {m} "
-                f"({names}); give a modality name or an index in [0, {m})."
-            )
-    if name == "triangle" and m != 3:
-        raise ValueError(
-            f"objective 'triangle' is defined for exactly 3 modalities; {m} are selected "
-            f"({[x.name for x in modalities]}). Set config.dataset.modalities to three names."
-        )
-
-    projector = False
-    if "projector" in hparams:
-        choice = hparams.pop("projector")
-        if choice not in PROJECTOR_CHOICES:
-            raise ValueError(
-                f"config.objective.projector={choice!r}; valid values are {PROJECTOR_CHOICES}."
-            )
-        projector = choice == "mlp"
-        if choice == "product":
-            hparams["projector"] = losses.product_projector
-
-    # ---- model -----------------------------------------------------------------------
-    mc = _required(config, "model")
-    for path in ("model.representation_dim", "model.embedding_dim"):
-        _positive_int(config, path)
-    try:
-        overrides = models.parse_encoder_overrides(mc.get("encoders"))
-        encoders = models.resolve_encoders(modalities, overrides)
-    except ValueError as e:
-        raise ValueError(f"config.model.encoders: {e}") from None
-    for enc in encoders:
-        kwargs = dict(models.encoder_kwargs(mc, enc))
-        fields = {f.name for f in dataclasses.fields(models.get_encoder(enc))}
-        bad = sorted(set(kwargs) - fields)
-        if bad:
-            raise ValueError(
-                f"config.model.{enc} has {bad}, which encoder {enc!r} does not take; it takes "
-                f"{sorted(fields - {'parent', 'name', 'out_dim'})}."
-            )
-    temperature_param = None
-    init_temperature = 0.07  # unused unless the model learns its temperature
-    if mc.get("learnable_temperature", False):
-        present = [p for p in TEMPERATURE_PARAMS if p in hparams]
-        if not present:
-            raise ValueError(
-                f"config.model.learnable_temperature=True, but objective {name!r} has no "
-                f"temperature ({' or '.join(TEMPERATURE_PARAMS)}); set it to False."
-            )
-        temperature_param = present[0]
-        value = float(hparams[temperature_param])
-        init_temperature = value if temperature_param == "tau" else 1.0 / value
-        lo, hi = float(mc.min_temperature), float(mc.max_temperature)
-        if not 0 < lo <= init_temperature <= hi:
-            raise ValueError(
-                f"The initial temperature {init_temperature} is outside "
-                f"[model.min_temperature, model.max_temperature] = [{lo}, {hi}]."
-            )
-    normalize = mc.get("normalize_embeddings")
-    if normalize is None:
-        # No objective needs the model to normalise: the cosine-, projection- and
-        # volume-based ones normalise inside, and Symile's MIP is left unnormalised so
-        # that the encoders learn its scale (with unit vectors and the default
-        # logit_scale = 1 its logits stay near 0 and it barely learns; unnormalised, it
-        # reaches the best achievable loss on XOR, docs/RESULTS.md).
-        normalize = False
-
-    # ---- optimizer -------------------------------------------------------------------
-    opt = _required(config, "optimizer")
-    if opt.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name={opt.name!r}; valid optimizers are {OPTIMIZERS}.")
-    if opt.schedule not in SCHEDULES:
-        raise ValueError(
-            f"config.optimizer.schedule={opt.schedule!r}; valid schedules are {SCHEDULES}."
-        )
-    if not opt.learning_rate > 0:
-        raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
-    if opt.get("warmup_steps", 0) < 0 or opt.get("grad_clip_norm", 0) < 0:
-        raise ValueError("config.optimizer.warmup_steps and grad_clip_norm must be >= 0.")
-    if opt.name != "adamw" and opt.get("weight_decay", 0):
-        raise ValueError(
-            f"config.optimizer.weight_decay={opt.weight_decay} needs "
-            "--config.optimizer.name=adamw (decoupled weight decay)."
-        )
-
-    # ---- evaluators ------------------------------------------------------------------
-    from ovaib_jax import evaluate
-
-    valid = evaluate.all_evaluator_names()
-    for field in ("evaluators", "final_evaluators"):
-        for ev in _evaluator_names(config, field):
-            if ev not in valid:
-                raise ValueError(
-                    f"config.{field} names {ev!r}; valid evaluators are {valid} (comma-separated)."
-                )
-    kwargs_all = config.get("evaluator_kwargs") or {}
-    for ev in kwargs_all:
-        if ev not in valid:
-            raise ValueError(
-                f"config.evaluator_kwargs has {ev!r}, which is not an evaluator; valid "
-                f"evaluators are {valid}."
-            )
-    from ovaib_jax import evaluators
-
-    for ev in kwargs_all:
-        if ev in evaluators.names():  # builds the config dataclass: unknown keys raise
-            try:
-                evaluators.create(ev, kwargs_all[ev])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"config.evaluator_kwargs.{ev}: {e}") from None
-
-    return Resolved(
-        spec=spec,
-        modalities=modalities,
-        objective=fn,
-        hparams=hparams,
-        temperature_param=temperature_param,
-        init_temperature=init_temperature,
-        projector=projector,
-        normalize_embeddings=bool(normalize),
-        encoders=tuple(encoders),
-    )
-
-
-def _evaluator_names(config: ml_collections.ConfigDict, field: str = "evaluators") -> Sequence[str]:
-    value = config.get(field) or ""
+def evaluator_names(config: ml_collections.ConfigDict, field: str = "evaluators") -> list[str]:
+    """The comma-separated evaluator names of ``config.<field>`` (``evaluators`` or
+    ``final_evaluators``) as a list."""
+    value = config[field] or ""
     if isinstance(value, str):
         return [s.strip() for s in value.split(",") if s.strip()]
     return list(value)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the experiment file ``path`` (``experiments/x.py``).
+
+    ``path`` may carry the argument itself, ``"experiments/x.py:objective=symile"``
+    (then ``arg`` must be None).
+
+    Raises:
+      FileNotFoundError: no such file.
+    """
+    import importlib.util
+    import os
+    import re
+
+    if arg is None and ".py:" in path:
+        path, _, arg = path.partition(".py:")
+        path += ".py"
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No experiment file {path!r}.")
+    module_name = "_ovaib_experiment_" + re.sub(r"\W", "_", os.path.relpath(path)[:-3])
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def sibling_config(path: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -461,16 +176,103 @@ def sibling_config(path: str, name: str, arg: str | None = None) -> ml_collectio
 
     ``name`` is a path relative to the directory of ``path``, without ``.py``.
     """
-    import importlib.util
     import os
-    import re
 
-    file = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py"))
-    module = re.sub(r"\W", "_", name)
-    spec = importlib.util.spec_from_file_location(f"_ovaib_experiment_{module}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    here = os.path.dirname(os.path.abspath(path))
+    return load_experiment(os.path.normpath(os.path.join(here, f"{name}.py")), arg)
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Sequence[str]
+) -> None:
+    """Sets dotted keys of ``config`` in place: the one override applier.
+
+    ``overrides`` is a mapping ``{"optimizer.learning_rate": 0.5}`` (values set as
+    given: the sweep's ``--config.*`` flags, already typed) or a sequence of
+    ``"KEY=VALUE"`` strings (``evaluate --set``), each VALUE parsed as the type of the
+    value it replaces (bool: true/false/1/0; int; float; tuple: comma-separated items of
+    the first item's type, or a Python literal; str: as given; None: a Python literal,
+    else the string). Every key must exist, except a new key under
+    ``evaluator_kwargs.<evaluator>`` (a config written before the evaluator gained that
+    key; the evaluator checks it).
+
+    Raises:
+      ValueError: an unknown key (listing the keys there) or a value that does not parse.
+    """
+    if isinstance(overrides, Mapping):
+        items = [(k, v, False) for k, v in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
+            items.append((key, raw, True))
+    for key, value, parse in items:
+        parts = key.split(".")
+        parent = config
+        for i, part in enumerate(parts[:-1]):
+            if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
+                have = sorted(parent.keys())
+                raise ValueError(
+                    f"{key}: no section {'.'.join(parts[: i + 1])!r}; keys there: {have}."
+                )
+            parent = parent[part]
+        leaf = parts[-1]
+        new_evaluator_key = len(parts) == 3 and parts[0] == "evaluator_kwargs"
+        if leaf not in parent and not new_evaluator_key:
+            raise ValueError(f"{key}: unknown key {leaf!r}; keys there: {sorted(parent)}.")
+        with config.unlocked():
+            parent[leaf] = _parse_like(value, parent.get(leaf), key) if parse else value
+
+
+def _parse_like(raw: str, old: Any, key: str) -> Any:
+    import ast
+
+    try:
+        if isinstance(old, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("true", "1")
+        if isinstance(old, int):
+            return int(raw)
+        if isinstance(old, float):
+            return float(raw)
+        if isinstance(old, (tuple, list)):
+            if raw.strip().startswith(("(", "[")):
+                return tuple(ast.literal_eval(raw))
+            kind = type(old[0]) if old else str
+            return tuple(kind(v.strip()) for v in raw.split(",") if v.strip())
+        if isinstance(old, str):
+            return raw
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+    except (ValueError, SyntaxError) as e:
+        kind = type(old).__name__
+        raise ValueError(f"{key}={raw}: cannot parse as {kind} ({e}).") from None
+
+
+# --------------------------------------------------------------------------- run config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The run config as recorded in ``WORKDIR/config.json``."""
+    return config.to_json_best_effort(indent=2)
+
+
+def from_json(raw: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A recorded run config (JSON: lists for tuples) as a ConfigDict, tuples restored."""
+
+    def fix(x):
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(fix(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(fix(dict(raw)))
 
 
 # Probe settings of the offline benchmarks: the paper's 4-layer MLP probe, fewer epochs.

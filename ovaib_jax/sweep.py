@@ -20,7 +20,7 @@ run trained with another config stops the sweep with the differing keys. A run w
 loss diverges is reported as failed and not retried. The evaluation is the config's
 ``final_evaluators`` (run once, after the last step) and ``evaluators``.
 
-Then ``DIR/report.md`` and ``DIR/report.json`` (:func:`ovaib_jax.evaluators.report.
+Then ``DIR/report.md`` and ``DIR/report.json`` (:func:`ovaib_jax.reporting.report.
 sweep_report`: mean ± std over seeds, rows objectives, columns tasks, best in bold;
 modality subsets; retrieval per pair; MI bounds; wall time per run; the command) and
 PNG figures beside them (training curves, subset heatmaps, retrieval bars, PCA of one
@@ -34,7 +34,6 @@ runs of one objective differ only in data, so later seeds skip compiling); pass
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import logging
 import os
@@ -47,8 +46,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from ovaib_jax import configs, evaluate, losses, train
-from ovaib_jax.evaluators import plots, report
+from ovaib_jax import configs, evaluation, losses, records, train
+from ovaib_jax.reporting import RunRecord, sweep_figures, sweep_report
+from ovaib_jax.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,8 @@ def load_experiment(config_file: str, objective: str) -> ml_collections.ConfigDi
     put into its argument."""
     path, _, arg = config_file.partition(":")
     items = [a for a in arg.split(",") if a.strip() and not a.strip().startswith("objective=")]
-    spec = importlib.util.spec_from_file_location("_ovaib_sweep_experiment", path)
-    if spec is None or not os.path.exists(path):
-        raise FileNotFoundError(f"No experiment file {path!r}.")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     try:
-        return module.get_config(",".join([*items, f"objective={objective}"]))
+        return configs.load_experiment(path, ",".join([*items, f"objective={objective}"]))
     except ValueError as e:
         raise ValueError(f"{path}: {e} (a sweep needs the argument objective=NAME).") from None
 
@@ -98,17 +93,15 @@ def objective_configs(
     out, notes = {}, []
     for name in objectives:
         config = load_experiment(config_file, name)
+        applies = {}
         for key, value in overrides.items():
-            *parents, leaf = key.split(".")
-            node = config
-            for p in parents:
-                node = node[p]
-            if parents == ["objective"] and leaf not in node:
+            if key.startswith("objective.") and key.partition(".")[2] not in config.objective:
                 notes.append(f"`--config.{key}` does not apply to {name}.")
-                continue
-            node[leaf] = value
+            else:
+                applies[key] = value
+        configs.apply_overrides(config, applies)
         try:
-            configs.validate_config(config)
+            validate_config(config)
         except ValueError as e:
             raise ValueError(f"objective {name!r}: {e}") from None
         config.lock()
@@ -130,21 +123,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> report.RunRecord:
+def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> RunRecord:
     """Trains and evaluates one run (skipped when finished or failed before).
 
     Raises:
       ValueError: ``workdir`` holds a run trained with another config.
       KeyboardInterrupt: the run was stopped by SIGTERM (its checkpoint is saved).
     """
-    old = _read_json(os.path.join(workdir, "config.json"))
+    old = records.read_config_json(workdir)
     if old:
         new, was = _flat(json.loads(config.to_json_best_effort())), _flat(old)
         diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
@@ -168,9 +154,10 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
                 "use another --workdir, or delete that run."
             )
     state_path = os.path.join(workdir, STATE_FILE)
-    state = {"wall_time_s": 0.0, "status": "running", "error": "", **_read_json(state_path)}
-    record = report.RunRecord(objective, int(config.seed), workdir, None, 0.0)
-    results = train.read_results(workdir)
+    state = {"wall_time_s": 0.0, "status": "running", "error": ""}
+    state.update(records.read_json(state_path) or {})
+    record = RunRecord(objective, int(config.seed), workdir, None, 0.0)
+    results = records.read_results(workdir)
     finished = results is not None and results.get("step") == config.num_train_steps
     if state["status"] == "failed" or finished:
         record.results, record.wall_time_s = results, state["wall_time_s"]
@@ -188,8 +175,7 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
         state["status"], state["error"] = "failed", str(e).split(". ")[0]
     finally:
         state["wall_time_s"] += time.perf_counter() - start
-        with open(state_path, "w") as f:
-            json.dump(state, f, indent=2)
+        records.write_json(state_path, state, indent=2)
     if out.get("preempted"):
         raise KeyboardInterrupt(f"{workdir} stopped by SIGTERM; rerun the sweep to resume.")
     record.results, record.status, record.error = out.get("final"), state["status"], state["error"]
@@ -200,9 +186,9 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
 def embed_test_split(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any, Any]:
     """``(z (M, N, d), labels (N,) or None, modality names)`` of the eval split, embedded
     with the run's last checkpoint (labels: the first classification target)."""
-    ctx, variables, _ = evaluate.restore_for_eval(config, workdir)
-    emb = ctx.embedded(variables, config.dataset.eval_split)
-    spec = ctx.resolved.spec
+    restored = evaluation.restore(config, workdir)
+    emb = restored.evaluation([]).embed(restored.variables, config.dataset.eval_split)
+    spec = restored.resolved.spec
     cls = [t.name for t in spec.targets if t.kind == "classification"]
     return emb.z, emb.targets[cls[0]] if cls else None, emb.modality_names
 
@@ -219,7 +205,7 @@ def sweep(
     """Runs the sweep (module docstring) and writes the report; returns report.json's
     content."""
     per_objective, notes = objective_configs(config_file, objectives, overrides or {})
-    runs: list[report.RunRecord] = []
+    runs: list[RunRecord] = []
     for seed in seeds:  # seed-major: after the first pass every objective has one run
         for name, base in per_objective.items():
             config = copy.deepcopy(base)
@@ -234,14 +220,12 @@ def sweep(
             run_config = copy.deepcopy(config)
             run_config.seed = done[0].seed
             embeddings[name] = embed_test_split(run_config, done[0].workdir)
-    figures = plots.sweep_figures(runs, workdir, embeddings=embeddings)
-    markdown, summary = report.sweep_report(
+    figures = sweep_figures(runs, workdir, embeddings=embeddings)
+    markdown, summary = sweep_report(
         runs, title=config_file, command=command, figures=figures, notes=notes
     )
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(markdown)
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    records.write_text(os.path.join(workdir, "report.md"), markdown)
+    records.write_json(os.path.join(workdir, "report.json"), summary, indent=2)
     log.info("Wrote %s", os.path.join(workdir, "report.md"))
     return summary
 

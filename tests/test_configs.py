@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 
 import pytest
 
 from ovaib_jax import configs, losses
+from ovaib_jax.validation import validate_config
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments")
 # Every experiment file, subdirectories (experiments/paper/) included.
@@ -20,11 +20,7 @@ def _name(path: str) -> str:
 
 
 def load(name: str, arg: str | None = None):
-    path = os.path.join(EXPERIMENTS_DIR, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"exp_{name.replace('/', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return configs.load_experiment(os.path.join(EXPERIMENTS_DIR, f"{name}.py"), arg)
 
 
 PAPER = {
@@ -50,7 +46,7 @@ def test_experiments_exist():
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=_name)
 def test_every_experiment_validates(path):
     config = load(_name(path))
-    resolved = configs.validate_config(config, device_count=8, process_count=2)
+    resolved = validate_config(config, device_count=8, process_count=2)
     assert len(resolved.modalities) >= 2
     assert resolved.objective is losses.get(config.objective.name)
     # Every hyper-parameter in the config is one the objective takes.
@@ -61,7 +57,7 @@ def test_every_experiment_validates(path):
 def test_default_with_every_objective(name):
     config = load("default", f"objective={name}")
     assert config.objective.name == name
-    resolved = configs.validate_config(config, device_count=1, process_count=1)
+    resolved = validate_config(config, device_count=1, process_count=1)
     assert resolved.normalize_embeddings is False
     if name == "symile":  # its "n" negatives need a fresh key every step
         assert resolved.takes_key
@@ -103,7 +99,7 @@ def test_offline_config_arguments():
     config = load("parity", "M=5,k=1,p=0.5")
     assert (config.dataset.builder_config, config.dataset.config.M) == ("m5", 5)
     assert (config.dataset.config.k, config.dataset.config.p) == (1, 0.5)
-    assert len(configs.validate_config(config, device_count=1, process_count=1).modalities) == 5
+    assert len(validate_config(config, device_count=1, process_count=1).modalities) == 5
     latent = load("latent", "M=4,beta=0.25")
     assert latent.objective.beta == 0.25 and latent.dataset.config.M == 4
     assert latent.evaluator_kwargs.downstream.per_modality_targets == ("nuisance",)
@@ -126,7 +122,7 @@ def test_evaluator_kwargs_are_checked():
 def test_anchor_by_name_resolves_to_index():
     config = load("default")
     config.objective = configs.objective_config("anchor_clip", anchor="x2")
-    assert configs.validate_config(config, device_count=1, process_count=1).hparams["anchor"] == 2
+    assert validate_config(config, device_count=1, process_count=1).hparams["anchor"] == 2
 
 
 def _bad(mutate, match, device_count=1):
@@ -134,7 +130,7 @@ def _bad(mutate, match, device_count=1):
     with config.unlocked():
         mutate(config)
     with pytest.raises(ValueError, match=match):
-        configs.validate_config(config, device_count=device_count, process_count=1)
+        validate_config(config, device_count=device_count, process_count=1)
 
 
 def test_unknown_objective():
@@ -213,9 +209,7 @@ def test_config_argument_errors():
 
 
 def test_evaluate_set_overrides_parse_as_the_replaced_type():
-    from ovaib_jax import evaluate
-
-    config = evaluate._to_config(
+    config = configs.from_json(
         {
             "seed": 42,
             "final_evaluators": "downstream,retrieval",
@@ -225,7 +219,7 @@ def test_evaluate_set_overrides_parse_as_the_replaced_type():
             "evaluator_kwargs": {"downstream": {"max_epochs": 30}},
         }
     )
-    evaluate.apply_overrides(
+    configs.apply_overrides(
         config,
         [
             "seed=7",
@@ -252,4 +246,4 @@ def test_evaluate_set_overrides_parse_as_the_replaced_type():
         ("model.mlp.depth=3", "unknown key 'depth'"),
     ]:
         with pytest.raises(ValueError, match=msg):
-            evaluate.apply_overrides(config, [bad])
+            configs.apply_overrides(config, [bad])

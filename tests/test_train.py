@@ -17,7 +17,12 @@ import numpy as np
 import optax
 import pytest
 
-from ovaib_jax import data, evaluate, losses, models, train
+from ovaib_jax import configs, data, evaluate, inputs, losses, models, runtime, train
+from ovaib_jax.objective import make_objective
+from ovaib_jax.state import abstract_items, open_checkpointer
+from ovaib_jax.state import variables as flax_variables
+from ovaib_jax.step import create_optimizer, create_train_state, make_train_step
+from ovaib_jax.validation import validate_config
 from tests.losses import reference as ref
 from tests.train_helpers import ROOT, synthetic_batch, tiny_config
 
@@ -58,14 +63,12 @@ def _reference_loss(run, variables, batch, step: int):
 
 def _restored_with_test_batch(config, workdir: str, data_dir: str):
     """(run, the latest checkpoint's model variables, the first 64 test examples)."""
-    kw = train.configs.dataset_kwargs(config)
+    kw = configs.dataset_kwargs(config)
     src = data.make_source("ovaib_parity", "test", data_dir=data_dir, build=False, **kw)
     batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
-    restored = train.checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), read_only=True
-    )
+    restored = open_checkpointer(workdir, read_only=True)
     run = train.build(config, with_data=False)
-    variables = restored.restore(train.abstract_items(run.state), with_data=False).trees["model"]
+    variables = restored.restore(abstract_items(run.state), with_data=False).trees["model"]
     restored.close()
     return run, variables, batch
 
@@ -77,7 +80,7 @@ def test_one_real_step_every_config(name):
     run = train.build(config, with_data=False)
     assert jax.device_count() == 8 and run.mesh.shape["data"] == 8
     local = synthetic_batch(run.resolved.modalities, config.batch_size)
-    batch = train.global_batch(local, run.mesh)
+    batch = runtime.global_batch(local, run.mesh)
     variables = jax.tree.map(np.asarray, run.state.variables())  # before donation
     want_loss, want_aux = reference_loss(run, variables, local, 0)
     state, metrics = run.train_step(run.state, batch)
@@ -103,15 +106,15 @@ def test_one_real_step_every_config(name):
 
 
 def _run_steps(config, mesh, batches):
-    resolved = train.configs.validate_config(config, device_count=mesh.size, process_count=1)
-    model = train.create_model(config, resolved)
-    tx, _ = train.create_optimizer(config.optimizer, config.num_train_steps)
+    resolved = validate_config(config, device_count=mesh.size, process_count=1)
+    model = runtime.create_model(config, resolved)
+    tx, _ = create_optimizer(config.optimizer, config.num_train_steps)
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
-    state = train.create_train_state(model, tx, resolved.modalities, init_rng, mesh)
-    step = train.make_train_step(model, tx, train.make_objective(resolved, model, mesh), rng, mesh)
+    state = create_train_state(model, tx, resolved.modalities, init_rng, mesh)
+    step = make_train_step(model, tx, make_objective(resolved, model, mesh), rng, mesh)
     losses_ = []
     for b in batches:
-        state, metrics = step(state, train.global_batch(b, mesh))
+        state, metrics = step(state, runtime.global_batch(b, mesh))
         losses_.append(float(metrics["loss"]))
     return jax.tree.map(np.asarray, (state.params, state.batch_stats)), losses_
 
@@ -130,8 +133,8 @@ def test_eight_devices_equal_one_device():
     config.dataset.config = type(config.dataset.config)()
     modalities = data.get_spec("mnist_views", config="m3").modalities
     batches = [synthetic_batch(modalities, 16, seed=s) for s in range(3)]
-    one, loss1 = _run_steps(config, train.create_mesh(jax.devices()[:1]), batches)
-    eight, loss8 = _run_steps(config, train.create_mesh(jax.devices()), batches)
+    one, loss1 = _run_steps(config, runtime.create_mesh(jax.devices()[:1]), batches)
+    eight, loss8 = _run_steps(config, runtime.create_mesh(jax.devices()), batches)
     np.testing.assert_allclose(loss8, loss1, rtol=2e-5)
     for a, b in zip(jax.tree.leaves(eight), jax.tree.leaves(one)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
@@ -174,7 +177,7 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     saved = json.load(open(os.path.join(workdir, "eval", "results.json")))
     assert saved["heldout_loss"]["loss"] == pytest.approx(results["heldout_loss"]["loss"])
     run, variables, first = _restored_with_test_batch(config, workdir, data_dir)
-    z, _ = run.model.apply(train._variables(variables["params"], variables["batch_stats"]), first)
+    z, _ = run.model.apply(flax_variables(variables["params"], variables["batch_stats"]), first)
     want, _ = losses.get("ova_ib")(z, **run.resolved.hparams)
     assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
     inbatch, split = results["inbatch_retrieval"], results["retrieval"]
@@ -224,13 +227,13 @@ def _toy_source(n=40):
 
 def test_in_memory_source_matches_source():
     src = _toy_source()
-    cached = train.InMemorySource(src, chunk=7)
+    cached = inputs.InMemorySource(src, chunk=7)
     assert len(cached) == len(src)
     for i in (0, 6, 7, 39):
         assert set(cached[i]) == {"a", "label"}
         np.testing.assert_array_equal(cached[i]["a"], src[i]["a"])
         assert cached[i]["label"] == src[i]["label"]
-    assert set(train.InMemorySource(src, keys=["a"])[3]) == {"a"}
+    assert set(inputs.InMemorySource(src, keys=["a"])[3]) == {"a"}
 
 
 def test_prefetcher_state_is_that_of_the_consumed_batches():
@@ -239,7 +242,7 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
     src = _toy_source()
     plain = data.make_iterator(src, batch_size=4, seed=1, prefetch=0)
     want = [next(plain)["label"] for _ in range(12)]
-    pre = train.Prefetcher(data.make_iterator(src, batch_size=4, seed=1, prefetch=0), dict, 3)
+    pre = inputs.Prefetcher(data.make_iterator(src, batch_size=4, seed=1, prefetch=0), dict, 3)
     got = [next(pre)["label"] for _ in range(5)]
     state = pre.get_state()
     pre.close()
@@ -250,13 +253,13 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
     for b in want[5:]:
         np.testing.assert_array_equal(next(resumed)["label"], b)
     # End of data and errors surface in the consumer.
-    finite = train.Prefetcher(data.make_iterator(src, batch_size=8, seed=0, num_epochs=1), dict)
+    finite = inputs.Prefetcher(data.make_iterator(src, batch_size=8, seed=0, num_epochs=1), dict)
     assert len(list(finite)) == 5
 
     def boom(_):
         raise RuntimeError("bad batch")
 
-    failing = train.Prefetcher(data.make_iterator(src, batch_size=8, seed=0), boom)
+    failing = inputs.Prefetcher(data.make_iterator(src, batch_size=8, seed=0), boom)
     with pytest.raises(RuntimeError, match="bad batch"):
         next(failing)
     failing.close()
@@ -285,7 +288,7 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
 
     run, variables, batch = _restored_with_test_batch(config, workdir, data_dir)
     params = variables["params"]
-    z, _ = run.model.apply(train._variables(params, variables["batch_stats"]), batch)
+    z, _ = run.model.apply(flax_variables(params, variables["batch_stats"]), batch)
     z = np.asarray(z, np.float64)
     for m in range(3):
         rest = np.delete(z, m, axis=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -36,11 +35,9 @@ TINY = {
 
 
 def load_experiment(name: str, arg: str | None = None):
-    path = os.path.join(ROOT, "experiments", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from ovaib_jax import configs
+
+    return configs.load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), arg)
 
 
 def apply_overrides(config, overrides: dict):

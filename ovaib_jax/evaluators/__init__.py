@@ -1,19 +1,22 @@
-"""Evaluators on precomputed arrays (SPEC section 5): probes, modality subsets, retrieval
-and MI bounds.
+"""Evaluators on precomputed arrays (SPEC section 5): in-batch loss and retrieval, probes,
+modality subsets, split-level retrieval and MI bounds.
 
 The caller embeds each split once with a frozen model (:func:`embed_split` -> an
 :class:`Embedded`: encoder representations per modality, embeddings ``z`` (M, N, d) and
 targets) and every evaluator works on those host arrays, so none depends on the model.
 
-Evaluators are registered by name (big_vision style); each is constructed from its config
-keys and run on the train and test splits::
+Evaluators are registered by name (big_vision style) and share ONE protocol: each is
+constructed from its config keys, says whether it reads the train split
+(``needs_train``), and runs on the embedded splits with a :class:`RunInfo` (the
+objective, the seed and the keyword arguments the run trained with)::
 
     from ovaib_jax import evaluators
 
     train = evaluators.embed_split(embed_fn, train_batches, spec=spec)
     test = evaluators.embed_split(embed_fn, test_batches, spec=spec)
-    ev = evaluators.get("retrieval")(pairs=["resp+ecg->bvp"], chunk_size=512)
-    metrics = ev.run(train, test, objective="ova_ib", seed=42)   # {"R@1": ..., ...}
+    ev = evaluators.create("retrieval", {"pairs": ["resp+ecg->bvp"], "chunk_size": 512})
+    info = evaluators.RunInfo(objective="ova_ib", seed=42)
+    metrics = ev.run(train if ev.needs_train else None, test, info)  # {"R@1": ...}
 
 Every ``run`` returns a flat ``{metric: value}`` dict of JSON-able numbers (log them as
 ``"{evaluator}/{metric}"``, :func:`scalars` does that), plus a markdown string under
@@ -28,16 +31,20 @@ from typing import Any
 from ovaib_jax.evaluators._base import (
     Embedded,
     Evaluator,
+    RunInfo,
     TargetInfo,
     embed_split,
     parse_config,
 )
 from ovaib_jax.evaluators.downstream import Downstream, ModalitySubsets
+from ovaib_jax.evaluators.inbatch import HeldOutLoss, InBatchRetrieval
 from ovaib_jax.evaluators.mi_bounds import MIBounds
 from ovaib_jax.evaluators.probe import ProbeConfig, fit_probes
 from ovaib_jax.evaluators.retrieval import Retrieval, retrieve
 
 EVALUATORS: dict[str, type[Evaluator]] = {
+    "heldout_loss": HeldOutLoss,
+    "inbatch_retrieval": InBatchRetrieval,
     "downstream": Downstream,
     "modality_subsets": ModalitySubsets,
     "retrieval": Retrieval,
@@ -67,20 +74,6 @@ def create(name: str, config: Mapping[str, Any] | None = None) -> Evaluator:
     return get(name)(**dict(config or {}))
 
 
-def run_all(
-    evaluators: Mapping[str, Evaluator],
-    train: Embedded | None,
-    test: Embedded,
-    *,
-    objective: str | None = None,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """``{name: evaluator.run(train, test, objective=objective, seed=seed)}``."""
-    return {
-        name: ev.run(train, test, objective=objective, seed=seed) for name, ev in evaluators.items()
-    }
-
-
 def scalars(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """``{"{evaluator}/{metric}": float}`` of the numeric entries (tables dropped), for
     TensorBoard / metrics.jsonl."""
@@ -97,10 +90,13 @@ __all__ = [
     "Downstream",
     "Embedded",
     "Evaluator",
+    "HeldOutLoss",
+    "InBatchRetrieval",
     "MIBounds",
     "ModalitySubsets",
     "ProbeConfig",
     "Retrieval",
+    "RunInfo",
     "TargetInfo",
     "create",
     "embed_split",
@@ -109,6 +105,5 @@ __all__ = [
     "names",
     "parse_config",
     "retrieve",
-    "run_all",
     "scalars",
 ]

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from ovaib_jax.host import to_host
+
 TARGET_KINDS = ("classification", "regression")
 
 
@@ -151,15 +153,6 @@ class Embedded:
         return TargetInfo(name, "regression", dim=1 if y.ndim == 1 else int(y.shape[-1]))
 
 
-def _to_host(x: Any) -> np.ndarray:
-    """A (possibly sharded, possibly multi-process) array as a host numpy array."""
-    if hasattr(x, "is_fully_addressable") and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def embed_split(
     embed_fn: Callable[[Mapping[str, Any]], Any],
     batches: Iterable[Mapping[str, Any]],
@@ -204,17 +197,17 @@ def embed_split(
         count += 1
         out = embed_fn(batch)
         z, r = out if isinstance(out, tuple) else (out, {})
-        keep = None if valid_key is None else _to_host(batch[valid_key]).astype(bool)
-        zh = _to_host(z).astype(np.float32)
+        keep = None if valid_key is None else to_host(batch[valid_key]).astype(bool)
+        zh = to_host(z).astype(np.float32)
         zs.append(zh if keep is None else zh[:, keep])
         for k, v in (r or {}).items():
-            vh = _to_host(v).astype(np.float32)
+            vh = to_host(v).astype(np.float32)
             vh = vh.reshape(vh.shape[0], -1)
             reps.setdefault(k, []).append(vh if keep is None else vh[keep])
         for t in target_names:
             if t not in batch:
                 raise KeyError(f"embed_split: batch lacks target {t!r}; it has {sorted(batch)}.")
-            vh = _to_host(batch[t])
+            vh = to_host(batch[t])
             targets.setdefault(t, []).append(vh if keep is None else vh[keep])
     if not zs:
         raise ValueError("embed_split: no batches.")
@@ -266,28 +259,53 @@ def parse_config(cls: type[C], config: Mapping[str, Any] | None, evaluator: str)
     return cls(**{k: fix(v) for k, v in config.items()})
 
 
-class Evaluator(abc.ABC):
-    """Base of the evaluators: ``Evaluator(**config).run(train, test, objective=, seed=)``.
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What an evaluator may know of the run that made the embeddings.
 
-    Subclasses set :attr:`name` and :attr:`Config` (a frozen dataclass of the config keys
-    with their defaults); ``self.config`` is the parsed config.
+    Attributes:
+      objective: the objective's name (``ovaib_jax.losses.get``); evaluators that score
+        with the objective (retrieval, MI bounds, in-batch) need it.
+      seed: the run's seed (probe initialisation, shuffles).
+      loss_kwargs: the keyword arguments the objective trains with: its hyper-parameters,
+        the learned temperature (``tau`` or ``logit_scale``, a scalar) when the model
+        learns one, and the OVA ``projector`` when the run has one.
+      scorer_kwargs: the hyper-parameters the objective's retrieval scorer shares with
+        it (OVA's ``lam``, ``product_weight``), so that retrieval scores as training did.
+      projector: the run's OVA projector ``projector(rest, m) -> (N, d)`` (the MLP
+        ablation's, bound to the run's parameters, or
+        :func:`ovaib_jax.losses.product_projector`), else None.
+      batch_size: the run's global eval batch (the N of in-batch evaluators).
+      num_batches: in-batch evaluators read at most this many batches (0: all).
+    """
+
+    objective: str = ""
+    seed: int = 0
+    loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    scorer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    projector: Callable | None = None
+    batch_size: int = 256
+    num_batches: int = 0
+
+
+class Evaluator(abc.ABC):
+    """Base of the evaluators: ``Evaluator(**config).run(train, test, info) -> dict``.
+
+    Subclasses set :attr:`name`, :attr:`Config` (a frozen dataclass of the config keys
+    with their defaults) and :attr:`needs_train` (whether ``run`` reads the train split:
+    the caller embeds it only then and passes None otherwise); ``self.config`` is the
+    parsed config.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    needs_train: ClassVar[bool] = True
 
     def __init__(self, **config: Any):
         self.config = parse_config(self.Config, config, self.name)
 
     @abc.abstractmethod
-    def run(
-        self,
-        train: Embedded | None,
-        test: Embedded,
-        *,
-        objective: str | None = None,
-        seed: int = 0,
-    ) -> dict[str, Any]:
+    def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         """Flat ``{metric: value}`` (floats; a markdown string under ``"table"``)."""
 
     def extra_keys(self) -> tuple[str, ...]:
@@ -299,7 +317,8 @@ class Evaluator(abc.ABC):
         return f"{type(self).__name__}({self.config})"
 
 
-def require_objective(objective: str | None, evaluator: str) -> str:
-    if not objective:
-        raise ValueError(f"Evaluator {evaluator!r} needs objective=<objective name>.")
-    return objective
+def objective_of(info: RunInfo, evaluator: str) -> str:
+    """``info.objective``, which ``evaluator`` needs (a clear error when it is not set)."""
+    if not info.objective:
+        raise ValueError(f"Evaluator {evaluator!r} needs objective=<objective name> in RunInfo.")
+    return info.objective

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ovaib_jax.evaluators import report
-from ovaib_jax.evaluators._base import Embedded, Evaluator, TargetInfo
+from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, TargetInfo
 from ovaib_jax.evaluators.probe import ProbeConfig, fit_probes
+from ovaib_jax.reporting import report
 
 
 def resolve_target(name: str, train: Embedded, test: Embedded) -> TargetInfo:
@@ -138,15 +138,8 @@ class Downstream(Evaluator):
     def extra_keys(self) -> tuple[str, ...]:
         return tuple(self.config.targets or ()) + tuple(self.config.per_modality_targets)
 
-    def run(
-        self,
-        train: Embedded | None,
-        test: Embedded,
-        *,
-        objective: str | None = None,
-        seed: int = 0,
-    ) -> dict[str, Any]:
-        del objective
+    def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
+        seed = info.seed
         cfg = self.config
         if cfg.features == "embedding" and train is not None:
             train, test = embeddings_as_features(train), embeddings_as_features(test)
@@ -264,15 +257,8 @@ class ModalitySubsets(Evaluator):
     def extra_keys(self) -> tuple[str, ...]:
         return tuple(self.config.targets or ())
 
-    def run(
-        self,
-        train: Embedded | None,
-        test: Embedded,
-        *,
-        objective: str | None = None,
-        seed: int = 0,
-    ) -> dict[str, Any]:
-        del objective
+    def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
+        seed = info.seed
         cfg = self.config
         mods = _probe_modalities(self.name, cfg.modalities, train, test)
         rows = subsets(mods)

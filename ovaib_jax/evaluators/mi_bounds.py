@@ -6,7 +6,7 @@ class) and cut into batches of ``batch_size`` (the last partial batch is dropped
 
 * the training objective's loss (``ovaib_jax.losses.get(objective)`` called as in
   training: with the run's hyper-parameters, learned temperature and OVA projector,
-  which ``ovaib_jax.evaluate`` passes as ``run(..., loss_kwargs=...)``, updated with the
+  which the caller passes in ``RunInfo.loss_kwargs``, updated with the
   config's ``loss_kwargs``) and every ``mi_bound/*`` entry of its aux, averaged over
   batches.
   Their meaning is the objective's (``mi_bound/m{m}`` for OVA and Symile,
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import math
 from typing import Any
 
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovaib_jax.evaluators._base import Embedded, Evaluator, require_objective
+from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, objective_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +42,7 @@ class MIBoundsConfig:
       max_batches: at most this many batches (None: all full batches).
       shuffle: shuffle the split (seeded) before batching.
       loss_kwargs: keyword arguments of the objective (e.g. ``{"tau": 0.07}``); they
-        override the run's own (``run(loss_kwargs=...)``), which runs evaluated by
-        ``ovaib_jax.evaluate`` get from their config and checkpoint.
+        override the run's own (``RunInfo.loss_kwargs``).
       ova_tau: temperature of the OVA yardstick.
       chunk_size: candidates per block inside the losses (None: whole batch).
     """
@@ -70,7 +68,7 @@ def _stats_fn(objective: str, kw: tuple, ova_tau: float, m: int):
 
     loss_fn = losses.get(objective)
     kwargs = dict(kw)
-    takes_key = "key" in inspect.signature(loss_fn).parameters and "key" not in kwargs
+    takes_key = objective in losses.TAKES_KEY and "key" not in kwargs
     chunk = kwargs.get("chunk_size")
 
     def batch_stats(zb, key):
@@ -95,24 +93,18 @@ class MIBounds(Evaluator):
 
     name = "mi_bounds"
     Config = MIBoundsConfig
+    needs_train = False
 
-    def run(
-        self,
-        train: Embedded | None,
-        test: Embedded,
-        *,
-        objective: str | None = None,
-        seed: int = 0,
-        loss_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """``loss_kwargs``: the objective's keyword arguments as the run trained with
-        them (hyper-parameters, learned temperature, ``projector``); the config's
-        ``loss_kwargs`` override them. None: the objective's defaults."""
+    def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
+        """The objective is called as the run trained with it (``info.loss_kwargs``:
+        hyper-parameters, learned temperature, ``projector``); the config's
+        ``loss_kwargs`` override those."""
         from ovaib_jax import losses
 
         del train
         cfg = self.config
-        losses.get(require_objective(objective, self.name))  # unknown names fail early
+        objective, seed = objective_of(info, self.name), info.seed
+        losses.get(objective)  # unknown names fail early
         if test.z is None:
             raise ValueError("mi_bounds: the test split has no embeddings z.")
         z = np.asarray(test.z, np.float32)
@@ -123,7 +115,7 @@ class MIBounds(Evaluator):
         order = np.random.default_rng(seed).permutation(n) if cfg.shuffle else np.arange(n)
         num = n // b if cfg.max_batches is None else min(n // b, cfg.max_batches)
 
-        kwargs = {**(loss_kwargs or {}), **cfg.loss_kwargs}
+        kwargs = {**info.loss_kwargs, **cfg.loss_kwargs}
         if cfg.chunk_size is not None:
             kwargs.setdefault("chunk_size", cfg.chunk_size)
         items = tuple(sorted(kwargs.items()))

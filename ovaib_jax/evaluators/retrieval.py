@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovaib_jax.evaluators import report
-from ovaib_jax.evaluators._base import Embedded, Evaluator, require_objective
+from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, objective_of
+from ovaib_jax.reporting import report
 
 RELEVANCE = ("index", "label")
 TIES = ("pessimistic", "optimistic", "random")
@@ -292,22 +292,15 @@ class Retrieval(Evaluator):
 
     name = "retrieval"
     Config = RetrievalConfig
+    needs_train = False
 
-    def run(
-        self,
-        train: Embedded | None,
-        test: Embedded,
-        *,
-        objective: str | None = None,
-        seed: int = 0,
-        projector: Callable | None = None,
-        scorer_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         from ovaib_jax import losses
 
         del train
         cfg = self.config
-        scorer = losses.get_scorer(require_objective(objective, self.name))
+        seed, projector, scorer_kwargs = info.seed, info.projector, info.scorer_kwargs
+        scorer = losses.get_scorer(objective_of(info, self.name))
         if projector is not None:
             scorer = losses.projector_score
         if test.z is None:

@@ -18,7 +18,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency, product_projector
 from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
@@ -57,6 +58,43 @@ SCORERS: dict[str, Callable] = {
 }
 
 
+# What the trainer and the evaluators need to know of each objective, stated here rather
+# than read from signatures (tests/losses check these tables against the signatures).
+# Objectives that take a PRNG ``key`` (random negatives): the trainer passes the step's key.
+TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile"})
+# The hyper-parameters an objective shares with its retrieval scorer, so that retrieval
+# scores as training did.
+SCORER_HPARAMS: dict[str, tuple[str, ...]] = {
+    "ova_ib": ("lam", "product_weight"),
+    "ova_sufficiency": ("lam", "product_weight"),
+}
+# The temperature of each objective: ``tau`` itself, or Symile's ``logit_scale = 1 / tau``.
+TEMPERATURE: dict[str, str] = {
+    "ova_ib": "tau",
+    "ova_sufficiency": "tau",
+    "pairwise_clip": "tau",
+    "pairwise_clip_ib": "tau",
+    "anchor_clip": "tau",
+    "symile": "logit_scale",
+    "gram": "tau",
+    "triangle": "tau",
+}
+
+
+def temperature_kwargs(name: str, tau: Any) -> dict[str, Any]:
+    """``{hyper-parameter: value}`` that gives objective ``name`` the temperature ``tau``
+    (a float or a traced scalar): ``{"tau": tau}``, or ``{"logit_scale": 1 / tau}``."""
+    param = TEMPERATURE[name]
+    return {param: tau if param == "tau" else 1.0 / tau}
+
+
+def temperature_of(name: str, hparams: Mapping[str, Any]) -> float:
+    """The temperature tau that the hyper-parameters ``hparams`` give objective ``name``."""
+    param = TEMPERATURE[name]
+    value = float(hparams[param])
+    return value if param == "tau" else 1.0 / value
+
+
 def names() -> tuple[str, ...]:
     """The registered objective names."""
     return tuple(OBJECTIVES)
@@ -86,6 +124,9 @@ def get_scorer(name: str) -> Callable:
 __all__ = [
     "OBJECTIVES",
     "SCORERS",
+    "SCORER_HPARAMS",
+    "TAKES_KEY",
+    "TEMPERATURE",
     "anchor_clip",
     "clip_score",
     "get",
@@ -103,6 +144,8 @@ __all__ = [
     "projector_score",
     "symile",
     "symile_score",
+    "temperature_kwargs",
+    "temperature_of",
     "triangle",
     "triangle_score",
 ]

@@ -129,7 +129,7 @@ def create_model(
       init_temperature: initial tau of the learnable temperature.
       projector: build the MLP projector of the "OVA + MLP projector" ablation.
     """
-    overrides = parse_encoder_overrides(model_config.get("encoders"))
+    overrides = parse_encoder_overrides(model_config.encoders)
     names = resolve_encoders(modalities, overrides)
     defs: tuple[EncoderDef, ...] = tuple(
         (m.name, enc, encoder_kwargs(model_config, enc))
@@ -139,13 +139,13 @@ def create_model(
         encoders=defs,
         representation_dim=int(model_config.representation_dim),
         embedding_dim=int(model_config.embedding_dim),
-        head_layers=int(model_config.get("head_layers", 3)),
-        head_hidden=int(model_config.get("head_hidden", 0)),
+        head_layers=int(model_config.head_layers),
+        head_hidden=int(model_config.head_hidden),
         normalize_embeddings=bool(normalize_embeddings),
-        learnable_temperature=bool(model_config.get("learnable_temperature", False)),
+        learnable_temperature=bool(model_config.learnable_temperature),
         init_temperature=float(init_temperature),
-        min_temperature=float(model_config.get("min_temperature", 1e-3)),
-        max_temperature=float(model_config.get("max_temperature", 10.0)),
+        min_temperature=float(model_config.min_temperature),
+        max_temperature=float(model_config.max_temperature),
         projector=bool(projector),
-        projector_hidden=tuple(model_config.get("projector_hidden", (256,))),
+        projector_hidden=tuple(model_config.projector_hidden),
     )

@@ -13,7 +13,6 @@ Every function returns the path written.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ovaib_jax.records import METRICS_FILE, read_metrics
 
 PathLike = str | os.PathLike
 
@@ -33,12 +34,6 @@ def _save(fig: Figure, out_path: PathLike, dpi: int = 120) -> str:
     FigureCanvasAgg(fig)
     fig.savefig(out_path, dpi=dpi, bbox_inches="tight")
     return out_path
-
-
-def read_metrics(path: PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (one JSON object a line, with ``step``)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -307,13 +302,13 @@ def sweep_figures(
       objective, mean and min-max band over seeds), one subset heatmap per target, one
       retrieval bar chart per pair, one PCA scatter per objective.
     """
-    from ovaib_jax.evaluators import report
+    from ovaib_jax.reporting import report
 
     out_dir = os.fspath(out_dir)
     figures: dict[str, str] = {}
     metrics = {}
     for r in runs:
-        path = os.path.join(r.workdir, "metrics.jsonl")
+        path = os.path.join(r.workdir, METRICS_FILE)
         if os.path.exists(path):
             metrics.setdefault(r.objective, []).append(path)
     if metrics:

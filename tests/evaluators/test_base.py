@@ -79,8 +79,18 @@ def test_embedded_validation_and_inference():
 
 
 def test_registry_names_and_errors():
-    assert evaluators.names() == ("downstream", "modality_subsets", "retrieval", "mi_bounds")
-    with pytest.raises(ValueError, match="valid evaluators: downstream, modality_subsets"):
+    assert evaluators.names() == (
+        "heldout_loss",
+        "inbatch_retrieval",
+        "downstream",
+        "modality_subsets",
+        "retrieval",
+        "mi_bounds",
+    )
+    # One protocol: whether the train split is embedded is the evaluator's own word.
+    needs_train = {n for n in evaluators.names() if evaluators.get(n).needs_train}
+    assert needs_train == {"downstream", "modality_subsets"}
+    with pytest.raises(ValueError, match="valid evaluators: heldout_loss, inbatch_retrieval"):
         evaluators.get("probe")
     for name in evaluators.names():
         with pytest.raises(ValueError, match=r"unknown config key\(s\) \['nope'\]; valid keys"):

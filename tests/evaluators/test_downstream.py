@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax import evaluators
-from ovaib_jax.evaluators import Embedded
+from ovaib_jax.evaluators import Embedded, RunInfo
 
 NAMES = ("a", "b", "c")
 N_TRAIN, N_TEST, WIDTH = 200, 100, 4
@@ -39,17 +39,17 @@ TRAIN, TEST = _split(0, N_TRAIN), _split(1, N_TEST)
 @pytest.mark.parametrize("probe", ["linear", "mlp"])
 def test_separable_classes_give_full_accuracy(probe):
     ev = evaluators.get("downstream")(probe=probe, targets=["label"], **FAST)
-    r = ev.run(TRAIN, TEST, seed=0)
+    r = ev.run(TRAIN, TEST, RunInfo(seed=0))
     assert r["label/accuracy"] >= 0.99
     assert r["label/loss"] < 0.1
     assert 1 <= r["label/best_epoch"] <= r["label/epochs"] <= FAST["max_epochs"]
-    assert ev.run(TRAIN, TEST, seed=0) == r  # seeded
+    assert ev.run(TRAIN, TEST, RunInfo(seed=0)) == r  # seeded
 
 
 def test_linear_regression_target_gives_near_zero_mse():
     # Constant-step Adam has a noise floor: 200 epochs reach MSE ~ 1e-4 x variance here.
     ev = evaluators.get("downstream")(probe="linear", targets=["reg"], **dict(FAST, max_epochs=200))
-    r = ev.run(TRAIN, TEST, seed=0)
+    r = ev.run(TRAIN, TEST, RunInfo(seed=0))
     var = float(np.var(TEST.targets["reg"]))
     assert r["reg/mse"] < 1e-3 * var, (r["reg/mse"], var)  # reported in target units
     assert r["reg/r2"] > 0.999
@@ -58,7 +58,7 @@ def test_linear_regression_target_gives_near_zero_mse():
 def test_uninformative_modality_is_at_chance_and_early_stopping_stops():
     cfg = dict(FAST, max_epochs=300, patience=3, probe="linear")
     r = evaluators.get("downstream")(modalities=["b"], targets=["label"], **cfg).run(
-        TRAIN, TEST, seed=0
+        TRAIN, TEST, RunInfo(seed=0)
     )
     assert r["label/accuracy"] < 0.55  # chance 1/3; no information in "b"
     assert r["label/epochs"] < 300
@@ -67,7 +67,7 @@ def test_uninformative_modality_is_at_chance_and_early_stopping_stops():
 
 def test_modality_subsets_table_has_every_subset():
     ev = evaluators.get("modality_subsets")(probe="linear", targets=["label"], **FAST)
-    r = ev.run(TRAIN, TEST, seed=0)
+    r = ev.run(TRAIN, TEST, RunInfo(seed=0))
     rows = ["a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"]
     table = r["table"].splitlines()
     assert len(table) == 2 + 2**3 - 1
@@ -77,16 +77,16 @@ def test_modality_subsets_table_has_every_subset():
         assert (acc >= 0.99) if "a" in s else (acc < 0.6), (s, acc)
     # The a+b+c row is the same probe, same seed, as downstream on all modalities.
     full = evaluators.get("downstream")(probe="linear", targets=["label"], **FAST).run(
-        TRAIN, TEST, seed=0
+        TRAIN, TEST, RunInfo(seed=0)
     )
     assert r["a+b+c/label/accuracy"] == pytest.approx(full["label/accuracy"], abs=0.02)
     # Unbatched (one compiled call per subset) gives the same numbers up to float noise.
     one = evaluators.get("modality_subsets")(
         probe="linear", targets=["label"], modalities=["a", "b"], batch_subsets=False, **FAST
-    ).run(TRAIN, TEST, seed=0)
+    ).run(TRAIN, TEST, RunInfo(seed=0))
     stacked = evaluators.get("modality_subsets")(
         probe="linear", targets=["label"], modalities=["a", "b"], max_stack=1, **FAST
-    ).run(TRAIN, TEST, seed=0)
+    ).run(TRAIN, TEST, RunInfo(seed=0))
     assert stacked == one  # same compiled calls (one subset each), same numbers
     assert len(one["table"].splitlines()) == 2 + 3
     assert one["a+b/label/accuracy"] == pytest.approx(r["a+b/label/accuracy"], abs=0.02)
@@ -94,11 +94,11 @@ def test_modality_subsets_table_has_every_subset():
 
 def test_errors_are_clear():
     with pytest.raises(ValueError, match=r"No train representations for modalities \['q'\]"):
-        evaluators.get("downstream")(modalities=["q"]).run(TRAIN, TEST)
+        evaluators.get("downstream")(modalities=["q"]).run(TRAIN, TEST, RunInfo())
     with pytest.raises(ValueError, match="Target 'nope' missing"):
-        evaluators.get("downstream")(targets=["nope"]).run(TRAIN, TEST)
+        evaluators.get("downstream")(targets=["nope"]).run(TRAIN, TEST, RunInfo())
     with pytest.raises(ValueError, match="needs the train split"):
-        evaluators.get("modality_subsets")().run(None, TEST)
+        evaluators.get("modality_subsets")().run(None, TEST, RunInfo())
 
 
 def _with_nuisance(e: Embedded, seed: int) -> Embedded:
@@ -118,17 +118,19 @@ def test_per_modality_targets_decode_each_modality_from_its_own_rep():
         probe="linear", targets=["label"], per_modality_targets=["nuis"], **FAST
     )
     assert ev.extra_keys() == ("label", "nuis")
-    r = ev.run(train, test, seed=0)
+    r = ev.run(train, test, RunInfo(seed=0))
     assert r["nuis/a/r2"] > 0.95 and r["nuis/a/mse"] < 0.05  # standardised units
     for m in ("b", "c"):
         assert r[f"nuis/{m}/r2"] < 0.1 and r[f"nuis/{m}/mse"] > 0.9
     assert r["nuis/mean/r2"] == pytest.approx(np.mean([r[f"nuis/{m}/r2"] for m in NAMES]))
     assert "label/accuracy" in r and not any(k.startswith("nuis/") and k.count("/") == 1 for k in r)
     # Without targets=, per-modality targets are not probed as ordinary targets.
-    default = evaluators.get("downstream")(probe="linear", **FAST).run(train, test, seed=0)
+    default = evaluators.get("downstream")(probe="linear", **FAST).run(train, test, RunInfo(seed=0))
     assert not any(k.startswith("nuis") for k in default)
     with pytest.raises(ValueError, match=r"per-modality target 'label' must be .*\(N, M, k\)"):
-        evaluators.get("downstream")(per_modality_targets=["label"], **FAST).run(train, test)
+        evaluators.get("downstream")(per_modality_targets=["label"], **FAST).run(
+            train, test, RunInfo()
+        )
 
 
 def test_features_embedding_probes_z_instead_of_the_representations():
@@ -144,8 +146,8 @@ def test_features_embedding_probes_z_instead_of_the_representations():
     train, test = split(2), split(3)
     slow = dict(FAST, max_epochs=200, patience=200)  # 3 columns from scratch: 40 are too few
     kw = dict(probe="linear", targets=["label"], per_modality_targets=["nuis"], **slow)
-    reps = evaluators.get("downstream")(**kw).run(train, test, seed=0)
-    emb = evaluators.get("downstream")(features="embedding", **kw).run(train, test, seed=0)
+    reps = evaluators.get("downstream")(**kw).run(train, test, RunInfo(seed=0))
+    emb = evaluators.get("downstream")(features="embedding", **kw).run(train, test, RunInfo(seed=0))
     assert set(emb) == {f"embedding/{k}" for k in reps}
     assert reps["nuis/a/r2"] > 0.95 and reps["nuis/b/r2"] < 0.1
     assert emb["embedding/nuis/b/r2"] > 0.95
@@ -154,4 +156,4 @@ def test_features_embedding_probes_z_instead_of_the_representations():
     with pytest.raises(ValueError, match="features must be one of"):
         evaluators.get("downstream")(features="z")
     with pytest.raises(ValueError, match="needs the split's embeddings z"):
-        evaluators.get("downstream")(features="embedding", **FAST).run(TRAIN, TEST)
+        evaluators.get("downstream")(features="embedding", **FAST).run(TRAIN, TEST, RunInfo())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax import evaluators
-from ovaib_jax.evaluators import Embedded
+from ovaib_jax.evaluators import Embedded, RunInfo
 
 NAMES = ("a", "b", "c")
 
@@ -33,7 +33,7 @@ def test_aligned_embeddings_approach_log_n(objective):
         e = np.eye(n)
         z, kwargs = np.stack([e, e, e]), {"logit_scale": 100.0}
     r = evaluators.get("mi_bounds")(batch_size=b, loss_kwargs=kwargs).run(
-        None, _emb(z), objective=objective
+        None, _emb(z), RunInfo(objective=objective)
     )
     assert r["log_n"] == pytest.approx(math.log(b))
     assert r["num_batches"] == n // b and r["batch_size"] == b
@@ -48,7 +48,7 @@ def test_aligned_embeddings_approach_log_n(objective):
 
 def test_independent_embeddings_stay_far_below_log_n():
     z = np.random.default_rng(1).normal(size=(3, 256, 64))
-    r = evaluators.get("mi_bounds")(batch_size=64).run(None, _emb(z), objective="ova_ib")
+    r = evaluators.get("mi_bounds")(batch_size=64).run(None, _emb(z), RunInfo(objective="ova_ib"))
     assert r["num_batches"] == 4
     assert r["mi_bound/mean"] < r["log_n"] - 1.0
     assert r["ova_mi_bound/mean"] == pytest.approx(r["mi_bound/mean"], abs=1e-5)  # same tau
@@ -57,9 +57,11 @@ def test_independent_embeddings_stay_far_below_log_n():
 
 def test_batch_size_is_capped_and_errors():
     z = np.random.default_rng(2).normal(size=(3, 10, 8))
-    r = evaluators.get("mi_bounds")(batch_size=256).run(None, _emb(z), objective="pairwise_clip")
+    r = evaluators.get("mi_bounds")(batch_size=256).run(
+        None, _emb(z), RunInfo(objective="pairwise_clip")
+    )
     assert r["batch_size"] == 10 and r["num_batches"] == 1
     with pytest.raises(ValueError, match="needs objective"):
-        evaluators.get("mi_bounds")().run(None, _emb(z))
+        evaluators.get("mi_bounds")().run(None, _emb(z), RunInfo())
     with pytest.raises(ValueError, match="Unknown objective 'clip'"):
-        evaluators.get("mi_bounds")().run(None, _emb(z), objective="clip")
+        evaluators.get("mi_bounds")().run(None, _emb(z), RunInfo(objective="clip"))

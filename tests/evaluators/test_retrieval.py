@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax import evaluators, losses
-from ovaib_jax.evaluators import Embedded, retrieve
+from ovaib_jax.evaluators import Embedded, RunInfo, retrieve
 
 NAMES = ("a", "b", "c")
 
@@ -44,7 +44,7 @@ def test_perfect_embeddings_give_r1_and_map_of_one(objective):
     z = _perfect_z(objective)
     # pessimistic ties: the strictest convention (a tie with another candidate would fail)
     ev = evaluators.get("retrieval")(pairs=["a+b->c"], ties="pessimistic", chunk_size=24)
-    r = ev.run(None, _emb(z), objective=objective)
+    r = ev.run(None, _emb(z), RunInfo(objective=objective))
     assert r["a+b->c/R@1"] == 1.0
     assert r["a+b->c/mAP"] == pytest.approx(1.0, abs=1e-6)
     assert r["a+b->c/median_rank"] == 1.0
@@ -55,7 +55,7 @@ def test_perfect_embeddings_give_r1_and_map_of_one(objective):
 def test_random_embeddings_are_at_chance(objective):
     n = 400
     z = np.random.default_rng(1).normal(size=(3, n, 16))
-    r = evaluators.get("retrieval")(chunk_size=128).run(None, _emb(z), objective=objective)
+    r = evaluators.get("retrieval")(chunk_size=128).run(None, _emb(z), RunInfo(objective=objective))
     # Pooled over the 3 default pairs (rest -> c); per query P(rank <= k) = k / n.
     # Tolerances are 4 binomial standard deviations of one pair (pooling only shrinks them).
     for k in (1, 5, 10):
@@ -123,6 +123,96 @@ def test_ties_conventions_on_collapsed_embeddings():
             assert r[k] == pytest.approx(v, rel=1e-5), (ties, k)
 
 
+def _given_scores(queries, cands):
+    """A scorer that returns the single query modality's embeddings as the scores: with
+    z[0] = S of shape (N, N), ``retrieve`` ranks the hand-written score matrix S."""
+    del cands
+    return queries[0]
+
+
+def _retrieve_scores(scores, **kw):
+    scores = np.asarray(scores, np.float32)
+    z = np.stack([scores, np.eye(len(scores), dtype=np.float32)])
+    return retrieve(z, ((0,), 1), _given_scores, **kw)
+
+
+def test_ties_below_strictly_higher_candidates_hand_computed():
+    """Row 0: two candidates strictly above the true one, which ties with two more (its
+    rank is uniform on {3, 4, 5} under random tie-breaking); row 1: a tied block of 3 at the
+    top (ranks {1, 2, 3}); row 2: one candidate strictly above, no tie (rank 2); rows 3-5:
+    unique best."""
+    s = np.zeros((6, 6))
+    s[0] = [0.5, 0.9, 0.9, 0.5, 0.5, 0.1]
+    s[1] = [0.2, 0.7, 0.7, 0.1, 0.7, 0.0]
+    s[2] = [0.0, 0.6, 0.3, 0.0, 0.1, 0.2]
+    s[3:] = np.eye(6)[3:]
+    ks = (1, 3, 4)
+    expected = {
+        "random": {
+            "R@1": (0 + 1 / 3 + 0 + 3) / 6,
+            "R@3": (1 / 3 + 1 + 1 + 3) / 6,
+            "R@4": (2 / 3 + 1 + 1 + 3) / 6,
+            "median_rank": 1.5,  # expected ranks 4, 2, 2, 1, 1, 1
+            "mean_rank": 11 / 6,
+            "mAP": ((1 / 3 + 1 / 4 + 1 / 5) / 3 + (1 + 1 / 2 + 1 / 3) / 3 + 1 / 2 + 3) / 6,
+        },
+        "pessimistic": {  # ranks 5, 3, 2, 1, 1, 1
+            "R@1": 3 / 6,
+            "R@3": 5 / 6,
+            "R@4": 5 / 6,
+            "median_rank": 1.5,
+            "mean_rank": 13 / 6,
+            "mAP": (1 / 5 + 1 / 3 + 1 / 2 + 3) / 6,
+        },
+        "optimistic": {  # ranks 3, 1, 2, 1, 1, 1
+            "R@1": 4 / 6,
+            "R@3": 1.0,
+            "R@4": 1.0,
+            "median_rank": 1.0,
+            "mean_rank": 9 / 6,
+            "mAP": (1 / 3 + 1 + 1 / 2 + 3) / 6,
+        },
+    }
+    for ties, want in expected.items():
+        for chunk in (None, 4):
+            got = _retrieve_scores(s, ks=ks, ties=ties, chunk_size=chunk)
+            assert got == pytest.approx(want, rel=1e-6), (ties, chunk)
+
+
+def test_random_ties_equal_pessimistic_on_continuous_scores():
+    """Without ties every convention gives the same ranks: random must equal pessimistic
+    (and optimistic, and the literal per-query reference)."""
+    n, ks = 50, (1, 5, 10)
+    z = np.random.default_rng(5).normal(size=(3, n, 8))
+    scorer = losses.get_scorer("pairwise_clip")
+    results = {
+        ties: retrieve(z, ((0, 1), 2), scorer, ks=ks, ties=ties, chunk_size=16)
+        for ties in ("pessimistic", "optimistic", "random")
+    }
+    scores = np.asarray(scorer(z[:2].astype(np.float32), z[2].astype(np.float32)))
+    want = _reference(scores, "index", np.zeros(n), ks)
+    assert want["mAP"] < 0.5  # far from 1: a rank mistaken for 1 would show
+    for ties, got in results.items():
+        assert got == pytest.approx(want, rel=1e-5), ties
+
+
+@pytest.mark.parametrize("relevance", ["index", "label"])
+def test_nan_scores_rank_last(relevance):
+    """A NaN score (e.g. a NaN embedding) ranks below every number, never first: row 0's
+    true candidate scores NaN (rank N = 5 under every convention); row 2 has a NaN
+    non-true candidate and is still ranked first."""
+    s = np.eye(5)
+    s[0] = [np.nan, 0.1, 0.2, 0.3, 0.4]
+    s[2, 1] = np.nan
+    want = {"R@1": 4 / 5, "R@5": 1.0, "median_rank": 1.0, "mean_rank": 9 / 5}
+    want["mAP"] = (1 / 5 + 4) / 5
+    for ties in ("pessimistic", "optimistic", "random"):
+        got = _retrieve_scores(
+            s, ks=(1, 5), ties=ties, chunk_size=None, relevance=relevance, labels=np.arange(5)
+        )
+        assert got == pytest.approx(want, rel=1e-6), ties
+
+
 def test_label_relevance_with_class_prototypes():
     """Every candidate of the query's class scores the (tied) maximum: label mAP = 1."""
     rng = np.random.default_rng(3)
@@ -133,11 +223,11 @@ def test_label_relevance_with_class_prototypes():
         ev = evaluators.get("retrieval")(
             relevance="label", ties=ties, pairs=[(("a", "b"), "c")], chunk_size=16
         )
-        r = ev.run(None, _emb(z, labels), objective="pairwise_clip")
+        r = ev.run(None, _emb(z, labels), RunInfo(objective="pairwise_clip"))
         assert r["mAP"] == pytest.approx(1.0, abs=1e-6) and r["R@1"] == 1.0
     # With index relevance the own sample is one of 5 tied candidates.
     r = evaluators.get("retrieval")(ties="random", pairs=["a+b->c"], chunk_size=16).run(
-        None, _emb(z, labels), objective="pairwise_clip"
+        None, _emb(z, labels), RunInfo(objective="pairwise_clip")
     )
     assert r["median_rank"] == pytest.approx(3.0) and r["R@1"] == pytest.approx(1 / 5)
     assert r["mAP"] == pytest.approx(sum(1 / i for i in range(1, 6)) / 5)
@@ -147,16 +237,20 @@ def test_pairs_parsing_and_errors():
     z = np.random.default_rng(4).normal(size=(3, 20, 4))
     emb = _emb(z)
     r = evaluators.get("retrieval")(pairs=["a->c", ((0, "b"), -1), ("b", "a")]).run(
-        None, emb, objective="pairwise_clip"
+        None, emb, RunInfo(objective="pairwise_clip")
     )
     assert {"a->c/R@1", "a+b->c/R@1", "b->a/R@1"} <= set(r)
     assert r["table"].count("\n") == 2 + 3 - 1  # header, rule, 3 rows
     with pytest.raises(ValueError, match="not containing the candidate"):
-        evaluators.get("retrieval")(pairs=["a+c->c"]).run(None, emb, objective="pairwise_clip")
+        evaluators.get("retrieval")(pairs=["a+c->c"]).run(
+            None, emb, RunInfo(objective="pairwise_clip")
+        )
     with pytest.raises(ValueError, match="needs objective"):
-        evaluators.get("retrieval")().run(None, emb)
+        evaluators.get("retrieval")().run(None, emb, RunInfo())
     with pytest.raises(ValueError, match="needs a classification target"):
-        evaluators.get("retrieval")(relevance="label").run(None, emb, objective="pairwise_clip")
+        evaluators.get("retrieval")(relevance="label").run(
+            None, emb, RunInfo(objective="pairwise_clip")
+        )
 
 
 def test_label_random_ties_are_seeded_and_chunk_invariant():
@@ -188,11 +282,13 @@ def test_projector_run_is_scored_with_its_projector():
     a, b = (rng.choice([-1.0, 1.0], size=(200, 16)) for _ in range(2))
     emb = Embedded(np.stack([a, b, a * b]).astype(np.float32), {}, {}, ("a", "b", "c"))
     ev = evaluators.get("retrieval")(pairs=["a+b->c", "a+c->b"])
-    plain = ev.run(None, emb, objective="ova_ib")
-    with_projector = ev.run(None, emb, objective="ova_ib", projector=losses.product_projector)
+    plain = ev.run(None, emb, RunInfo(objective="ova_ib"))
+    with_projector = ev.run(
+        None, emb, RunInfo(objective="ova_ib", projector=losses.product_projector)
+    )
     assert with_projector["a+b->c/R@1"] == 1.0 and with_projector["a+c->b/R@1"] == 1.0
     assert plain["a+b->c/R@1"] < 0.2
     with pytest.raises(ValueError, match=r"from all the others.*'a\+b->c'"):
         evaluators.get("retrieval")(pairs=["b+a->c"]).run(
-            None, emb, objective="ova_ib", projector=losses.product_projector
+            None, emb, RunInfo(objective="ova_ib", projector=losses.product_projector)
         )

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ovaib_jax.evaluators import plots, report
+from ovaib_jax.reporting import plots, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,143 @@
+"""Evaluation assembly: embed the splits with a model, then run evaluators on them.
+
+:class:`Evaluation` embeds the eval split (and the train split when an evaluator needs
+it) once with the given variables, on the run's mesh, and runs each evaluator of
+``ovaib_jax.evaluators`` with the run's :class:`~ovaib_jax.evaluators.RunInfo`.
+:func:`restore` gives the model variables of a checkpoint with what is needed to
+evaluate them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ovaib_jax import configs, evaluators, host, inputs, models, objective, runtime, state
+from ovaib_jax.validation import Resolved, validate_config
+
+__all__ = ["Evaluation", "Restored", "restore"]
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """The evaluators ``names`` of a run, ready to run on any variables of its model.
+
+    Args:
+      config: the run's config (evaluator keys from ``config.evaluator_kwargs.<name>``).
+      resolved: the config's resolved pieces.
+      mesh: the run's mesh.
+      model: the run's model.
+      names: evaluator names (default: ``config.evaluators``).
+    """
+
+    config: ml_collections.ConfigDict
+    resolved: Resolved
+    mesh: jax.sharding.Mesh
+    model: models.MultiModalModel
+    names: Sequence[str] | None = None
+
+    def __post_init__(self):
+        names = configs.evaluator_names(self.config) if self.names is None else self.names
+        kwargs = self.config.evaluator_kwargs
+        self.evaluators = {n: evaluators.create(n, kwargs.get(n)) for n in names}
+
+    @functools.cached_property
+    def _embed(self):
+        model = self.model
+        return jax.jit(
+            lambda v, b: model.apply(v, b, train=False),
+            out_shardings=NamedSharding(self.mesh, P()),
+        )
+
+    def embed(self, variables: Any, split: str, extra_keys: Sequence[str] = ()) -> Any:
+        """``split`` embedded with ``variables``: an :class:`ovaib_jax.evaluators.Embedded`
+        with z, the representations, the dataset's targets and ``extra_keys`` (stored
+        example keys read as targets). Whole batches only (the last partial batch of
+        ``eval_batch_size`` is not embedded)."""
+        spec = self.resolved.spec
+        names = list(self.resolved.modality_names)
+        declared = {t.name for t in spec.targets} | set(names)
+        extra = tuple(dict.fromkeys(k for k in extra_keys if k not in declared))
+        batch_size = int(self.config.eval_batch_size or self.config.batch_size)
+        it = inputs.create_data_iterator(
+            self.config, split, batch_size=batch_size, train=False, spec=spec, extra_keys=extra
+        )
+
+        def embed(local):
+            z, reps = self._embed(variables, runtime.global_batch(local, self.mesh, names))
+            return jax.tree.map(host.to_host, (z, reps))
+
+        def batches():
+            for local in it:
+                if jax.process_count() > 1:  # targets of every process's rows
+                    local = {
+                        k: v if k in names else host.all_rows(v)
+                        for k, v in local.items()
+                    }
+                yield local
+
+        return evaluators.embed_split(
+            embed,
+            batches(),
+            spec=spec,
+            modality_names=names,
+            target_names=[t.name for t in spec.targets] + list(extra),
+        )
+
+    def run(self, variables: Any) -> dict[str, dict[str, Any]]:
+        """Runs every evaluator on ``variables``: ``{evaluator: {metric: value}}``.
+
+        Each split is embedded once for all evaluators (the train split only when one of
+        them needs it).
+        """
+        if not self.evaluators:
+            return {}
+        info = objective.run_info(self.config, self.resolved, self.model, variables)
+        extra = tuple(k for ev in self.evaluators.values() for k in ev.extra_keys())
+        test = self.embed(variables, self.config.dataset.eval_split, extra)
+        train = None
+        if any(ev.needs_train for ev in self.evaluators.values()):
+            train = self.embed(variables, self.config.dataset.train_split, extra)
+        return {
+            name: ev.run(train if ev.needs_train else None, test, info)
+            for name, ev in self.evaluators.items()
+        }
+
+
+@dataclasses.dataclass
+class Restored:
+    """A checkpoint's model variables with what is needed to evaluate them."""
+
+    config: ml_collections.ConfigDict
+    resolved: Resolved
+    mesh: jax.sharding.Mesh
+    model: models.MultiModalModel
+    variables: Any
+    step: int
+
+    def evaluation(self, names: Sequence[str] | None = None) -> Evaluation:
+        """An :class:`Evaluation` of ``names`` (default: ``config.evaluators``)."""
+        return Evaluation(self.config, self.resolved, self.mesh, self.model, names)
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Restored:
+    """The model variables of ``step`` (latest good if None) of the run in ``workdir``,
+    restored without the optimizer state.
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir``.
+    """
+    runtime.initialize_distributed(config)
+    resolved = validate_config(config)
+    mesh = runtime.create_mesh()
+    model = runtime.create_model(config, resolved)
+    abstract = runtime.abstract_variables(model, resolved.modalities, mesh)
+    variables, step = state.restore_variables(workdir, abstract, step)
+    return Restored(config, resolved, mesh, model, variables, step)

@@ -1,0 +1,190 @@
+"""Every file a run writes in its workdir, and the format of each (the one module that
+writes them).
+
+* ``config.json``: the run's config (:func:`write_config`, :func:`read_config_json`).
+* ``metrics.jsonl``: one JSON object per logged step, ``{"step": s, "<tag>": value}``,
+  with tags ``train/<metric>``, ``eval/<evaluator>/<metric>`` and
+  ``final/<evaluator>/<metric>`` (:class:`MetricWriter`, :func:`read_metrics`); the same
+  scalars go to TensorBoard under ``tensorboard/``.
+* ``results.json``: the final evaluation, ``{"step": s, "<evaluator>": {"<metric>": v}}``
+  (:func:`write_results`, :func:`read_results`).
+* ``eval/results_step_<s>.json``: an evaluation of a checkpoint by ``ovaib_jax.evaluate``
+  (:func:`write_eval_results`); ``eval/results.json`` is the latest one evaluated.
+
+Whole files are written atomically (a temporary file, then ``os.replace``): a run killed
+at any moment leaves the previous version or the new one, never half of one. Only
+process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "RESULTS_FILE",
+    "MetricWriter",
+    "numbers",
+    "read_config_json",
+    "read_json",
+    "read_metrics",
+    "read_results",
+    "tb_name",
+    "write_config",
+    "write_eval_results",
+    "write_json",
+    "write_results",
+    "write_text",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+EVAL_DIR = "eval"
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (creating its directory)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any, **kwargs: Any) -> None:
+    """``json.dump(obj)`` to ``path`` atomically (numpy numbers as floats)."""
+    write_text(path, json.dumps(obj, default=float, **kwargs))
+
+
+def read_json(path: str) -> Any:
+    """The JSON content of ``path``, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def write_config(workdir: str, config_json: str) -> None:
+    """Records the run's config (``config.to_json_best_effort(indent=2)``) on process 0."""
+    if _primary():
+        write_text(os.path.join(workdir, CONFIG_FILE), config_json)
+
+
+def read_config_json(workdir: str) -> dict[str, Any] | None:
+    """``WORKDIR/config.json`` as a dict, or None."""
+    return read_json(os.path.join(workdir, CONFIG_FILE))
+
+
+# --------------------------------------------------------------------------- results
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+    """``WORKDIR/results.json`` (the final evaluation of a finished run), or None."""
+    return read_json(os.path.join(workdir, RESULTS_FILE))
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> None:
+    """Writes ``WORKDIR/results.json`` (process 0; evaluator order kept: subsets by size)."""
+    if _primary():
+        write_json(os.path.join(workdir, RESULTS_FILE), dict(results), indent=2)
+
+
+def write_eval_results(workdir: str, results: Mapping[str, Any], latest: bool) -> str:
+    """Writes ``WORKDIR/eval/results_step_<step>.json`` and, when ``latest`` (the latest
+    checkpoint was evaluated), ``eval/results.json``. Returns the first path."""
+    path = os.path.join(workdir, EVAL_DIR, f"results_step_{int(results['step'])}.json")
+    if _primary():
+        write_json(path, dict(results), indent=2, sort_keys=True)
+        if latest:
+            write_json(os.path.join(workdir, EVAL_DIR, RESULTS_FILE), dict(results), indent=2,
+                       sort_keys=True)
+    return path
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def numbers(results: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, float]:
+    """``{"{prefix}/{evaluator}/{metric}": value}`` of the numbers (tables stay out)."""
+    return {
+        f"{prefix}/{name}/{k}": float(v)
+        for name, kv in results.items()
+        for k, v in kv.items()
+        if isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
+    }
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (a workdir or the file itself)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tb_name(key: str) -> str:
+    """A TensorBoard-legal tag: ``"retrieval/a+b->c/R@1"`` -> ``"retrieval/a_b_to_c/R_at_1"``
+    (tensorboardX would rename it itself, logging a line per tag)."""
+    key = key.replace("->", "_to_").replace("@", "_at_")
+    return re.sub(r"[^-/\w.]", "_", key)
+
+
+class MetricWriter:
+    """Scalars to TensorBoard (tensorboardX) and ``metrics.jsonl`` on process 0 only.
+
+    On resume, lines of ``metrics.jsonl`` beyond the restored step (logged by a run that
+    was killed before its next checkpoint) are dropped, and TensorBoard purges them.
+    """
+
+    def __init__(self, workdir: str, start_step: int):
+        self.active = _primary()
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.tb = None
+        if not self.active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = [ln for ln in f if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= start_step]
+            if len(kept) != len(lines):
+                write_text(self.path, "".join(kept))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None
+        )
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Appends one line ``{"step": step, **scalars}`` and the TensorBoard scalars."""
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}))
+            f.write("\n")
+        for k, v in scalars.items():
+            self.tb.add_scalar(tb_name(k), float(v), int(step))
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,116 @@
+"""Where a run executes: distributed initialisation, the device mesh, the model, and
+global batches built from each process's rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ovaib_jax import models
+from ovaib_jax.validation import Resolved
+
+__all__ = [
+    "DATA_AXIS",
+    "abstract_variables",
+    "create_mesh",
+    "create_model",
+    "example_inputs",
+    "global_batch",
+    "initialize_distributed",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
+    """Calls ``jax.distributed.initialize`` when the config or the environment asks for it.
+
+    It is called when ``config.distributed.initialize`` is True (cluster auto-detection:
+    TPU pods, SLURM, Open MPI, ...), when ``config.distributed.coordinator_address`` is set
+    (explicit, with ``num_processes`` and ``process_id``), or when the environment sets
+    ``JAX_COORDINATOR_ADDRESS``. Returns whether JAX runs distributed.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    dist = config.distributed
+    address = dist.coordinator_address or None
+    if not (dist.initialize or address or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return False
+    kwargs: dict[str, Any] = {}
+    if address:
+        kwargs["coordinator_address"] = address
+    if dist.num_processes > 0:
+        kwargs["num_processes"] = int(dist.num_processes)
+    if dist.process_id >= 0:
+        kwargs["process_id"] = int(dist.process_id)
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def create_mesh(devices: Any = None) -> jax.sharding.Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices, all hosts).
+
+    Built with ``jax.sharding.Mesh`` (automatic axis type): jit propagates shardings
+    itself (see ECOSYSTEM.md on ``jax.make_mesh`` defaulting to explicit axes).
+    """
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices).reshape(-1), (DATA_AXIS,))
+
+
+def create_model(config: ml_collections.ConfigDict, resolved: Resolved) -> models.MultiModalModel:
+    """The :class:`MultiModalModel` of a validated config."""
+    return models.create_model(
+        config.model,
+        resolved.modalities,
+        normalize_embeddings=resolved.normalize_embeddings,
+        init_temperature=resolved.init_temperature,
+        projector=resolved.projector,
+    )
+
+
+def example_inputs(modalities: Any, batch: int = 2) -> dict[str, jax.Array]:
+    """Zero inputs ``{name: (batch, *shape)}`` of the dataset's dtypes (for ``init``)."""
+    return {m.name: jnp.zeros((batch, *m.shape), jnp.dtype(m.dtype)) for m in modalities}
+
+
+def abstract_variables(
+    model: models.MultiModalModel, modalities: Any, mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of ``model`` as shapes, replicated over ``mesh``."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example_inputs(modalities)))
+    replicated = NamedSharding(mesh, P())
+    tree = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), tree)
+
+
+def global_batch(
+    local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, keys: Sequence[str] | None = None
+) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded over ``"data"`` (rows in process order).
+
+    Args:
+      local: ``{key: (B_local, ...)}`` numpy arrays read by this process.
+      mesh: the run's mesh.
+      keys: the keys to keep (default: all).
+    """
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    keys = list(local) if keys is None else keys
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}

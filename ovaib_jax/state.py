@@ -1,0 +1,141 @@
+"""The train state and its checkpoints: the only module that knows the checkpoint layout.
+
+A checkpoint of step s (``WORKDIR/checkpoints/s/``, written by
+:class:`ovaib_jax.checkpointing.Checkpointer`) holds the items
+
+* ``model``: ``{"params", "batch_stats"}``, all that evaluation needs (restored alone by
+  :func:`restore_variables`);
+* ``optimizer``: ``{"step", "opt_state"}``;
+* ``data``: the input-pipeline iterator state of every process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import flax
+import jax
+
+from ovaib_jax import checkpointing
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "TrainState",
+    "abstract_items",
+    "items",
+    "open_checkpointer",
+    "restore",
+    "restore_variables",
+    "save",
+    "variables",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; replicated over the mesh).
+
+    Attributes:
+      step: int32 scalar, number of updates applied so far.
+      params: model parameters.
+      batch_stats: BatchNorm running statistics (``{}`` without BatchNorm).
+      opt_state: the optax state.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    def variables(self) -> dict[str, Any]:
+        """The Flax variables for ``model.apply``."""
+        return variables(self.params, self.batch_stats)
+
+
+def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """The Flax variables ``{"params", "batch_stats" (when not empty)}`` for ``apply``."""
+    out = {"params": params}
+    if batch_stats:
+        out["batch_stats"] = batch_stats
+    return out
+
+
+def open_checkpointer(
+    workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False
+) -> checkpointing.Checkpointer:
+    """The checkpointer of ``WORKDIR/checkpoints``."""
+    return checkpointing.Checkpointer(
+        os.path.join(workdir, CHECKPOINT_DIR),
+        max_to_keep=max_to_keep,
+        async_save=async_save,
+        read_only=read_only,
+    )
+
+
+def items(state: TrainState) -> dict[str, Any]:
+    """The checkpoint items: ``model`` (params, batch_stats) and ``optimizer``."""
+    return {
+        "model": {"params": state.params, "batch_stats": state.batch_stats},
+        "optimizer": {"step": state.step, "opt_state": state.opt_state},
+    }
+
+
+def abstract_items(state: TrainState) -> dict[str, Any]:
+    """The checkpoint items of ``state`` as abstract trees (shapes, dtypes, shardings)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), items(state)
+    )
+
+
+def save(ckpt: checkpointing.Checkpointer, step: int, state: TrainState, data_state: Any) -> bool:
+    """Saves ``state`` and this process's iterator state as step ``step`` (collective)."""
+    return ckpt.save(step, items(state), data_state)
+
+
+def restore(
+    ckpt: checkpointing.Checkpointer, state: TrainState, train_iter: Any | None
+) -> TrainState:
+    """``state`` restored from the latest good checkpoint (and the iterator's position);
+    ``state`` itself when there is no checkpoint."""
+    restored = ckpt.restore(abstract_items(state), with_data=train_iter is not None)
+    if restored is None:
+        return state
+    if train_iter is not None and restored.data is not None:
+        train_iter.set_state(restored.data)
+    log.info("Restored the checkpoint of step %d from %s.", restored.step, ckpt.directory)
+    m, o = restored.trees["model"], restored.trees["optimizer"]
+    return TrainState(
+        step=o["step"], params=m["params"], batch_stats=m["batch_stats"], opt_state=o["opt_state"]
+    )
+
+
+def restore_variables(
+    workdir: str, abstract_variables: dict[str, Any], step: int | None = None
+) -> tuple[dict[str, Any], int]:
+    """The model variables of ``step`` (latest good if None) of the run in ``workdir``,
+    without the optimizer state: ``(variables, step)``.
+
+    Args:
+      workdir: the run's directory.
+      abstract_variables: ``{"params", "batch_stats"}`` as ``jax.ShapeDtypeStruct`` trees
+        with their shardings.
+      step: the step to restore (None: the latest that restores).
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir`` (or no checkpoint of ``step``).
+    """
+    ckpt = open_checkpointer(workdir, async_save=False, read_only=True)
+    try:
+        restored = ckpt.restore({"model": abstract_variables}, step=step, with_data=False)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}.")
+    tree = restored.trees["model"]
+    return variables(tree["params"], tree["batch_stats"]), restored.step
