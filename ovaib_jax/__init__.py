@@ -1,16 +1,20 @@
 """ovaib-jax: One-vs-All Information Bottleneck for multi-modal contrastive alignment.
 
-Layout (dependencies only flow downwards in this list):
+Layers (each imports only the ones above it in this list; docs/ARCHITECTURE.md):
 
-* ``ovaib_jax.losses``: pure objectives ``fn(z, *, ..., axis_name=None, chunk_size=None)
-  -> (loss, aux)`` over embeddings ``z`` of shape ``(M, N, d)``, and retrieval scorers.
-* ``ovaib_jax.data``: TFDS builders and the grain input pipeline (never imports models).
-* ``ovaib_jax.models``: Flax encoders per modality and the multi-modal model.
-* ``ovaib_jax.evaluators``: probes, retrieval, MI bounds and report tables on embedded
-  splits (numpy arrays; no model).
-* ``ovaib_jax.train`` / ``ovaib_jax.main`` / ``ovaib_jax.evaluate``: the only modules that
-  join objectives, models and data.
-* ``ovaib_jax.sweep``: every objective x seed of one experiment, and their report.
+* foundations: ``losses`` (pure objectives ``fn(z, *, ..., axis_name=None,
+  chunk_size=None) -> (loss, aux)`` over ``z`` of shape ``(M, N, d)``, and retrieval
+  scorers; jax alone), ``models`` (Flax encoders and the multi-modal model), ``data``
+  (TFDS builders, grain pipeline), ``checkpointing``, ``host``, ``records`` (every file of
+  a workdir);
+* ``reporting`` (sweep tables, figures), ``state`` (train state, checkpoint layout);
+* ``evaluators``: one protocol on embedded splits;
+* ``configs`` (authoring, loading, recording), ``validation`` (checks before a run);
+* ``runtime`` (mesh, model, global batches), ``inputs`` (data iterators),
+  ``objective`` (the objective bound to the model);
+* ``step`` (optimizer, train state, the jitted step), ``evaluation`` (evaluators on
+  embedded splits);
+* ``train`` (the loop); ``main``, ``evaluate``, ``sweep`` (command lines).
 """
 
 __version__ = "0.1.0"
