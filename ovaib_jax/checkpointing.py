@@ -29,7 +29,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "Restored", "gather_process_json"]
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "Restored",
+    "gather_process_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,16 @@ def gather_process_json(obj: Any) -> list[Any]:
     return [json.loads(bytes(every[i, : lengths[i]]).decode()) for i in range(len(lengths))]
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (its message names the cause and the last
+    complete checkpoint)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not match the model's structure or shapes: it belongs to another
+    model config, it is not damaged (never moved aside)."""
+
+
 class Restored:
     """What :meth:`Checkpointer.restore` found: ``step``, ``trees`` by item, ``data`` state."""
 
@@ -56,6 +72,24 @@ class Restored:
         self.step = step
         self.trees = trees
         self.data = data
+
+
+class _BackgroundSaveErrors(logging.Filter):
+    """Drops orbax's own error records of a failed background save (one per thread and
+    array, hundreds of lines): the failure is raised once, as a
+    :class:`CheckpointSaveError` naming the cause, at the next save or at close."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if f"{os.sep}orbax{os.sep}checkpoint{os.sep}" not in (record.pathname or ""):
+            return True
+        message = record.getMessage()
+        background = record.exc_info is not None or "raised an exception" in message
+        return not (background or "failed" in message.lower())
+
+
+_FILTER = _BackgroundSaveErrors()
 
 
 class Checkpointer:
@@ -88,7 +122,11 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             read_only=read_only,
         )
+        absl_logger = logging.getLogger("absl")
+        if _FILTER not in absl_logger.filters:
+            absl_logger.addFilter(_FILTER)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step of the last save started
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -116,16 +154,57 @@ class Checkpointer:
         if data_state is not None:
             states = gather_process_json(data_state)
             items["data"] = ocp.args.JsonSave({"process_count": len(states), "states": states})
+        self.check_for_errors()  # a failed background save stops the run at the next save
         if step in self.manager.all_steps():
             return False  # already saved (e.g. a final save right after a periodic one)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # this save failed, or the previous one (orbax waits for it)
+            raise self._save_error(step, e) from e
+        self._pending = step
+        return started
+
+    def check_for_errors(self) -> None:
+        """Raises :class:`CheckpointSaveError` if a background save failed."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._save_error(self._pending, e) from e
 
     def wait_until_finished(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(self._pending, e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save (raising :class:`CheckpointSaveError` if it failed),
+        then closes the manager (always)."""
+        try:
+            self.wait_until_finished()
+        finally:
+            try:
+                self.manager.close()
+            except Exception as e:  # already reported by wait_until_finished
+                log.debug("Closing the checkpoint manager: %s", e)
+
+    def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+        cause = error
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        try:
+            self.manager.reload()
+            last = self.manager.latest_step()
+            if self._pending is not None and self._pending not in self.manager.all_steps():
+                step = self._pending  # the background save of an earlier step failed
+        except Exception:
+            last = None
+        return CheckpointSaveError(
+            f"Saving the checkpoint of step {step} in {self.directory} failed "
+            f"({type(cause).__name__}: {str(cause)[:300]}). The last complete checkpoint is "
+            + (f"step {last}" if last is not None else "none (no checkpoint saved yet)")
+            + "; rerun the same command to resume from it once the cause is fixed."
+        )
 
     # ---- restore ---------------------------------------------------------------------
 
@@ -169,7 +248,11 @@ class Checkpointer:
                 raise FileNotFoundError(
                     f"No checkpoint of step {step} in {self.directory}; saved steps: {steps}."
                 )
-            return self._restore_step(step, abstract, with_data)
+            try:
+                return self._restore_step(step, abstract, with_data)
+            except Exception as e:
+                self._raise_if_mismatch(step, abstract, e)
+                raise
         if not steps:
             return None
         errors = []
@@ -177,6 +260,8 @@ class Checkpointer:
             try:
                 return self._restore_step(s, abstract, with_data)
             except Exception as e:
+                # Another model's checkpoint is not damage: stop, and move nothing.
+                self._raise_if_mismatch(s, abstract, e)
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 log.warning(
                     "Checkpoint of step %d in %s failed to restore (%s: %s); falling back to "
@@ -193,6 +278,30 @@ class Checkpointer:
             "Remove the directory to start from scratch, or restore an older copy."
         )
 
+    def _raise_if_mismatch(self, step: int, abstract: Mapping[str, Any], error: Exception):
+        """Raises :class:`CheckpointMismatchError` when the metadata of ``step`` reads fine
+        and its model arrays differ from ``abstract["model"]`` in structure or shape
+        (unreadable metadata is damage: nothing is raised)."""
+        if "model" not in abstract:
+            return
+        try:  # the model item: nested dicts, whose key paths read the same in metadata
+            stored = _shapes(self.manager.item_metadata(step)["model"].tree)
+        except Exception:
+            return
+        want = _shapes(abstract["model"])
+        diffs = [
+            f"{k}: checkpoint {stored.get(k, 'absent')}, model {want.get(k, 'absent')}"
+            for k in sorted(set(want) | set(stored))
+            if stored.get(k) != want.get(k)
+        ]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"The checkpoint of step {step} in {self.directory} does not match the model "
+                f"({len(diffs)} difference(s): {'; '.join(diffs[:5])}). It was written by a "
+                "run with another model config: it is not damaged and was left in place. "
+                "Rerun with that run's config (WORKDIR/config.json), or use another --workdir."
+            ) from error
+
     def _quarantine(self, step: int) -> None:
         """Moves a damaged step out of the manager's directory (primary process only).
 
@@ -205,14 +314,22 @@ class Checkpointer:
             if os.path.isdir(src):
                 os.makedirs(self.corrupt_directory, exist_ok=True)
                 dst = os.path.join(self.corrupt_directory, str(step))
-                if os.path.exists(dst):
-                    shutil.rmtree(dst)
+                n = 1
+                while os.path.exists(dst):  # never overwrite what was moved aside before
+                    dst = os.path.join(self.corrupt_directory, f"{step}.{n}")
+                    n += 1
                 shutil.move(src, dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"ovaib_quarantine_{step}")
         self.manager.reload()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{key path: shape}`` of the array leaves of a tree (metadata or abstract)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat if hasattr(x, "shape")}
 
 
 def _this_process_state(saved: Any) -> Any:

@@ -21,17 +21,22 @@ from typing import Any
 import ml_collections
 
 __all__ = [
+    "EVALUATION_FIELDS",
     "HEAVY_EVALUATORS",
     "OBJECTIVE_OVERRIDES",
     "OFFLINE_PROBE",
     "OPTIMIZERS",
     "PROJECTOR_CHOICES",
+    "RESUMABLE_FIELDS",
     "SCHEDULES",
     "apply_overrides",
+    "changed_keys",
     "dataset_kwargs",
     "evaluation_setup",
     "evaluator_names",
+    "flatten",
     "from_json",
+    "is_under",
     "load_experiment",
     "objective_config",
     "objective_hparam_names",
@@ -255,6 +260,55 @@ def _parse_like(raw: str, old: Any, key: str) -> Any:
 
 
 # --------------------------------------------------------------------------- run config
+
+# Fields a rerun on an existing workdir may change: what is logged, evaluated and kept,
+# and where and how fast data and checkpoints are read and written. Anything else would
+# make the checkpoints and records another run's (``num_train_steps`` has its own rule:
+# ovaib_jax.workdir).
+RESUMABLE_FIELDS = (
+    "num_train_steps", "log_every_steps", "eval_every_steps", "eval_num_batches",
+    "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints", "async_checkpointing",
+    "evaluators", "final_evaluators", "evaluator_kwargs",
+    "dataset.data_dir", "dataset.manual_dir", "dataset.prefetch", "dataset.device_prefetch",
+    "dataset.cache_max_mb", "distributed",
+)  # fmt: skip
+# The fields of the evaluation only (a sweep keeps a finished run's results when only
+# these differ).
+EVALUATION_FIELDS = ("evaluators", "final_evaluators", "evaluator_kwargs")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` of a nested mapping (a ConfigDict as JSON, or a dict)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(flatten(v, key) if isinstance(v, Mapping) else {key: v})
+    return out
+
+
+def is_under(key: str, fields: Sequence[str]) -> bool:
+    """Whether dotted ``key`` is one of ``fields`` or inside one of them."""
+    return any(key == f or key.startswith(f + ".") for f in fields)
+
+
+def changed_keys(recorded: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """The dotted keys in which ``config`` differs from a recorded run config (its
+    ``config.json``), sorted.
+
+    An objective hyper-parameter added to the library after the run was recorded does
+    not count when ``config`` holds it at its default: the run behaved that way.
+    """
+    import json
+
+    new, was = flatten(json.loads(to_json(config))), flatten(recorded)
+    diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
+    try:
+        defaults = flatten({"objective": objective_config(config.objective.name).to_dict()})
+    except ValueError:
+        defaults = {}
+    return [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
+
+
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

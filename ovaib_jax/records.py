@@ -138,7 +138,8 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    return [json.loads(line) for line in lines if _step_of(line) != float("inf")]
 
 
 def tb_name(key: str) -> str:
@@ -146,6 +147,15 @@ def tb_name(key: str) -> str:
     (tensorboardX would rename it itself, logging a line per tag)."""
     key = key.replace("->", "_to_").replace("@", "_at_")
     return re.sub(r"[^-/\w.]", "_", key)
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinity for a line cut short (a full disk,
+    a kill mid-write), so that resuming drops it."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
 
 
 class MetricWriter:
@@ -165,7 +175,7 @@ class MetricWriter:
         if os.path.exists(self.path):
             with open(self.path) as f:
                 lines = [ln for ln in f if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= start_step]
+            kept = [ln for ln in lines if _step_of(ln) <= start_step]
             if len(kept) != len(lines):
                 write_text(self.path, "".join(kept))
         from tensorboardX import SummaryWriter
@@ -178,9 +188,9 @@ class MetricWriter:
         """Appends one line ``{"step": step, **scalars}`` and the TensorBoard scalars."""
         if not self.active:
             return
+        line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}))
-            f.write("\n")
+            f.write(line + "\n")  # one write: a line is whole or, if cut, dropped on resume
         for k, v in scalars.items():
             self.tb.add_scalar(tb_name(k), float(v), int(step))
         self.tb.flush()

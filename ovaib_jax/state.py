@@ -17,18 +17,22 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 
 from ovaib_jax import checkpointing
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "EXPLODED",
     "TrainState",
     "abstract_items",
+    "healthy",
     "items",
     "open_checkpointer",
     "restore",
     "restore_variables",
     "save",
+    "saved_steps",
     "variables",
 ]
 
@@ -93,9 +97,52 @@ def abstract_items(state: TrainState) -> dict[str, Any]:
     )
 
 
+# A parameter or optimizer value this large has exploded: its square overflows float32, so
+# the next forward pass (norms, Gram matrices) would be non-finite.
+EXPLODED = 1.8e19
+
+
+@jax.jit
+def _healthy(tree: Any) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.abs(x) < EXPLODED) for x in leaves]))
+
+
+def healthy(state: TrainState) -> bool:
+    """Whether every parameter, BatchNorm statistic and optimizer value is finite and below
+    :data:`EXPLODED` in magnitude (NaN compares false). One reduction on device and one
+    boolean to the host: run it before a save, not every step."""
+    return bool(_healthy((state.params, state.batch_stats, state.opt_state)))
+
+
 def save(ckpt: checkpointing.Checkpointer, step: int, state: TrainState, data_state: Any) -> bool:
-    """Saves ``state`` and this process's iterator state as step ``step`` (collective)."""
+    """Saves ``state`` and this process's iterator state as step ``step`` (collective).
+
+    Raises:
+      FloatingPointError: the state is not :func:`healthy` (nothing is saved, so the
+        latest checkpoint stays a good one).
+    """
+    if not healthy(state):
+        last = ckpt.latest_step()
+        raise FloatingPointError(
+            f"The parameters at step {step} are non-finite or exploded (|x| >= {EXPLODED:.1e}): "
+            f"training stopped without saving them. The last good checkpoint is step {last}"
+            + (" (none saved yet)" if last is None else "")
+            + ". Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or raise "
+            "objective.tau, then resume from that checkpoint."
+        )
     return ckpt.save(step, items(state), data_state)
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in ``WORKDIR/checkpoints`` (read from the
+    directory names: temporary directories of unfinished saves are not steps)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
 def restore(

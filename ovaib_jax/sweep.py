@@ -34,7 +34,6 @@ runs of one objective differ only in data, so later seeds skip compiling); pass
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shlex
@@ -109,20 +108,6 @@ def objective_configs(
     return out, notes
 
 
-# Fields that change what is measured after training, not what is trained: a run that
-# differs from the sweep's config only in these is the same run.
-EVALUATION_KEYS = ("evaluators", "final_evaluators", "evaluator_kwargs")
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
 def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> RunRecord:
     """Trains and evaluates one run (skipped when finished or failed before).
 
@@ -132,13 +117,8 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     """
     old = records.read_config_json(workdir)
     if old:
-        new, was = _flat(json.loads(config.to_json_best_effort())), _flat(old)
-        diff = sorted(k for k in set(new) | set(was) if new.get(k) != was.get(k))
-        # An objective option added to the library after the run, at its default (the
-        # behaviour the run had), does not make it another run.
-        defaults = {f"objective.{k}": v for k, v in configs.objective_config(objective).items()}
-        diff = [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
-        eval_only = [k for k in diff if k.split(".")[0] in EVALUATION_KEYS]
+        diff = configs.changed_keys(old, config)
+        eval_only = [k for k in diff if configs.is_under(k, configs.EVALUATION_FIELDS)]
         if eval_only:
             log.warning(
                 "%s was set up with other evaluation settings (%s); its results keep them "

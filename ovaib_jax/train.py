@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ import ml_collections
 import optax
 
 from ovaib_jax import checkpointing, configs, host, inputs, models, records, runtime, state, step
+from ovaib_jax import workdir as workdir_lib
 from ovaib_jax.evaluation import Evaluation
 from ovaib_jax.objective import make_objective
 from ovaib_jax.validation import Resolved, validate_config
@@ -242,33 +244,69 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results, "final": the content of results.json (None if not written), "preempted":
       bool}``.
     """
-    import os
-
     runtime.initialize_distributed(config)
     # Installed before anything slow: a SIGTERM during set-up stops at the first step.
     preemption = _Preemption()
     workdir = os.path.abspath(workdir)
+    lock = workdir_lib.Lock(workdir)
     try:
-        run = build(config, workdir)  # validates the config first
+        lock.acquire()  # a second run on a live workdir stops here, naming the holder
+        validate_config(config)
+        workdir_lib.check_resume(config, workdir)  # before anything in the workdir changes
+        run = build(config, workdir)
     except BaseException:
         preemption.restore()
+        lock.release()
         raise
-    records.write_config(workdir, configs.to_json(config))  # only a config that builds
     preemption.checkpointer = run.checkpointer
     start = int(host.to_host(run.state.step))
+    workdir_lib.record_start(config, workdir, start)  # only a config that builds
     writer = records.MetricWriter(workdir, start)
     batches = inputs.device_batches(
         run.train_iter, run.mesh, run.modality_names, int(config.dataset.device_prefetch)
     )
+    closers = [batches.close, preemption.restore, writer.close]
+    if run.checkpointer is not None:
+        closers.append(run.checkpointer.close)  # raises if the last save failed
+    closers.append(lock.release)
     try:
         result = _loop(config, run, workdir, start, batches, writer, preemption)
+    except OSError as e:  # e.g. a full disk while logging
+        raise RuntimeError(_write_failed(workdir, run.checkpointer, e)) from e
     finally:
-        batches.close()
-        preemption.restore()
-        writer.close()
-        if run.checkpointer is not None:
-            run.checkpointer.close()
+        failed = _close_all(closers)
+    if failed is not None:
+        raise failed
     return result
+
+
+def _write_failed(workdir: str, ckpt: checkpointing.Checkpointer | None, error: OSError) -> str:
+    last = None
+    if ckpt is not None:
+        try:
+            ckpt.manager.reload()
+            last = ckpt.latest_step()
+        except Exception:
+            pass
+    return (
+        f"Writing to {workdir} failed ({type(error).__name__}: {error}); training stopped. "
+        "The last complete checkpoint is "
+        + (f"step {last}" if last is not None else "none (no checkpoint saved yet)")
+        + "; rerun the same command to resume once the cause is fixed."
+    )
+
+
+def _close_all(closers: list[Callable[[], Any]]) -> BaseException | None:
+    """Calls every closer even if some fail; returns the first failure (logged, not
+    raised, when the run is already failing with another error)."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            log.debug("Closing %s: %s", close, e)
+            first = first or e
+    return first
 
 
 def _loop(

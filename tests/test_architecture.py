@@ -17,10 +17,11 @@ LAYERS = {
     "reporting": 1, "state": 1,
     # 2: evaluators on embedded arrays
     "evaluators": 2,
-    # 3-4: configs (authoring, loading, recording), then their validation
-    "configs": 3, "validation": 4,
+    # 3-4: configs (authoring, loading, recording), then their validation; what the
+    # programs show (progress, summary, config errors: console)
+    "configs": 3, "validation": 4, "console": 4,
     # 5-6: where a run executes; its input and its objective bound to the model
-    "runtime": 5, "inputs": 6, "objective": 6,
+    "runtime": 5, "workdir": 5, "inputs": 6, "objective": 6,
     # 7: the train step and the evaluation assembly
     "step": 7, "evaluation": 7,
     # 8: the loop; 9: command-line entry points

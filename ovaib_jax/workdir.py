@@ -1,0 +1,168 @@
+"""The rules of a workdir: one live run at a time, and a rerun that continues the same run.
+
+* :class:`Lock`: an exclusive lock on ``WORKDIR/.lock`` (``fcntl.flock``) held for the whole
+  run by process 0. The kernel releases it when the holder exits, however it exits
+  (SIGKILL included), so it is never left stuck; a second run on a live workdir stops at
+  once with a message naming the holder (pid, host, start time, command).
+* :func:`check_resume`: a rerun on a workdir that holds a run must continue that run. Its
+  config may differ from the recorded ``config.json`` only in
+  :data:`ovaib_jax.configs.RESUMABLE_FIELDS` (what is logged, evaluated and kept, where
+  data lives); ``num_train_steps`` may not go below the latest checkpoint, nor change at
+  all when the learning-rate schedule decays over it. Anything else stops the rerun
+  before it touches the workdir, listing the differing keys.
+* :func:`record_start`: the accepted config is recorded (``config.json``) with the sha256
+  of the fields that identify the run, and each start is appended to ``run.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+from ovaib_jax import configs, records, state
+
+__all__ = ["Lock", "ResumeError", "WorkdirBusyError", "check_resume", "identity_hash"]
+
+LOCK_FILE = ".lock"
+RUN_FILE = "run.json"
+# Schedules whose learning rate at a given step depends on num_train_steps.
+DECAYING_SCHEDULES = ("cosine", "warmup_cosine")
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another live process holds the workdir."""
+
+
+class ResumeError(ValueError):
+    """A rerun whose config would make the workdir's records another run's."""
+
+
+class Lock:
+    """The exclusive lock of a workdir (process 0 only; a no-op on other processes).
+
+    Use as a context manager; :meth:`acquire` raises :class:`WorkdirBusyError` naming the
+    holder when another process holds it.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self._file: Any = None
+
+    def acquire(self) -> Lock:
+        if jax.process_index() != 0:
+            return self
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise WorkdirBusyError(
+                f"{os.path.dirname(self.path)} is in use by {holder}. Wait for that run to "
+                "end (or stop it), or use another --workdir."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        since = datetime.datetime.now().isoformat(timespec="seconds")
+        command = " ".join(sys.argv)[:300]
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
+
+    def __enter__(self) -> Lock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _fixed(config_json: dict[str, Any]) -> dict[str, Any]:
+    flat = configs.flatten(config_json)
+    return {k: v for k, v in flat.items() if not configs.is_under(k, configs.RESUMABLE_FIELDS)}
+
+
+def identity_hash(config: ml_collections.ConfigDict) -> str:
+    """sha256 of the fields that identify a run (all but the resumable ones)."""
+    fixed = _fixed(json.loads(configs.to_json(config)))
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises :class:`ResumeError` when ``config`` cannot continue the run in ``workdir``.
+
+    Nothing is written: the check runs before the run is built.
+    """
+    recorded = records.read_config_json(workdir)
+    steps = state.saved_steps(workdir)
+    if recorded is None:
+        if steps:
+            raise ResumeError(
+                f"{workdir} holds checkpoints {steps} but no config.json: cannot tell which "
+                "config trained them. Restore config.json, or use another --workdir."
+            )
+        return
+    changed = configs.changed_keys(recorded, config)
+    fixed = [k for k in changed if not configs.is_under(k, configs.RESUMABLE_FIELDS)]
+    if fixed:
+        flat = configs.flatten(recorded)
+        new = configs.flatten(json.loads(configs.to_json(config)))
+        lines = [f"  {k}: {flat.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in fixed]
+        raise ResumeError(
+            f"{workdir} holds a run trained with another config; a rerun may change only "
+            f"{', '.join(configs.RESUMABLE_FIELDS)}. Differs in:\n" + "\n".join(lines)
+            + "\nUse another --workdir for a new run (nothing was changed in this one)."
+        )
+    total, was = int(config.num_train_steps), int(recorded.get("num_train_steps", 0))
+    latest = max(steps) if steps else 0
+    if total < latest:
+        raise ResumeError(
+            f"--config.num_train_steps={total} is below the latest checkpoint of {workdir} "
+            f"(step {latest}); its records would mislabel the step-{latest} model. Use "
+            f"num_train_steps >= {latest}, or evaluate an earlier checkpoint with "
+            f"python -m ovaib_jax.evaluate --workdir={workdir} --step=N."
+        )
+    if total != was and config.optimizer.schedule in DECAYING_SCHEDULES and latest:
+        raise ResumeError(
+            f"--config.num_train_steps={total} differs from the run's {was}, and the "
+            f"{config.optimizer.schedule!r} schedule decays over num_train_steps: the steps "
+            "already taken would have had other learning rates. Use another --workdir."
+        )
+
+
+def record_start(config: ml_collections.ConfigDict, workdir: str, start_step: int) -> None:
+    """Records the accepted config (``config.json``) and appends this start to
+    ``run.json`` (``{"identity_sha256": ..., "starts": [{"time", "step", "host",
+    "changed"}]}``)."""
+    recorded = records.read_config_json(workdir)
+    changed = configs.changed_keys(recorded, config) if recorded is not None else []
+    records.write_config(workdir, configs.to_json(config))
+    run = records.read_json(os.path.join(workdir, RUN_FILE)) or {"starts": []}
+    run["identity_sha256"] = identity_hash(config)
+    run["starts"].append(
+        {
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "step": int(start_step),
+            "host": socket.gethostname(),
+            "changed": changed,
+        }
+    )
+    if jax.process_index() == 0:
+        records.write_json(os.path.join(workdir, RUN_FILE), run, indent=2)

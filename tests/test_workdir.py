@@ -1,0 +1,216 @@
+"""A workdir never lies and never loses data (issue 11, items 1-6).
+
+* a rerun whose config would make the records another run's stops at start, names the
+  differing keys and touches nothing; a checkpoint of another model is never moved;
+* ``num_train_steps`` below the latest checkpoint is refused;
+* nothing non-finite or exploded is ever saved;
+* one live run per workdir (a SIGKILLed holder leaves no stale lock);
+* a full disk stops the run with one error naming the cause and the last complete
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ovaib_jax import checkpointing, state, train, workdir
+from tests.train_helpers import ROOT, TINY, main_cmd, read_model, subprocess_env, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("workdir_data"))
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """A finished tiny run (6 steps, checkpoints 3 and 6) and its config."""
+    wd = str(tmp_path_factory.mktemp("finished") / "run")
+    config = tiny_config(data_dir, eval_every_steps=6, eval_num_batches=1)
+    train.train_and_evaluate(config, wd)
+    return wd, config
+
+
+def _snapshot(wd: str) -> dict[str, str]:
+    """sha256 of every file of a workdir but the lock (what "touches nothing" means)."""
+    out = {}
+    for root, _, files in os.walk(wd):
+        for f in files:
+            if f != workdir.LOCK_FILE:
+                p = os.path.join(root, f)
+                out[os.path.relpath(p, wd)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("model.embedding_dim", 16), ("objective.tau", 0.5), ("optimizer.name", "sgd")],
+)
+def test_a_changed_config_is_refused_and_touches_nothing(finished, key, value):
+    """Items 1 and 2: a shape change and a hyper-parameter change on resume."""
+    wd, base = finished
+    before = _snapshot(wd)
+    config = tiny_config(base.dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(workdir.ResumeError, match=key.replace(".", r"\.")) as err:
+        train.train_and_evaluate(config, wd)
+    assert "nothing was changed" in str(err.value)
+    assert _snapshot(wd) == before
+    assert not os.path.exists(os.path.join(os.path.dirname(wd), "checkpoints_corrupt"))
+
+
+def test_a_checkpoint_of_another_model_is_not_damage(finished, tmp_path):
+    """Item 1 at the checkpoint level: restoring with other shapes raises a clear error
+    and moves nothing (the fallback is for unreadable files only)."""
+    wd, base = finished
+    before = _snapshot(wd)
+    config = tiny_config(base.dataset.data_dir, **{"model.embedding_dim": 16})
+    run = train.build(config, with_data=False)
+    ckpt = state.open_checkpointer(wd)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match=r"\(16,\)|16\)"):
+        state.restore(ckpt, run.state, None)
+    ckpt.close()
+    assert _snapshot(wd) == before
+    assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
+
+
+def test_num_train_steps_below_the_latest_checkpoint_is_refused(finished):
+    """Item 3: results of the step-6 model must never be labelled step 3."""
+    wd, base = finished
+    before = _snapshot(wd)
+    config = tiny_config(base.dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    config.num_train_steps = 3
+    with pytest.raises(workdir.ResumeError, match="below the latest checkpoint"):
+        train.train_and_evaluate(config, wd)
+    assert _snapshot(wd) == before
+    assert json.load(open(os.path.join(wd, "results.json")))["step"] == 6
+
+
+def test_resumable_changes_continue_the_run_and_are_recorded(data_dir, tmp_path):
+    wd = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(data_dir), wd)
+    config = tiny_config(data_dir, num_train_steps=8, log_every_steps=4)
+    out = train.train_and_evaluate(config, wd)
+    assert out["step"] == 8 and state.saved_steps(wd)[-1] == 8
+    run = json.load(open(os.path.join(wd, workdir.RUN_FILE)))
+    assert [s["step"] for s in run["starts"]] == [0, 6]
+    assert run["starts"][1]["changed"] == ["log_every_steps", "num_train_steps"]
+    assert json.load(open(os.path.join(wd, "config.json")))["num_train_steps"] == 8
+    assert run["identity_sha256"] == workdir.identity_hash(tiny_config(data_dir))
+    # A decaying schedule fixes num_train_steps: changing it would rewrite the past.
+    wd2 = str(tmp_path / "cosine")
+    train.train_and_evaluate(tiny_config(data_dir, **{"optimizer.schedule": "cosine"}), wd2)
+    longer = tiny_config(data_dir, num_train_steps=9, **{"optimizer.schedule": "cosine"})
+    with pytest.raises(workdir.ResumeError, match="decays over num_train_steps"):
+        train.train_and_evaluate(longer, wd2)
+
+
+def test_nothing_exploded_is_saved(data_dir, tmp_path):
+    """Item 4: the loss and gradient norm are checked before the update; the parameters
+    after it must be checked before they are saved."""
+    wd = str(tmp_path / "exploded")
+    config = tiny_config(
+        data_dir,
+        num_train_steps=20,
+        checkpoint_every_steps=1,
+        **{"optimizer.learning_rate": 1e38, "optimizer.name": "sgd"},
+    )
+    with pytest.raises(FloatingPointError) as err:
+        train.train_and_evaluate(config, wd)
+    saved = state.saved_steps(wd)
+    last = saved[-1] if saved else None
+    assert f"last good checkpoint is step {last}" in str(err.value)
+    for s in saved:
+        for leaf in _leaves(read_model(wd, s)):
+            assert np.all(np.isfinite(leaf)) and np.max(np.abs(leaf)) < state.EXPLODED
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    else:
+        yield np.asarray(tree)
+
+
+def test_healthy_rejects_nan_inf_and_exploded_values():
+    import jax.numpy as jnp
+
+    def st(x):
+        return state.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.asarray(x)}, {}, ())
+
+    assert state.healthy(st([1.0, -2.0]))
+    for bad in ([1.0, np.nan], [np.inf, 0.0], [2.9e38, 0.0], [-1.9e19, 0.0]):
+        assert not state.healthy(st(np.asarray(bad, np.float32))), bad
+
+
+def test_one_live_run_per_workdir(data_dir, tmp_path):
+    """Item 5: a second run on a live workdir is refused naming the holder; a SIGKILLed
+    holder leaves no stale lock."""
+    wd = str(tmp_path / "locked")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from ovaib_jax.workdir import Lock; held = Lock(sys.argv[1]).acquire();"
+         "print('held', flush=True); time.sleep(120)", wd],
+        cwd=ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(workdir.WorkdirBusyError, match=f"pid {holder.pid} on"):
+            train.train_and_evaluate(tiny_config(data_dir), wd)
+        assert not os.path.exists(os.path.join(wd, "config.json"))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    out = train.train_and_evaluate(tiny_config(data_dir), wd)
+    assert out["step"] == 6
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (needs root, as CI and the dev machines run; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield str(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_error(data_dir, small_disk):
+    """Item 6: the failed save stops the run (not the TensorBoard flush much later), the
+    error names the cause and the last complete checkpoint, and that checkpoint is the
+    latest one listed and restores."""
+    wd = os.path.join(small_disk, "run")
+    over = dict(TINY, **{"dataset.data_dir": data_dir, "checkpoint_every_steps": 1,
+                         "num_train_steps": 40})  # fmt: skip
+    t0 = time.time()
+    r = subprocess.run(main_cmd(wd, over), env=subprocess_env(1), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode != 0
+    assert "No space left on device" in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "last complete checkpoint is" in ln]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert len(lines) < 40, f"{len(lines)} lines:\n" + "\n".join(lines[-60:])
+    saved = state.saved_steps(wd)
+    assert saved and f"last complete checkpoint is step {saved[-1]}" in errors[0]
+    assert read_model(wd, saved[-1])  # complete: it restores
+    assert time.time() - t0 < 300
