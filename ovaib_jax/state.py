@@ -27,6 +27,7 @@ __all__ = [
     "TrainState",
     "abstract_items",
     "healthy",
+    "last_good",
     "items",
     "open_checkpointer",
     "restore",
@@ -125,15 +126,26 @@ def save(ckpt: checkpointing.Checkpointer, step: int, state: TrainState, data_st
         latest checkpoint stays a good one).
     """
     if not healthy(state):
-        last = ckpt.latest_step()
         raise FloatingPointError(
             f"The parameters at step {step} are non-finite or exploded (|x| >= {EXPLODED:.1e}): "
-            f"training stopped without saving them. The last good checkpoint is step {last}"
-            + (" (none saved yet)" if last is None else "")
-            + ". Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or raise "
-            "objective.tau, then resume from that checkpoint."
+            f"training stopped without saving them. {last_good(ckpt)}"
         )
     return ckpt.save(step, items(state), data_state)
+
+
+def last_good(ckpt: checkpointing.Checkpointer | None) -> str:
+    """What to do after a divergence, naming the last good checkpoint (every saved one
+    is :func:`healthy`)."""
+    last = ckpt.latest_step() if ckpt is not None else None
+    where = (
+        f"The last good checkpoint is step {last}; resume from it"
+        if last is not None
+        else "No checkpoint was saved yet; start again"
+    )
+    return (
+        f"{where} after lowering optimizer.learning_rate, setting optimizer.grad_clip_norm, "
+        "or raising objective.tau."
+    )
 
 
 def saved_steps(workdir: str) -> list[int]:

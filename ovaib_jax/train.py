@@ -183,13 +183,9 @@ class _TrainMetrics:
 def _check_finite(step: int, scalars: Mapping[str, float], ckpt) -> None:
     bad = {k: v for k, v in scalars.items() if not math.isfinite(v) and k in ("loss", "grad_norm")}
     if bad:
-        last = ckpt.latest_step() if ckpt is not None else None
         raise FloatingPointError(
             f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: "
-            f"training stopped. The last good checkpoint is step {last}"
-            + (" (none saved yet)" if last is None else "")
-            + ". Lower optimizer.learning_rate, set optimizer.grad_clip_norm, or raise "
-            "objective.tau, then resume from that checkpoint."
+            f"training stopped. {state.last_good(ckpt)}"
         )
 
 
