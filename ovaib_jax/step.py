@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -113,6 +114,7 @@ def train_step(
         (z, _), updates = model.apply(
             variables(params, state.batch_stats), batch, train=True, mutable=["batch_stats"]
         )
+        chex.assert_shape(z, (len(model.encoders), None, model.embedding_dim))  # (M, B, d)
         loss, aux = objective(z, params, key)
         return loss, (aux, updates.get("batch_stats", state.batch_stats))
 

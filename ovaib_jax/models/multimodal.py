@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -109,6 +110,8 @@ class MultiModalModel(nn.Module):
             raise KeyError(
                 f"MultiModalModel: batch lacks modalities {missing}; it has {sorted(inputs)}."
             )
+        # Every modality of a batch holds the same N examples.
+        chex.assert_equal_shape_prefix([inputs[n] for n in self.modality_names], prefix_len=1)
         return {
             name: self.encoder_modules[name](_as_float(inputs[name]), train=train)
             for name in self.modality_names

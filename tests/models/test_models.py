@@ -197,3 +197,11 @@ def test_encoder_overrides():
         models.parse_encoder_overrides("b:mlp")
     with pytest.raises(ValueError, match=r"\['c'\]"):
         models.resolve_encoders(mods, {"c": "mlp"})
+
+
+def test_modalities_of_one_batch_must_hold_the_same_examples():
+    model, _ = _model()
+    a = jax.random.normal(KEY, (3, 5))
+    img = jnp.zeros((4, 8, 8, 1), jnp.uint8)
+    with pytest.raises(AssertionError, match=r"different shape prefixes: \[\(3,\), \(4,\)\]"):
+        model.init(KEY, {"a": a, "img": img})
