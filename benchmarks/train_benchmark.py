@@ -13,7 +13,10 @@ Measures, on the default config (or any other):
   which goes first) and medians over the chunks are reported, so a change of the
   machine's load (other jobs on a shared CPU) hits both alike;
 * the time of the objective alone (forward + backward, under the same shard_map, on
-  embeddings of the step's shape) as a share of the step time.
+  embeddings of the step's shape) as a share of the step time;
+* the whole training loop (``train.train_and_evaluate``: metrics summed on device,
+  fetched only at log steps) with ``log_every_steps=1`` against ``100``: steps/s over
+  the steps after the first 100 (compilation excluded), runs alternating.
 
 Prints a table and writes ``benchmarks/results/train_benchmark_<platform>.md``.
 """
@@ -42,6 +45,8 @@ flags.DEFINE_integer("steps", 1000, "Timed steps per variant.")
 flags.DEFINE_integer("chunk", 25, "Steps per timed chunk (the variants alternate by chunk).")
 flags.DEFINE_integer("warmup", 20, "Untimed steps of each variant before timing.")
 flags.DEFINE_integer("repeats", 3, "Measurements of the objective alone (the best is reported).")
+flags.DEFINE_integer("loop_steps", 600, "Steps of each loop run (log_every_steps 1 vs 100).")
+flags.DEFINE_integer("loop_repeats", 2, "Runs of each loop variant (alternating).")
 flags.DEFINE_string("out", os.path.join(_ROOT, "benchmarks", "results"), "Results directory.")
 FLAGS = flags.FLAGS
 
@@ -98,6 +103,35 @@ def _objective_time(run, steps: int) -> float:
     return best
 
 
+def _loop_rate(config, log_every: int, steps: int) -> float:
+    """Steps/s of the training loop after its first 100 steps, from metrics.jsonl."""
+    import copy
+    import json
+    import tempfile
+
+    from ovaib_jax import train
+
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.num_train_steps = steps
+        config.log_every_steps = log_every
+        config.checkpoint_every_steps = steps
+        config.eval_every_steps = 0
+        config.final_evaluators = ""
+    with tempfile.TemporaryDirectory() as workdir:
+        train.train_and_evaluate(config, workdir)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            lines = [json.loads(x) for x in f if "train/steps_per_sec" in x]
+    seconds, done, last = 0.0, 0, 0
+    for rec in lines:
+        step, rate = rec["step"], rec["train/steps_per_sec"]
+        if last >= 100:
+            seconds += (step - last) / rate
+            done += step - last
+        last = step
+    return done / seconds
+
+
 def main(argv):
     del argv
     import jax
@@ -137,6 +171,12 @@ def main(argv):
     ratios = [m / p for m, p in zip(times["in-memory batches"], times["real pipeline"])]
     objective = _objective_time(run, max(FLAGS.steps // 10, 10))
 
+    loop: dict[int, list[float]] = {1: [], 100: []}
+    for r in range(FLAGS.loop_repeats):
+        for every in (1, 100) if r % 2 == 0 else (100, 1):
+            loop[every].append(_loop_rate(config, every, FLAGS.loop_steps))
+    loop_ratio = statistics.median(loop[1]) / statistics.median(loop[100])
+
     bs = config.batch_size
     rows = [
         ("real pipeline", n / pipeline, n * bs / pipeline, 1000 * pipeline / n),
@@ -164,6 +204,10 @@ def main(argv):
         f"over pairs of adjacent chunks, quartiles {q[0]:.3f}-{q[2]:.3f})",
         f"* objective forward+backward alone: {1000 * objective:.3f} ms/step, "
         f"**{100 * share:.1f}%** of the in-memory step time",
+        f"* training loop, log_every_steps=1: {statistics.median(loop[1]):.1f} steps/s, "
+        f"=100: {statistics.median(loop[100]):.1f} steps/s; ratio **{loop_ratio:.3f}** "
+        f"({FLAGS.loop_repeats} alternating runs of {FLAGS.loop_steps} steps each, steps "
+        "after the first 100; metrics are summed on device and fetched at log steps only)",
         "",
     ]
     text = "\n".join(lines)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ovaib_jax import paths
 
 __all__ = [
     "CheckpointMismatchError",
@@ -111,10 +112,10 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = os.fspath(os.path.abspath(directory))
+        self.directory = paths.absolute(directory)
         self.read_only = read_only
-        parent = os.path.dirname(self.directory)
-        self.corrupt_directory = os.path.join(parent, "checkpoints_corrupt")
+        parent = self.directory.rsplit("/", 1)[0] if "/" in self.directory else "."
+        self.corrupt_directory = paths.join(parent, "checkpoints_corrupt")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
@@ -310,15 +311,15 @@ class Checkpointer:
         if self.read_only:
             return
         if jax.process_index() == 0:
-            src = os.path.join(self.directory, str(step))
-            if os.path.isdir(src):
-                os.makedirs(self.corrupt_directory, exist_ok=True)
-                dst = os.path.join(self.corrupt_directory, str(step))
+            src = paths.join(self.directory, str(step))
+            if paths.is_dir(src):
+                paths.makedirs(self.corrupt_directory)
+                dst = paths.join(self.corrupt_directory, str(step))
                 n = 1
-                while os.path.exists(dst):  # never overwrite what was moved aside before
-                    dst = os.path.join(self.corrupt_directory, f"{step}.{n}")
+                while paths.exists(dst):  # never overwrite what was moved aside before
+                    dst = paths.join(self.corrupt_directory, f"{step}.{n}")
                     n += 1
-                shutil.move(src, dst)
+                paths.rename(src, dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -25,7 +24,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ovaib_jax import configs, evaluation, records
+from ovaib_jax import configs, console, data, evaluation, paths, records, runtime
+from ovaib_jax.validation import validate_config
 
 __all__ = ["evaluate_checkpoint", "load_config"]
 
@@ -59,7 +59,7 @@ def load_config(
     raw = records.read_config_json(workdir)
     if raw is None:
         raise FileNotFoundError(
-            f"No --config given and no {os.path.join(workdir, records.CONFIG_FILE)}."
+            f"No --config given and no {paths.join(workdir, records.CONFIG_FILE)}."
         )
     return configs.from_json(raw)
 
@@ -75,13 +75,43 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
+PROGRAM = "ovaib_jax.evaluate"
+
+
+def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
+    """The config with the ``--set`` overrides, validated; a config error is one line on
+    stderr and exit status 2 (the closest valid key for a mistyped one)."""
+    try:
+        config = load_config(f.config, f.workdir)
+    except FileNotFoundError as e:
+        console.exit_with(PROGRAM, str(e))
+    try:
+        configs.apply_overrides(config, f.set)
+    except ValueError as e:
+        # An unknown key (not a new key of an evaluator's section, which is allowed).
+        keys = [item.partition("=")[0] for item in f.set]
+        keys = [k for k in keys if not (k.startswith("evaluator_kwargs.") and k.count(".") == 2)]
+        messages = [m for k in keys if (m := console.unknown_key_message(config, k, flag="--set="))]
+        console.exit_with(PROGRAM, messages[0] if messages else str(e))
+    runtime.initialize_distributed(config)  # before anything touches the devices
+    try:
+        validate_config(config)
+    except ValueError as e:
+        console.exit_with(PROGRAM, f"config error: {e}")
+    return config
+
+
 def main(argv: list[str]) -> None:
     del argv
+    console.install_log_filters()
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/TFDS file-level chatter
     f = flags.FLAGS
-    config = load_config(f.config, f.workdir)
-    configs.apply_overrides(config, f.set)
-    results = evaluate_checkpoint(config, f.workdir, f.step)
+    config = _config_or_exit(f)
+    try:
+        results = evaluate_checkpoint(config, f.workdir, f.step)
+    except data.MissingDataError as e:  # the raw files of a manual dataset
+        flag = "--config.dataset.manual_dir" if f.config is not None else "--set=dataset.manual_dir"
+        console.exit_with(PROGRAM, str(e.naming_flag(flag)), status=1)
     if jax.process_index() == 0:
         json.dump(results, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -89,4 +119,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: console.parse_flags(argv, program=PROGRAM))

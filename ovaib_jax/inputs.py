@@ -12,6 +12,7 @@ ahead of the step.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -21,12 +22,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from ovaib_jax import configs, data
+from ovaib_jax import configs, console, data
 from ovaib_jax.runtime import global_batch
 
 __all__ = [
     "InMemorySource",
     "Prefetcher",
+    "check_eval_batch",
     "create_data_iterator",
     "data_kwargs",
     "device_batches",
@@ -183,6 +185,50 @@ def create_data_iterator(
         drop_remainder=True,
         prefetch=int(config.dataset.prefetch),
     )
+
+
+def check_eval_batch(config: ml_collections.ConfigDict) -> None:
+    """Checks the batch sizes against the built splits, before any step is taken.
+
+    ``config.batch_size`` must not exceed the train split (a larger batch holds some
+    examples twice: a positive pair is then also a negative one) and, when an evaluator
+    will run (``final_evaluators``, or ``evaluators`` with ``eval_every_steps > 0``), the
+    eval batch (``eval_batch_size``, 0: ``batch_size``) must not exceed the eval split (no
+    whole batch would be evaluated: an error otherwise found at the first evaluation,
+    after training). Call it once the dataset is built.
+
+    Raises:
+      ovaib_jax.console.ConfigError: (a ValueError) one message naming each
+        ``--config.*`` flag, the split's size and the largest value that fits (a
+        multiple of the devices and processes).
+    """
+    kwargs = data_kwargs(config)
+    unit = math.lcm(jax.device_count(), jax.process_count())
+    evaluated = configs.evaluator_names(config, "final_evaluators") or (
+        config.eval_every_steps and configs.evaluator_names(config)
+    )
+    checks = [("batch_size", int(config.batch_size), config.dataset.train_split, "train")]
+    if evaluated:
+        eval_batch = int(config.eval_batch_size or config.batch_size)
+        checks.append(("eval_batch_size", eval_batch, config.dataset.eval_split, "eval"))
+    problems = []
+    for flag, size, split, role in checks:
+        n = len(data.make_source(config.dataset.name, split, build=False, **kwargs))
+        if size <= n:
+            continue
+        fit = n // unit * unit
+        use = (
+            f"use --config.{flag}={fit} or less"
+            if fit
+            else f"it is smaller than the {unit} devices/processes of this run"
+        )
+        given = f"--config.{flag}={config[flag]}" + ("" if config[flag] else f" (0: {size})")
+        problems.append(
+            f"{given} is larger than the {role} split {split!r} of {config.dataset.name} "
+            f"({n} examples): {use}."
+        )
+    if problems:
+        raise console.ConfigError(" ".join(problems))
 
 
 class _OnDemand:

@@ -11,9 +11,9 @@ writes them).
 * ``eval/results_step_<s>.json``: an evaluation of a checkpoint by ``ovaib_jax.evaluate``
   (:func:`write_eval_results`); ``eval/results.json`` is the latest one evaluated.
 
-Whole files are written atomically (a temporary file, then ``os.replace``): a run killed
-at any moment leaves the previous version or the new one, never half of one. Only
-process 0 writes.
+Whole files are written atomically (:func:`ovaib_jax.paths.write_text`): a run killed at
+any moment leaves the previous version or the new one, never half of one. Only process 0
+writes. Every path may be local or in a bucket (``gs://``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from ovaib_jax import paths
 
 __all__ = [
     "CONFIG_FILE",
@@ -57,11 +59,7 @@ def _primary() -> bool:
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (creating its directory)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    paths.write_text(path, text)
 
 
 def write_json(path: str, obj: Any, **kwargs: Any) -> None:
@@ -71,10 +69,9 @@ def write_json(path: str, obj: Any, **kwargs: Any) -> None:
 
 def read_json(path: str) -> Any:
     """The JSON content of ``path``, or None when there is no such file."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 # --------------------------------------------------------------------------- config
@@ -83,12 +80,12 @@ def read_json(path: str) -> Any:
 def write_config(workdir: str, config_json: str) -> None:
     """Records the run's config (``config.to_json_best_effort(indent=2)``) on process 0."""
     if _primary():
-        write_text(os.path.join(workdir, CONFIG_FILE), config_json)
+        write_text(paths.join(workdir, CONFIG_FILE), config_json)
 
 
 def read_config_json(workdir: str) -> dict[str, Any] | None:
     """``WORKDIR/config.json`` as a dict, or None."""
-    return read_json(os.path.join(workdir, CONFIG_FILE))
+    return read_json(paths.join(workdir, CONFIG_FILE))
 
 
 # --------------------------------------------------------------------------- results
@@ -96,23 +93,23 @@ def read_config_json(workdir: str) -> dict[str, Any] | None:
 
 def read_results(workdir: str) -> dict[str, Any] | None:
     """``WORKDIR/results.json`` (the final evaluation of a finished run), or None."""
-    return read_json(os.path.join(workdir, RESULTS_FILE))
+    return read_json(paths.join(workdir, RESULTS_FILE))
 
 
 def write_results(workdir: str, results: Mapping[str, Any]) -> None:
     """Writes ``WORKDIR/results.json`` (process 0; evaluator order kept: subsets by size)."""
     if _primary():
-        write_json(os.path.join(workdir, RESULTS_FILE), dict(results), indent=2)
+        write_json(paths.join(workdir, RESULTS_FILE), dict(results), indent=2)
 
 
 def write_eval_results(workdir: str, results: Mapping[str, Any], latest: bool) -> str:
     """Writes ``WORKDIR/eval/results_step_<step>.json`` and, when ``latest`` (the latest
     checkpoint was evaluated), ``eval/results.json``. Returns the first path."""
-    path = os.path.join(workdir, EVAL_DIR, f"results_step_{int(results['step'])}.json")
+    path = paths.join(workdir, EVAL_DIR, f"results_step_{int(results['step'])}.json")
     if _primary():
         write_json(path, dict(results), indent=2, sort_keys=True)
         if latest:
-            write_json(os.path.join(workdir, EVAL_DIR, RESULTS_FILE), dict(results), indent=2,
+            write_json(paths.join(workdir, EVAL_DIR, RESULTS_FILE), dict(results), indent=2,
                        sort_keys=True)
     return path
 
@@ -133,12 +130,11 @@ def numbers(results: Mapping[str, Mapping[str, Any]], prefix: str) -> dict[str, 
 def read_metrics(path: str) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (a workdir or the file itself)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, METRICS_FILE)
-    if not os.path.exists(path):
+    if paths.is_dir(path):
+        path = paths.join(path, METRICS_FILE)
+    if not paths.exists(path):
         return []
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = [line for line in paths.read_text(path).splitlines() if line.strip()]
     return [json.loads(line) for line in lines if _step_of(line) != float("inf")]
 
 
@@ -167,21 +163,20 @@ class MetricWriter:
 
     def __init__(self, workdir: str, start_step: int):
         self.active = _primary()
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = paths.join(workdir, METRICS_FILE)
         self.tb = None
         if not self.active:
             return
-        os.makedirs(workdir, exist_ok=True)
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                lines = [ln for ln in f if ln.strip()]
+        paths.makedirs(workdir)
+        if paths.exists(self.path):
+            lines = [ln + "\n" for ln in paths.read_text(self.path).splitlines() if ln.strip()]
             kept = [ln for ln in lines if _step_of(ln) <= start_step]
             if len(kept) != len(lines):
                 write_text(self.path, "".join(kept))
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None
+            paths.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None
         )
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -189,8 +184,7 @@ class MetricWriter:
         if not self.active:
             return
         line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-        with open(self.path, "a") as f:
-            f.write(line + "\n")  # one write: a line is whole or, if cut, dropped on resume
+        paths.append_text(self.path, line + "\n")  # one write: whole, or dropped on resume
         for k, v in scalars.items():
             self.tb.add_scalar(tb_name(k), float(v), int(step))
         self.tb.flush()

@@ -12,14 +12,13 @@ A checkpoint of step s (``WORKDIR/checkpoints/s/``, written by
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 
-from ovaib_jax import checkpointing
+from ovaib_jax import checkpointing, paths
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -27,8 +26,8 @@ __all__ = [
     "TrainState",
     "abstract_items",
     "healthy",
-    "last_good",
     "items",
+    "last_good",
     "open_checkpointer",
     "restore",
     "restore_variables",
@@ -76,7 +75,7 @@ def open_checkpointer(
 ) -> checkpointing.Checkpointer:
     """The checkpointer of ``WORKDIR/checkpoints``."""
     return checkpointing.Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR),
+        paths.join(workdir, CHECKPOINT_DIR),
         max_to_keep=max_to_keep,
         async_save=async_save,
         read_only=read_only,
@@ -151,10 +150,8 @@ def last_good(ckpt: checkpointing.Checkpointer | None) -> str:
 def saved_steps(workdir: str) -> list[int]:
     """The steps of the complete checkpoints in ``WORKDIR/checkpoints`` (read from the
     directory names: temporary directories of unfinished saves are not steps)."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+    directory = paths.join(workdir, CHECKPOINT_DIR)
+    return sorted(int(n) for n in paths.listdir(directory) if n.isdigit())
 
 
 def restore(
@@ -195,6 +192,6 @@ def restore_variables(
     finally:
         ckpt.close()
     if restored is None:
-        raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}.")
+        raise FileNotFoundError(f"No checkpoint in {paths.join(workdir, CHECKPOINT_DIR)}.")
     tree = restored.trees["model"]
     return variables(tree["params"], tree["batch_stats"]), restored.step

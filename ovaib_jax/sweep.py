@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shlex
 import sys
 import time
@@ -45,7 +44,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from ovaib_jax import configs, evaluation, losses, records, train
+from ovaib_jax import configs, console, data, evaluation, losses, paths, records, train
 from ovaib_jax.reporting import RunRecord, sweep_figures, sweep_report
 from ovaib_jax.validation import validate_config
 
@@ -133,7 +132,7 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
                 f"{workdir} holds a run trained with another config (differs in {diff}); "
                 "use another --workdir, or delete that run."
             )
-    state_path = os.path.join(workdir, STATE_FILE)
+    state_path = paths.join(workdir, STATE_FILE)
     state = {"wall_time_s": 0.0, "status": "running", "error": ""}
     state.update(records.read_json(state_path) or {})
     record = RunRecord(objective, int(config.seed), workdir, None, 0.0)
@@ -144,7 +143,7 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
         record.status, record.error = ("failed", state["error"]) if not finished else ("ok", "")
         log.info("Skipping %s (%s).", workdir, record.status)
         return record
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     start = time.perf_counter()
     out: dict[str, Any] = {}
     try:
@@ -190,7 +189,7 @@ def sweep(
         for name, base in per_objective.items():
             config = copy.deepcopy(base)
             config.seed = int(seed)
-            rundir = os.path.join(workdir, name, f"seed_{seed}")
+            rundir = paths.join(workdir, name, f"seed_{seed}")
             log.info("Run %s, seed %d -> %s", name, seed, rundir)
             runs.append(run_one(config, name, rundir))
     embeddings = {}
@@ -204,9 +203,9 @@ def sweep(
     markdown, summary = sweep_report(
         runs, title=config_file, command=command, figures=figures, notes=notes
     )
-    records.write_text(os.path.join(workdir, "report.md"), markdown)
-    records.write_json(os.path.join(workdir, "report.json"), summary, indent=2)
-    log.info("Wrote %s", os.path.join(workdir, "report.md"))
+    records.write_text(paths.join(workdir, "report.md"), markdown)
+    records.write_json(paths.join(workdir, "report.json"), summary, indent=2)
+    log.info("Wrote %s", paths.join(workdir, "report.md"))
     return summary
 
 
@@ -218,13 +217,14 @@ def main(argv: list[str]) -> None:
         from absl import app
 
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    console.install_log_filters()
     logging.getLogger("ovaib_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     if flags.FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
         # Runs of one objective differ only in the seed (data, not code): with a persistent
         # compilation cache the later seeds skip compiling (minutes for ResNet on CPU).
         jax.config.update(
-            "jax_compilation_cache_dir", os.path.join(flags.FLAGS.workdir, "jax_cache")
+            "jax_compilation_cache_dir", paths.join(flags.FLAGS.workdir, "jax_cache")
         )
     flag = flags.FLAGS["config"]
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "ovaib_jax.sweep", *sys.argv[1:]])
@@ -240,8 +240,11 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt as e:  # SIGTERM: the run's checkpoint is saved
         log.warning("%s", e)
         sys.exit(1)
+    except data.MissingDataError as e:  # the raw files of a manual dataset
+        flag = "--config.dataset.manual_dir"
+        console.exit_with("ovaib_jax.sweep", str(e.naming_flag(flag)), status=1)
     except (ValueError, FileNotFoundError) as e:  # a bad command line: one clear message
-        sys.exit(f"ovaib_jax.sweep: {e}")
+        console.exit_with("ovaib_jax.sweep", str(e))
 
 
 def _define_flags() -> None:
@@ -266,4 +269,4 @@ if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: console.parse_flags(argv, program="ovaib_jax.sweep"))

@@ -15,26 +15,42 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ovaib_jax import checkpointing, configs, host, inputs, models, records, runtime, state, step
+from ovaib_jax import (
+    checkpointing,
+    configs,
+    console,
+    host,
+    inputs,
+    models,
+    paths,
+    records,
+    runtime,
+    state,
+    step,
+)  # fmt: skip
 from ovaib_jax import workdir as workdir_lib
 from ovaib_jax.evaluation import Evaluation
 from ovaib_jax.objective import make_objective
 from ovaib_jax.validation import Resolved, validate_config
 
-__all__ = ["Run", "build", "final_evaluation", "train_and_evaluate"]
+__all__ = ["Run", "WriteError", "build", "final_evaluation", "train_and_evaluate"]
 
 log = logging.getLogger(__name__)
+
+
+class WriteError(RuntimeError):
+    """Writing to the workdir failed (a full disk, lost permissions); the message names
+    the cause and the last complete checkpoint."""
 
 
 @dataclasses.dataclass
@@ -96,6 +112,7 @@ def build(
             train=True,
             spec=resolved.spec,
         )
+        inputs.check_eval_batch(config)  # the splits exist now: batches must fit in them
     ckpt = None
     if workdir is not None:
         ckpt = state.open_checkpointer(
@@ -142,35 +159,54 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-class _TrainMetrics:
-    """Sums of the train metrics since the last log line, fetched one step late.
+@jax.jit
+def _accumulate(acc: Any, metrics: Any, step: jax.Array) -> Any:
+    """``(sums, count, first non-finite step or -1)`` updated with one step's metrics, on
+    device (no transfer to the host)."""
+    sums, count, first_bad = acc
+    bad = ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+    first_bad = jnp.where(bad & (first_bad < 0), step, first_bad)
+    sums = jax.tree.map(lambda a, m: a + m.astype(jnp.float32), sums, metrics)
+    return sums, count + 1, first_bad
 
-    The device metrics of step s are fetched to the host only after step s+1 has been
-    dispatched (:meth:`push`), so the host never waits for the device between steps.
+
+class _TrainMetrics:
+    """Sums of the train metrics since the last log line, kept on device.
+
+    Each step adds its metrics to device-side sums (:meth:`push`: one small dispatch, no
+    transfer), and whether a loss or gradient norm was non-finite, with the first such
+    step. The host reads them only when it needs them (:meth:`drain`: at log,
+    checkpoint and evaluation steps), so it never waits for the device between steps; a
+    non-finite value stops the run then, before anything is saved.
     """
 
     def __init__(self, ckpt: checkpointing.Checkpointer | None):
         self.ckpt = ckpt
+        self.acc: Any = None
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.pending: tuple[int, Any] | None = None
 
     def push(self, step: int, device_metrics: Any) -> None:
-        """Fetches the previous step's metrics, then keeps this step's for later."""
-        self.drain()
-        self.pending = (step, device_metrics)
+        if self.acc is None:
+            zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), device_metrics)
+            self.acc = (zeros, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+        self.acc = _accumulate(self.acc, device_metrics, jnp.int32(step))
 
     def drain(self) -> None:
-        """Fetches the pending metrics; a non-finite loss stops the run."""
-        if self.pending is None:
+        """Fetches the sums since the last drain; a non-finite loss stops the run."""
+        if self.acc is None:
             return
-        s, device_metrics = self.pending
-        self.pending = None
-        scalars = host.scalars(device_metrics)
-        _check_finite(s, scalars, self.ckpt)
-        for k, v in scalars.items():
+        sums, count, first_bad = self.acc
+        self.acc = None
+        first_bad = int(host.to_host(first_bad))
+        if first_bad >= 0:
+            raise FloatingPointError(
+                f"Non-finite loss or grad_norm at step {first_bad}: training stopped. "
+                f"{state.last_good(self.ckpt)}"
+            )
+        for k, v in host.scalars(sums).items():
             self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
+        self.count += int(host.to_host(count))
 
     def means(self) -> dict[str, float]:
         """``{"train/<metric>": mean since the last call}``, and resets."""
@@ -178,15 +214,6 @@ class _TrainMetrics:
         self.sums.clear()
         self.count = 0
         return out
-
-
-def _check_finite(step: int, scalars: Mapping[str, float], ckpt) -> None:
-    bad = {k: v for k, v in scalars.items() if not math.isfinite(v) and k in ("loss", "grad_norm")}
-    if bad:
-        raise FloatingPointError(
-            f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: "
-            f"training stopped. {state.last_good(ckpt)}"
-        )
 
 
 def final_evaluation(
@@ -243,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     runtime.initialize_distributed(config)
     # Installed before anything slow: a SIGTERM during set-up stops at the first step.
     preemption = _Preemption()
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     lock = workdir_lib.Lock(workdir)
     try:
         lock.acquire()  # a second run on a live workdir stops here, naming the holder
@@ -268,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         result = _loop(config, run, workdir, start, batches, writer, preemption)
     except OSError as e:  # e.g. a full disk while logging
-        raise RuntimeError(_write_failed(workdir, run.checkpointer, e)) from e
+        raise WriteError(_write_failed(workdir, run.checkpointer, e)) from e
     finally:
         failed = _close_all(closers)
     if failed is not None:
@@ -316,16 +343,13 @@ def _loop(
 ) -> dict[str, Any]:
     """The steps from ``start`` to ``config.num_train_steps``, then the final evaluation
     (see :func:`train_and_evaluate`)."""
-    from tqdm.auto import tqdm
-
     ckpt = run.checkpointer
     total = int(config.num_train_steps)
     evaluation = run.evaluation() if config.eval_every_steps else None
     result: dict[str, Any] = {"step": start, "train": {}, "eval": {}, "final": None}
     result["preempted"] = False
     primary = jax.process_index() == 0
-    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-               disable=None if primary else True)  # fmt: skip
+    progress = console.Progress(total, start, primary, every=int(config.log_every_steps))
     metrics = _TrainMetrics(ckpt)
     train_state = run.state
     t_last, step_last = time.perf_counter(), start
@@ -334,8 +358,7 @@ def _loop(
         while s < total:
             train_state, device_metrics = run.train_step(train_state, next(batches))
             s += 1
-            metrics.push(s, device_metrics)  # fetches step s-1's: dispatch stays async
-            bar.update(1)
+            metrics.push(s, device_metrics)  # summed on device: dispatch stays async
             is_last = s == total
             log_now = s % config.log_every_steps == 0 or is_last
             ckpt_now = ckpt is not None and (s % config.checkpoint_every_steps == 0 or is_last)
@@ -353,9 +376,9 @@ def _loop(
                 scalars["train/steps_per_sec"] = rate
                 scalars["train/examples_per_sec"] = rate * config.batch_size
                 writer.write(s, scalars)
-                bar.set_postfix(loss=f"{scalars['train/loss']:.4g}")
                 result["train"] = scalars
                 t_last, step_last = time.perf_counter(), s
+            progress.update(s, result["train"] if log_now else None)
             if ckpt_now or preempted:
                 state.save(ckpt, s, train_state, batches.get_state())
             if eval_now:
@@ -368,7 +391,7 @@ def _loop(
                 return result
         metrics.drain()
     finally:
-        bar.close()
+        progress.close()
     if s >= total:
         done = records.read_results(workdir)
         if done is not None and done.get("step") == total:  # evaluated before

@@ -19,19 +19,25 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
+import threading
 from typing import Any
 
 import jax
 import ml_collections
 
-from ovaib_jax import configs, records, state
+from ovaib_jax import configs, paths, records, state
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Lock", "ResumeError", "WorkdirBusyError", "check_resume", "identity_hash"]
 
 LOCK_FILE = ".lock"
+# A bucket workdir's lease not renewed for this long belongs to a stopped run.
+LEASE_SECONDS = 120.0
 RUN_FILE = "run.json"
 # Schedules whose learning rate at a given step depends on num_train_steps.
 DECAYING_SCHEDULES = ("cosine", "warmup_cosine")
@@ -48,20 +54,42 @@ class ResumeError(ValueError):
 class Lock:
     """The exclusive lock of a workdir (process 0 only; a no-op on other processes).
 
+    Local workdirs: ``fcntl.flock`` on ``WORKDIR/.lock``, released by the kernel when the
+    holder exits. Buckets (``gs://``), which have no locks: a lease object
+    ``WORKDIR/.lock`` that the holder renews every ``LEASE_SECONDS / 4`` from a background
+    thread; a lease older than :data:`LEASE_SECONDS` is stale (its holder was killed) and
+    may be taken over. (Two starts within the same fraction of a second on one bucket
+    workdir can both pass: a bucket offers no compare-and-swap through this client.)
+
     Use as a context manager; :meth:`acquire` raises :class:`WorkdirBusyError` naming the
-    holder when another process holds it.
+    holder when another live process holds it.
     """
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.workdir = workdir
+        self.path = paths.join(workdir, LOCK_FILE)
         self._file: Any = None
+        self._stop: threading.Event | None = None
+
+    def _holder(self) -> str:
+        since = datetime.datetime.now().isoformat(timespec="seconds")
+        command = " ".join(sys.argv)[:300]
+        return f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})"
+
+    def _busy(self, holder: str, detail: str = "") -> WorkdirBusyError:
+        return WorkdirBusyError(
+            f"{self.workdir} is in use by {holder}{detail}. Wait for that run to end (or "
+            "stop it), or use another --workdir."
+        )
 
     def acquire(self) -> Lock:
         if jax.process_index() != 0:
             return self
+        if not paths.is_local(self.workdir):
+            return self._acquire_lease()
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(self.workdir, exist_ok=True)
         f = open(self.path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,23 +97,59 @@ class Lock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise WorkdirBusyError(
-                f"{os.path.dirname(self.path)} is in use by {holder}. Wait for that run to "
-                "end (or stop it), or use another --workdir."
-            ) from None
+            raise self._busy(holder) from None
         f.seek(0)
         f.truncate()
-        since = datetime.datetime.now().isoformat(timespec="seconds")
-        command = " ".join(sys.argv)[:300]
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {since} ({command})\n")
+        f.write(self._holder() + "\n")
         f.flush()
         self._file = f
+        return self
+
+    def _acquire_lease(self) -> Lock:
+        import time
+        import uuid
+
+        old = records.read_json(self.path)
+        if old is not None:
+            age = time.time() - float(old.get("renewed", 0))
+            if age < LEASE_SECONDS:
+                raise self._busy(
+                    old.get("holder", "another process"),
+                    f" (lease renewed {age:.0f} s ago; a stopped run's lease expires after "
+                    f"{LEASE_SECONDS:.0f} s)",
+                )
+        token = uuid.uuid4().hex
+        lease = {"holder": self._holder(), "token": token}
+
+        def renew() -> None:
+            records.write_json(self.path, {**lease, "renewed": time.time()})
+
+        renew()
+        time.sleep(0.2)  # a start racing this one has written its own lease by now
+        now = records.read_json(self.path) or {}
+        if now.get("token") != token:
+            raise self._busy(now.get("holder", "another process"))
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(LEASE_SECONDS / 4):
+                try:
+                    renew()
+                except Exception as e:  # a transient bucket error: the next try may pass
+                    log.warning("Renewing the workdir lease %s failed: %s", self.path, e)
+
+        threading.Thread(target=loop, name="ovaib-lease", daemon=True).start()
+        self._stop = stop
         return self
 
     def release(self) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+            paths.remove(self.path)
 
     def __enter__(self) -> Lock:
         return self.acquire()
@@ -154,7 +218,7 @@ def record_start(config: ml_collections.ConfigDict, workdir: str, start_step: in
     recorded = records.read_config_json(workdir)
     changed = configs.changed_keys(recorded, config) if recorded is not None else []
     records.write_config(workdir, configs.to_json(config))
-    run = records.read_json(os.path.join(workdir, RUN_FILE)) or {"starts": []}
+    run = records.read_json(paths.join(workdir, RUN_FILE)) or {"starts": []}
     run["identity_sha256"] = identity_hash(config)
     run["starts"].append(
         {
@@ -165,4 +229,4 @@ def record_start(config: ml_collections.ConfigDict, workdir: str, start_step: in
         }
     )
     if jax.process_index() == 0:
-        records.write_json(os.path.join(workdir, RUN_FILE), run, indent=2)
+        records.write_json(paths.join(workdir, RUN_FILE), run, indent=2)

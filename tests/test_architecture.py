@@ -11,21 +11,22 @@ from tests.train_helpers import ROOT
 
 # Layer of each unit of the package (a module, or a subpackage as a whole).
 LAYERS = {
-    # 0: foundations, independent of each other
-    "losses": 0, "models": 0, "data": 0, "checkpointing": 0, "host": 0, "records": 0,
-    # 1: on one foundation
-    "reporting": 1, "state": 1,
-    # 2: evaluators on embedded arrays
-    "evaluators": 2,
-    # 3-4: configs (authoring, loading, recording), then their validation; what the
-    # programs show (progress, summary, config errors: console)
-    "configs": 3, "validation": 4, "console": 4,
-    # 5-6: where a run executes; its input and its objective bound to the model
-    "runtime": 5, "workdir": 5, "inputs": 6, "objective": 6,
-    # 7: the train step and the evaluation assembly
-    "step": 7, "evaluation": 7,
-    # 8: the loop; 9: command-line entry points
-    "train": 8, "main": 9, "evaluate": 9, "sweep": 9,
+    # 0: the path layer (local directories and gs:// buckets)
+    "paths": 0,
+    # 1: foundations, independent of each other
+    "losses": 1, "models": 1, "data": 1, "checkpointing": 1, "host": 1, "records": 1,
+    # 2: on one foundation
+    "reporting": 2, "state": 2,
+    # 3: evaluators on embedded arrays
+    "evaluators": 3,
+    # 4-5: configs (authoring, loading, recording), then their validation
+    "configs": 4, "validation": 5, "console": 5,
+    # 6-7: where a run executes and its workdir rules; its input, its bound objective
+    "runtime": 6, "workdir": 6, "inputs": 7, "objective": 7,
+    # 8: the train step and the evaluation assembly
+    "step": 8, "evaluation": 8,
+    # 9: the loop; 10: command-line entry points
+    "train": 9, "main": 10, "evaluate": 10, "sweep": 10,
 }  # fmt: skip
 
 

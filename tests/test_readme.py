@@ -58,6 +58,8 @@ def skip_reason(command: str) -> str | None:
         return "not an ovaib_jax command"
     if "manual_dir" in command:
         return "needs downloaded files"
+    if "gs://" in command:
+        return "needs a bucket (tests/test_gcs.py runs these against a GCS emulator)"
     if words[2] == "ovaib_jax.data.build" and words[3] not in OFFLINE_BUILDS:
         return f"{words[3]} downloads a wheel or needs downloaded files"
     return None

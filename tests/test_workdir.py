@@ -200,7 +200,14 @@ def test_a_full_disk_stops_the_run_with_one_error(data_dir, small_disk):
     """Item 6: the failed save stops the run (not the TensorBoard flush much later), the
     error names the cause and the last complete checkpoint, and that checkpoint is the
     latest one listed and restores."""
+    from ovaib_jax import data
+
+    data.prepare("ovaib_parity", data_dir=data_dir, config="m3", M=3, k=2, p=1.0,
+                 num_train=256, num_test=64)  # fmt: skip
     wd = os.path.join(small_disk, "run")
+    fs = os.statvfs(small_disk)  # leave room for two or three checkpoints of ~0.4 MiB
+    with open(os.path.join(small_disk, "filler"), "wb") as f:
+        f.write(b"\0" * max(fs.f_bavail * fs.f_frsize - 1_100_000, 0))
     over = dict(TINY, **{"dataset.data_dir": data_dir, "checkpoint_every_steps": 1,
                          "num_train_steps": 40})  # fmt: skip
     t0 = time.time()

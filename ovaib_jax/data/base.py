@@ -94,7 +94,24 @@ _NOT_DAMAGE = (
 
 
 class MissingDataError(FileNotFoundError):
-    """Raw files needed to build a dataset are missing (or could not be downloaded)."""
+    """Raw files needed to build a dataset are missing (or could not be downloaded).
+
+    Messages name the build tool's flag (``--manual_dir DIR``, with the
+    ``python -m ovaib_jax.data.build`` command); :meth:`naming_flag` gives the same error
+    for a program that takes the directory another way (the trainer's
+    ``--config.dataset.manual_dir``).
+    """
+
+    # How messages of this package name the build tool's flag (see missing_files_message).
+    _BUILD_FLAG = re.compile(
+        r"--manual_dir DIR \(python -m ovaib_jax\.data\.build \S+ --manual_dir DIR\)"
+        r"(?: or manual_dir=DIR)?"
+    )
+
+    def naming_flag(self, flag: str) -> MissingDataError:
+        """This error with ``flag=DIR`` where the message names ``--manual_dir DIR``."""
+        text = self._BUILD_FLAG.sub(f"{flag}=DIR", str(self))
+        return type(self)(text.replace("--manual_dir DIR", f"{flag}=DIR"))
 
 
 class CorruptDataError(ValueError):

@@ -104,13 +104,46 @@ def prepare(
 
     Arguments as in :func:`get_builder`. Idempotent: a built dataset is reused as is. A
     failed build leaves no dataset directory behind (TFDS writes into a temporary
-    directory that is renamed only on success).
+    directory that is renamed only on success). A ``data_dir`` in a bucket (``gs://``)
+    is built locally, then copied into it.
     """
     builder = get_builder(
         name, data_dir=data_dir, config=config, manual_dir=manual_dir, **config_kwargs
     )
-    builder.download_and_prepare()
+    if _is_remote(builder.data_dir) and not is_built(builder):
+        _build_and_upload(builder, name, config, manual_dir, config_kwargs)
+    else:
+        builder.download_and_prepare()
     return builder
+
+
+def _is_remote(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def _build_and_upload(
+    remote: SpecBuilder, name: str, config: Any, manual_dir: Any, config_kwargs: dict
+) -> None:
+    """Builds into a local staging directory, then copies the dataset's files into the
+    bucket (ArrayRecord files cannot be written to gs:// directly; they are read from it
+    fine). ``dataset_info.json`` is copied last: the dataset counts as built only once
+    every file is there."""
+    import shutil
+    import tempfile
+
+    staging = tempfile.mkdtemp(prefix="ovaib_build_")
+    try:
+        local = get_builder(
+            name, data_dir=staging, config=config, manual_dir=manual_dir, **config_kwargs
+        )
+        local.download_and_prepare()
+        src, dst = epath.Path(local.data_dir), epath.Path(remote.data_dir)
+        dst.mkdir(parents=True, exist_ok=True)
+        files = sorted(f for f in src.iterdir() if f.is_file())
+        for f in sorted(files, key=lambda f: f.name == "dataset_info.json"):
+            (dst / f.name).write_bytes(f.read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def is_built(builder: tfds.core.DatasetBuilder) -> bool:

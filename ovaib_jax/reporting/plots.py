@@ -21,18 +21,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ovaib_jax import paths
 from ovaib_jax.records import METRICS_FILE, read_metrics
 
 PathLike = str | os.PathLike
 
 
 def _save(fig: Figure, out_path: PathLike, dpi: int = 120) -> str:
+    """Writes ``fig`` as a PNG to ``out_path`` (local or ``gs://``)."""
+    import io
+
     out_path = os.fspath(out_path)
-    parent = os.path.dirname(out_path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out_path, dpi=dpi, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    paths.write_bytes(out_path, buffer.getvalue())
     return out_path
 
 
@@ -80,11 +83,11 @@ def plot_training_curves(
       title: figure title.
     """
     if not isinstance(runs, Mapping):
-        paths = [os.fspath(p) for p in runs]
-        labels = [os.path.basename(os.path.dirname(p)) or p for p in paths]
+        files = [os.fspath(p) for p in runs]
+        labels = [os.path.basename(os.path.dirname(p)) or p for p in files]
         if len(set(labels)) < len(labels):  # ambiguous directory names: full paths
-            labels = paths
-        runs = dict(zip(labels, paths))
+            labels = files
+        runs = dict(zip(labels, files))
     fig = Figure(figsize=(4.5 * len(keys), 3.4))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for label, group in runs.items():
@@ -308,8 +311,8 @@ def sweep_figures(
     figures: dict[str, str] = {}
     metrics = {}
     for r in runs:
-        path = os.path.join(r.workdir, METRICS_FILE)
-        if os.path.exists(path):
+        path = paths.join(r.workdir, METRICS_FILE)
+        if paths.exists(path):
             metrics.setdefault(r.objective, []).append(path)
     if metrics:
         present = {
@@ -322,7 +325,7 @@ def sweep_figures(
         ]
         if keys:
             name = "curves.png"
-            plot_training_curves(metrics, os.path.join(out_dir, name), keys=keys)
+            plot_training_curves(metrics, paths.join(out_dir, name), keys=keys)
             figures["training curves (mean and min-max over seeds)"] = name
     per_obj = report.per_objective(runs)
     summary = report.summarize(per_obj)
@@ -335,7 +338,7 @@ def sweep_figures(
         name = f"subsets_{_file_name(header.split(' ')[0])}.png"
         plot_subset_heatmap(
             scores,
-            os.path.join(out_dir, name),
+            paths.join(out_dir, name),
             title=header,
             scale=100.0 if acc else 1.0,
             fmt=".1f" if acc else ".3g",
@@ -352,12 +355,12 @@ def sweep_figures(
             for obj in per_obj
         }
         name = f"retrieval_{_file_name(pair)}.png"
-        plot_retrieval_bars(bars, os.path.join(out_dir, name), title=f"retrieval {pair}")
+        plot_retrieval_bars(bars, paths.join(out_dir, name), title=f"retrieval {pair}")
         figures[f"retrieval {pair}"] = name
     for obj, (z, labels, names) in (embeddings or {}).items():
         name = f"pca_{_file_name(obj)}.png"
         plot_embedding_pca(
-            z, labels, os.path.join(out_dir, name), modality_names=names, title=f"{obj}: test z"
+            z, labels, paths.join(out_dir, name), modality_names=names, title=f"{obj}: test z"
         )
         figures[f"PCA of the test embeddings: {obj}"] = name
     return figures
