@@ -12,10 +12,25 @@ Conventions used throughout ``ovaib_jax.losses``:
 
 All arithmetic is done in float32 (bfloat16 inputs are upcast on entry; gradients flow
 back in the input dtype).
+
+Supported input range: finite embeddings whose L2 norms lie in about [1e-12, 1.8e19).
+The normalising objectives (all but Symile) are invariant to the norm inside that range.
+Below 1e-12 a vector is treated as (near) zero (see ``l2_normalize``). Above ~1.8e19 =
+sqrt(float32 max) the float32 sum of squares overflows to inf, the normalised vector
+becomes 0 and every score of that vector is equal: the loss silently tends to log N per
+term. No check is made at run time (it would need a host sync per call): normalise or
+rescale such embeddings upstream. Symile does not normalise: its multilinear products of
+M vectors must stay below float32 max (~3.4e38).
+
+Scalar hyper-parameters (temperatures, weights, ridge terms) given as Python or NumPy
+numbers are validated on entry by :func:`check_hyperparameter` (type and range, one
+clear error naming the parameter); JAX arrays and tracers (a learnable temperature, a
+schedule inside ``jit``) pass through unchecked.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +61,9 @@ def check_embeddings(
     num_modalities: int | None = None,
 ) -> jax.Array:
     """Validates ``z`` of shape ``(M, N, d)`` and returns it as float32.
+
+    Only the shape and dtype are checked (no host sync): values must be finite, with norms
+    in the supported range of the module docstring (below ~1.8e19).
 
     Raises:
       ValueError: naming the shape received and the one expected.
@@ -83,6 +101,49 @@ def check_modality_index(index: int, m: int, what: str, fn_name: str) -> int:
     if not isinstance(index, int) or not -m <= index < m:
         raise ValueError(f"{fn_name}: {what}={index!r} is not a modality index for M = {m}.")
     return index % m
+
+
+# Valid ranges of scalar hyper-parameters: name -> (test on a finite float, description).
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "positive": (lambda v: v > 0, "> 0"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "unit_interval": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def check_hyperparameter(value: Any, name: str, fn_name: str, valid: str) -> Any:
+    """Validates a scalar hyper-parameter given as a Python or NumPy number; returns
+    ``value`` unchanged.
+
+    JAX arrays (tracers included) and NumPy arrays pass through unchecked: a learnable
+    temperature or a schedule is traced inside ``jit`` / ``grad``, and checking a concrete
+    device value would cost a host sync per call.
+
+    Args:
+      value: the hyper-parameter.
+      name: its argument name, for the message.
+      fn_name: the public function, for the message.
+      valid: ``"positive"`` (finite, > 0), ``"non_negative"`` (finite, >= 0) or
+        ``"unit_interval"`` (in [0, 1)).
+
+    Raises:
+      TypeError: ``value`` is not a real number (a bool, a string, None, ...).
+      ValueError: ``value`` is not finite or outside its range.
+    """
+    test, desc = _RANGES[valid]
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"{fn_name}: {name} must be a real number {desc} (a Python int or float, or a "
+            f"JAX array when traced), got {value!r} of type {type(value).__name__}."
+        )
+    v = float(value)
+    if not (math.isfinite(v) and test(v)):
+        raise ValueError(f"{fn_name}: {name} must be a finite number {desc}, got {value!r}.")
+    return value
 
 
 def check_chunk_size(chunk_size: int | None, fn_name: str) -> None:

@@ -98,9 +98,11 @@ def ova_sufficiency(
         temperature (the model owns it).
 
     Args:
-      z: (M, N, d) embeddings, M >= 2 (N local when sharded).
-      tau: temperature (scalar, may be traced).
-      lam: rank guard / ridge term.
+      z: (M, N, d) embeddings, M >= 2 (N local when sharded); finite, norms below ~1.8e19
+        (float32 squares overflow there and the loss silently becomes log N; see
+        ``_core``). The score is invariant to the norms in that range.
+      tau: temperature > 0 (scalar, may be traced).
+      lam: rank guard / ridge term > 0 (may be traced).
       exclude_positive: see above.
       projector: the "OVA + MLP projector" ablation (paper Table 4): a callable
         ``projector(rest, m) -> (K, d)`` mapping remaining embeddings ``rest`` of shape
@@ -134,6 +136,9 @@ def ova_sufficiency(
       ``neg_score`` (mean raw scores).
     """
     name = "ova_sufficiency"
+    _core.check_hyperparameter(tau, "tau", name, "positive")
+    _core.check_hyperparameter(lam, "lam", name, "positive")
+    _core.check_hyperparameter(product_weight, "product_weight", name, "non_negative")
     if negatives not in NEGATIVE_MODES:
         raise ValueError(f"{name}: negatives must be one of {NEGATIVE_MODES}, got {negatives!r}.")
     z = _core.check_embeddings(z, name)
@@ -240,7 +245,8 @@ def ova_minimality(
     term is unchanged.
 
     Args:
-      z: (M, N, d) embeddings.
+      z: (M, N, d) embeddings; finite, norms below ~1.8e19 with ``normalize`` (float32
+        squares overflow there and the vector normalises to 0).
       normalize: use ``mu = z / |z|`` (default) or ``mu = z``.
       axis_name: mesh axis of the batch, inside ``jax.shard_map``.
       chunk_size: accepted for a uniform signature; the term has no N x N part.
@@ -287,11 +293,17 @@ def ova_ib(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """OVA-IB: ``L = L_S + beta * L_M`` (SPEC sections 1-2; beta = 1 in the paper, 0.5 on
     WESAD). See :func:`ova_sufficiency` and :func:`ova_minimality` for the terms, the
-    arguments and the decisions. ``beta = 0`` is the paper's "no minimality" ablation.
+    arguments and the decisions. ``beta = 0`` is the paper's "no minimality" ablation;
+    beta must be finite and >= 0 (may be traced).
 
     Returns:
       ``(loss, aux)`` with every entry of both terms' aux.
     """
+    name = "ova_ib"
+    _core.check_hyperparameter(tau, "tau", name, "positive")
+    _core.check_hyperparameter(beta, "beta", name, "non_negative")
+    _core.check_hyperparameter(lam, "lam", name, "positive")
+    _core.check_hyperparameter(product_weight, "product_weight", name, "non_negative")
     loss_s, aux = ova_sufficiency(
         z,
         tau=tau,

@@ -86,8 +86,9 @@ def pairwise_clip(
     that only the objective changes between methods.
 
     Args:
-      z: (M, N, d) embeddings.
-      tau: temperature (may be traced: a learnable temperature lives in the model).
+      z: (M, N, d) embeddings; finite, norms below ~1.8e19 (float32 squares overflow there
+        and the loss silently becomes log N per term; see ``_core``).
+      tau: temperature > 0 (may be traced: a learnable temperature lives in the model).
       axis_name: mesh axis of the batch, inside ``jax.shard_map``.
       chunk_size: candidates per block (memory O(N_local x chunk_size)).
 
@@ -96,6 +97,7 @@ def pairwise_clip(
       ``mi_bound/{p}->{q}`` and ``accuracy/{p}->{q}`` per direction, ``accuracy``,
       ``pos_score``, ``neg_score``.
     """
+    _core.check_hyperparameter(tau, "tau", "pairwise_clip", "positive")
     z = _core.check_embeddings(z, "pairwise_clip")
     _core.check_chunk_size(chunk_size, "pairwise_clip")
     pairs = list(itertools.combinations(range(z.shape[0]), 2))
@@ -117,13 +119,16 @@ def pairwise_clip_ib(
 
     ``L = pairwise_clip + beta * sum_{p<q} mean_n a(z[p, n], z[q, n])`` with the alignment
     ``a = 1 - cos`` (``alignment="cosine"``, default) or the squared distance of the
-    normalised pair ``|z^_p - z^_q|^2 = 2 - 2 cos`` (``alignment="squared"``).
+    normalised pair ``|z^_p - z^_q|^2 = 2 - 2 cos`` (``alignment="squared"``). ``tau > 0``
+    and ``beta >= 0`` (both finite, may be traced); ``z`` as in :func:`pairwise_clip`.
 
     Returns:
       ``(loss, aux)``: the aux of :func:`pairwise_clip` plus ``alignment`` (the summed
       alignment term, before beta) and ``alignment/{p}-{q}``.
     """
     name = "pairwise_clip_ib"
+    _core.check_hyperparameter(tau, "tau", name, "positive")
+    _core.check_hyperparameter(beta, "beta", name, "non_negative")
     if alignment not in ("cosine", "squared"):
         raise ValueError(f"{name}: alignment must be 'cosine' or 'squared', got {alignment!r}.")
     z = _core.check_embeddings(z, name)
@@ -156,9 +161,12 @@ def anchor_clip(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Anchor (ImageBind-style) CLIP: sum over m != anchor of symmetric InfoNCE(z_a, z_m).
 
+    ``tau > 0`` (finite, may be traced); ``z`` as in :func:`pairwise_clip`.
+
     Returns:
       ``(loss, aux)`` as :func:`pairwise_clip`, keys ``clip/{a}-{m}`` etc.
     """
+    _core.check_hyperparameter(tau, "tau", "anchor_clip", "positive")
     z = _core.check_embeddings(z, "anchor_clip")
     _core.check_chunk_size(chunk_size, "anchor_clip")
     a = _core.check_modality_index(anchor, z.shape[0], "anchor", "anchor_clip")

@@ -4,6 +4,8 @@ similarity (SPEC section 4).
 A scorer maps query embeddings of a set of Q modalities ``(Q, Nq, d)`` and candidate
 embeddings of one modality ``(Nc, d)`` to scores ``(Nq, Nc)`` (higher = more similar).
 Per-query quantities (bases, products) are computed once, and the scores are one matmul.
+Inputs: finite, with the norms the objectives support (below ~1.8e19 for the normalising
+scores, see ``_core``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ def ova_score(
 
     Args:
       queries: (Q, Nq, d). cands: (Nc, d).
+      lam: rank guard > 0, as in training. product_weight: w >= 0.
 
     Returns:
       (Nq, Nc) scores in [0, 1] (in [-w, 1 + w] with the product term).
     """
+    _core.check_hyperparameter(lam, "lam", "ova_score", "positive")
+    _core.check_hyperparameter(product_weight, "product_weight", "ova_score", "non_negative")
     queries, cands = _check(queries, cands, "ova_score")
     basis, _ = span_basis(jnp.moveaxis(queries, 0, 1), lam)  # (Nq, Q, d)
     unit = _core.l2_normalize(cands)

@@ -78,12 +78,14 @@ def symile(
         column is the true positive tuple for every M.
 
     No normalisation inside the loss (as in the reference): the model owns the
-    normalisation and the learnable ``logit_scale``. In float32, embeddings of norm
-    ~1e6 overflow the MIP for M >= 5; normalise them.
+    normalisation and the learnable ``logit_scale``. In float32 the MIP of M vectors of
+    norm r overflows once r^M (times ``logit_scale``) passes ~3.4e38, e.g. r = 1e6 for
+    M >= 7, and the loss becomes NaN; normalise such embeddings.
 
     Args:
-      z: (M, N, d) embeddings, M >= 2.
-      logit_scale: multiplies the MIPs (may be traced).
+      z: (M, N, d) embeddings, M >= 2; finite, with every multilinear product (times
+        ``logit_scale``) below float32 max ~3.4e38 (see above).
+      logit_scale: multiplies the MIPs; finite and > 0 (may be traced).
       negatives: "n" or "n_squared".
       key: PRNG key for the "n" permutations; the same key must be passed on every device.
       axis_name: mesh axis of the batch, inside ``jax.shard_map``: the permutations act on
@@ -96,6 +98,7 @@ def symile(
       ``pos_score``, ``neg_score``.
     """
     name = "symile"
+    _core.check_hyperparameter(logit_scale, "logit_scale", name, "positive")
     if negatives not in NEGATIVE_MODES:
         raise ValueError(f"{name}: negatives must be one of {NEGATIVE_MODES}, got {negatives!r}.")
     z = _core.check_embeddings(z, name)

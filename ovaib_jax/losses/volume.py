@@ -86,10 +86,12 @@ def gram(
     cross-encoder and is out of scope. The CE is averaged over both directions.
 
     Args:
-      z: (M, N, d) embeddings, M >= 2.
-      tau: temperature.
+      z: (M, N, d) embeddings, M >= 2; finite, norms below ~1.8e19 (float32 squares
+        overflow there and the loss silently becomes log N; see ``_core``).
+      tau: temperature > 0 (finite, may be traced).
       anchor: index of the anchor modality (text in the GRAM repo).
-      label_smoothing: of the cross-entropy targets (0.1 in the repo).
+      label_smoothing: of the cross-entropy targets (0.1 in the repo), a Python number
+        in [0, 1).
       axis_name, chunk_size: sharding and blocking, as in every objective.
 
     Returns:
@@ -98,6 +100,8 @@ def gram(
       i.e. minus the volume).
     """
     name = "gram"
+    _core.check_hyperparameter(tau, "tau", name, "positive")
+    _core.check_hyperparameter(label_smoothing, "label_smoothing", name, "unit_interval")
     z = _core.check_embeddings(z, name)
     _core.check_chunk_size(chunk_size, name)
     m_count, n, _ = z.shape
@@ -140,12 +144,15 @@ def triangle(
     ``area = (|u|^2 |w|^2 - (u.w)^2) / 2`` (no square root, as in the repo). Expanded for
     unit vectors with ``x = l.v``, ``y = l.a``, ``c = v.a``:
     ``area = ((2 - 2x)(2 - 2y) - (1 - x - y + c)^2) / 2``: two matmuls and one
-    per-candidate dot product. Same two-way cross-entropy and label smoothing as GRAM.
+    per-candidate dot product. Same two-way cross-entropy, label smoothing, arguments and
+    supported input range as :func:`gram`.
 
     Returns:
       ``(loss, aux)`` as :func:`gram` with the ``triangle`` prefix.
     """
     name = "triangle"
+    _core.check_hyperparameter(tau, "tau", name, "positive")
+    _core.check_hyperparameter(label_smoothing, "label_smoothing", name, "unit_interval")
     z = _core.check_embeddings(z, name, num_modalities=3)
     _core.check_chunk_size(chunk_size, name)
     _, n, _ = z.shape

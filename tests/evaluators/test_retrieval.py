@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import numpy as np
 import pytest
 
@@ -176,7 +177,7 @@ def test_ties_below_strictly_higher_candidates_hand_computed():
     for ties, want in expected.items():
         for chunk in (None, 4):
             got = _retrieve_scores(s, ks=ks, ties=ties, chunk_size=chunk)
-            assert got == pytest.approx(want, rel=1e-6), (ties, chunk)
+            chex.assert_trees_all_close(got, want, rtol=1e-6, custom_message=f"{ties}, {chunk}")
 
 
 def test_random_ties_equal_pessimistic_on_continuous_scores():
@@ -193,7 +194,7 @@ def test_random_ties_equal_pessimistic_on_continuous_scores():
     want = _reference(scores, "index", np.zeros(n), ks)
     assert want["mAP"] < 0.5  # far from 1: a rank mistaken for 1 would show
     for ties, got in results.items():
-        assert got == pytest.approx(want, rel=1e-5), ties
+        chex.assert_trees_all_close(got, want, rtol=1e-5, custom_message=ties)
 
 
 @pytest.mark.parametrize("relevance", ["index", "label"])
@@ -210,7 +211,7 @@ def test_nan_scores_rank_last(relevance):
         got = _retrieve_scores(
             s, ks=(1, 5), ties=ties, chunk_size=None, relevance=relevance, labels=np.arange(5)
         )
-        assert got == pytest.approx(want, rel=1e-6), ties
+        chex.assert_trees_all_close(got, want, rtol=1e-6, custom_message=ties)
 
 
 def test_label_relevance_with_class_prototypes():

@@ -1,12 +1,15 @@
 """Every objective against the literal NumPy reference (values and gradients), the
 chunked form against the plain one, and the invariants of SPEC sections 1-3."""
 
+import functools
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from ovaib_jax import losses
 from tests.losses import reference as ref
@@ -18,27 +21,21 @@ def _z(m, n=5, d=7, seed=0):
     return jax.random.normal(jax.random.key(seed), (m, n, d), jnp.float32)
 
 
-# name -> (kwargs for the library, reference fn of z returning the loss)
+# name -> (kwargs for the library, reference fn of z returning (loss, aux))
 CASES = {
-    "ova_sufficiency": ({"tau": TAU}, lambda z: ref.ova_sufficiency(z, TAU)[0]),
+    "ova_sufficiency": ({"tau": TAU}, lambda z: ref.ova_sufficiency(z, TAU)),
     "ova_sufficiency_excl": (
         {"tau": TAU, "exclude_positive": True},
-        lambda z: ref.ova_sufficiency(z, TAU, exclude_positive=True)[0],
+        lambda z: ref.ova_sufficiency(z, TAU, exclude_positive=True),
     ),
-    "ova_ib": (
-        {"tau": TAU, "beta": 0.7},
-        lambda z: ref.ova_sufficiency(z, TAU)[0] + 0.7 * ref.ova_minimality(z)[0],
-    ),
+    "ova_ib": ({"tau": TAU, "beta": 0.7}, lambda z: ref.ova_ib(z, TAU, 0.7)),
     "ova_ib_excl_raw_mu": (
         {"tau": TAU, "beta": 0.3, "exclude_positive": True, "normalize_minimality": False},
-        lambda z: (
-            ref.ova_sufficiency(z, TAU, exclude_positive=True)[0]
-            + 0.3 * ref.ova_minimality(z, normalize=False)[0]
-        ),
+        lambda z: ref.ova_ib(z, TAU, 0.3, exclude_positive=True, normalize_minimality=False),
     ),
     "ova_sufficiency_shuffled": (
         {"tau": TAU, "negatives": "shuffled"},
-        lambda z: ref.ova_sufficiency(z, TAU, shuffled=True)[0],
+        lambda z: ref.ova_sufficiency(z, TAU, shuffled=True),
     ),
     "pairwise_clip": ({"tau": TAU}, lambda z: ref.pairwise_clip(z, TAU)),
     "pairwise_clip_ib": ({"tau": TAU, "beta": 0.5}, lambda z: ref.pairwise_clip_ib(z, TAU, 0.5)),
@@ -80,27 +77,27 @@ VALUE_PARAMS = [(c, m) for c in CASES for m in _ms(c)]
 
 
 @pytest.mark.parametrize("case,m", VALUE_PARAMS)
-def test_value_matches_literal_reference(case, m):
+def test_value_and_every_aux_entry_match_literal_reference(case, m):
+    """The loss and EVERY aux value (per-term losses, MI bounds, accuracies, score
+    statistics) against the literal reference; the aux keys must match too."""
     kwargs, reference = CASES[case]
     n = 4 if case == "symile_n_squared" else 5
     z = _z(m, n=n, seed=m)
     fn = _fn(case)
-    loss, aux = fn(z, **kwargs)  # eager: op-by-op compiles are shared across cases
-    expected = reference(np.asarray(z))
-    np.testing.assert_allclose(float(loss), expected, rtol=2e-5, atol=2e-5)
-    for v in aux.values():
-        assert np.isfinite(float(v))
+    got = fn(z, **kwargs)  # eager: op-by-op compiles are shared across cases
+    chex.assert_trees_all_close(got, reference(np.asarray(z)), rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_eager_equals_jit(case):
-    kwargs, _ = CASES[case]
-    z = _z(3, n=4)
-    fn = _fn(case)
-    eager_loss, eager_aux = fn(z, **kwargs)
-    jit_loss, jit_aux = jax.jit(lambda z: fn(z, **kwargs))(z)
-    np.testing.assert_allclose(float(eager_loss), float(jit_loss), rtol=1e-6)
-    assert eager_aux.keys() == jit_aux.keys()
+class EagerAndJitTest(chex.TestCase):
+    """Jitted and eager objectives give the reference's loss and every aux value."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*((c, c) for c in CASES))
+    def test_matches_reference(self, case):
+        kwargs, reference = CASES[case]
+        z = _z(3, n=4)
+        fn = self.variant(functools.partial(_fn(case), **kwargs))
+        chex.assert_trees_all_close(fn(z), reference(np.asarray(z)), rtol=2e-5, atol=2e-5)
 
 
 def _finite_difference_grad(f, x, eps=1e-5):
@@ -120,7 +117,7 @@ def test_gradient_matches_finite_differences_of_reference(case):
     z = _z(3, n=4, d=3, seed=11)
     fn = _fn(case)
     grad = jax.jit(jax.grad(lambda z: fn(z, **kwargs)[0]))(z)
-    expected = _finite_difference_grad(reference, z)
+    expected = _finite_difference_grad(lambda z: reference(z)[0], z)
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-3, atol=2e-4)
 
 
@@ -187,6 +184,55 @@ def test_ova_score_for_two_modalities_is_abs_cos():
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lam", [0.5, 3.0])
+def test_lam_is_passed_on_two_modality_closed_form(lam):
+    """M = 2: the remaining span is the single vector z_k. Normalised, its Gram-Schmidt
+    residual is r = 1, and ``span_basis`` weights the squared projection of the unit query
+    on it by r / (r + lam) (the ridge shrinkage, docstrings of ``span_basis`` and
+    ``ova_sufficiency``), so the guarded score is |cos(z_1, z_2)| / sqrt(1 + lam). (The
+    SPEC's cos(z, zbar) would not see lam at M = 2: the library's lam is a guard on the
+    normalised vectors, documented as exact only for lam -> 0.) A large lam makes a
+    dropped or defaulted lam visible in the losses and in the scorer."""
+    z = _z(2, n=5, d=4, seed=21)
+    zn = np.asarray(z, np.float64)
+    zn /= np.linalg.norm(zn, axis=-1, keepdims=True)
+    s = np.abs(zn[0] @ zn[1].T) / np.sqrt(1.0 + lam)  # s[i, j]: z[0, i] against z[1, j]
+    suff = 0.5 * (ref._ce_rows(s / TAU) + ref._ce_rows(s.T / TAU))  # m = 0 rows, m = 1 cols
+    minimality = np.mean(np.sum((zn[0] - zn[1]) ** 2, axis=-1))  # same for m = 0 and 1
+    got = jax.jit(  # lam stays a Python float: validated, then used as a constant
+        lambda z: (
+            losses.ova_sufficiency(z, tau=TAU, lam=lam)[0],
+            losses.ova_ib(z, tau=TAU, beta=0.7, lam=lam)[0],
+            losses.ova_score(z[:1], z[1], lam=lam),
+            losses.ova_score(z[1:], z[0], lam=lam),
+        )
+    )(z)
+    want = (suff, suff + 0.7 * minimality, s, s.T)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lam_is_passed_on_three_modalities():
+    """M = 3 with a large lam, against the literal guarded score (Gram-Schmidt in modality
+    order, ``reference.ova_score_guarded``): every aux value of ova_sufficiency and ova_ib,
+    and the scorer with two query modalities."""
+    lam = 0.5
+    z = _z(3, n=4, d=5, seed=22)
+    zn = np.asarray(z, np.float64)
+    got = jax.jit(
+        lambda z: (
+            losses.ova_sufficiency(z, tau=TAU, lam=lam),
+            losses.ova_ib(z, tau=TAU, beta=0.7, lam=lam),
+            losses.ova_score(z[:2], z[2], lam=lam),
+        )
+    )(z)
+    want = (
+        ref.ova_sufficiency(zn, TAU, lam, guarded=True),
+        ref.ova_ib(zn, TAU, 0.7, lam, guarded=True),
+        np.array([[ref.ova_score_guarded(c, zn[:2, i], lam) for c in zn[2]] for i in range(4)]),
+    )
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
+
 def test_ova_score_is_invariant_to_scale_and_sign_of_remaining_embeddings():
     z = _z(4, n=6, d=8, seed=5)
     scaled = z.at[1].multiply(-3.0).at[2].multiply(1e-3)
@@ -207,18 +253,18 @@ def test_projector_ablation_matches_reference():
         return np.tanh(flat @ np.asarray(w, np.float64) + m)
 
     z = _z(3, n=5, d=7, seed=6)
-    loss, _ = losses.ova_sufficiency(z, tau=TAU, projector=projector)
-    expected, _ = ref.ova_sufficiency(np.asarray(z), TAU, projector=np_projector)
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    got = losses.ova_sufficiency(z, tau=TAU, projector=projector)
+    expected = ref.ova_sufficiency(np.asarray(z), TAU, projector=np_projector)
+    chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_product_projector_matches_reference_and_sees_signs():
     z = _z(4, n=6, d=8, seed=11)
-    loss, _ = losses.ova_sufficiency(z, tau=TAU, projector=losses.product_projector)
-    expected, _ = ref.ova_sufficiency(
+    loss, aux = losses.ova_sufficiency(z, tau=TAU, projector=losses.product_projector)
+    expected = ref.ova_sufficiency(
         np.asarray(z), TAU, projector=lambda rest, m: np.prod(rest, axis=0)
     )
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    chex.assert_trees_all_close((loss, aux), expected, rtol=1e-5, atol=1e-5)
     # Flipping one modality's sign leaves the span (the projection score) unchanged but
     # flips every product that contains it: the product projector's loss moves.
     flipped = z.at[1].multiply(-1.0)
@@ -237,11 +283,11 @@ def test_product_projector_matches_reference_and_sees_signs():
 def test_span_plus_product_score_matches_reference(negatives, chunk):
     z = _z(4, n=6, d=8, seed=12)
     kw = {"tau": TAU, "product_weight": 0.7, "negatives": negatives, "chunk_size": chunk}
-    loss, _ = losses.ova_sufficiency(z, **kw)
-    expected, _ = ref.ova_sufficiency(
+    loss, aux = losses.ova_sufficiency(z, **kw)
+    expected = ref.ova_sufficiency(
         np.asarray(z), TAU, product_weight=0.7, shuffled=negatives == "shuffled"
     )
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    chex.assert_trees_all_close((loss, aux), expected, rtol=1e-5, atol=1e-5)
     # The product term sees the sign of a remaining embedding; the paper's score does not.
     flipped = z.at[1].multiply(-1.0)
     moved, _ = losses.ova_sufficiency(flipped, **kw)
@@ -262,7 +308,7 @@ def test_span_plus_product_score_matches_reference(negatives, chunk):
 
 def test_span_plus_product_score_bad_arguments():
     z = _z(3, n=4, d=5, seed=1)
-    with pytest.raises(ValueError, match="product_weight must be >= 0"):
+    with pytest.raises(ValueError, match="product_weight must be a finite number >= 0"):
         losses.ova_sufficiency(z, product_weight=-1.0)
     with pytest.raises(ValueError, match="cannot be combined with a projector"):
         losses.ova_sufficiency(z, product_weight=1.0, projector=losses.product_projector)
@@ -298,7 +344,20 @@ def test_vmap_over_independent_problems():
     np.testing.assert_allclose(np.asarray(batched), looped, rtol=1e-5)
 
 
-def test_learnable_temperature_gets_a_gradient():
+@pytest.mark.parametrize(
+    "name,param,value,reference",
+    [
+        ("ova_ib", "tau", 0.1, lambda z, t: ref.ova_ib(z, t)[0]),
+        ("pairwise_clip_ib", "tau", 0.2, lambda z, t: ref.pairwise_clip_ib(z, t)[0]),
+        ("symile", "logit_scale", 2.0, lambda z, s: ref.symile_n_cyclic(z, s)[0]),
+        ("gram", "tau", 0.1, lambda z, t: ref.gram(z, t)[0]),
+    ],
+)
+def test_learnable_temperature_gradient_matches_finite_differences(name, param, value, reference):
+    """The gradient of the loss with respect to a traced temperature (a learnable one
+    lives in the model) against central differences of the literal reference."""
     z = _z(3, n=6)
-    g = jax.grad(lambda t: losses.ova_ib(z, tau=t)[0])(0.1)
-    assert np.isfinite(float(g)) and float(g) != 0.0
+    grad = jax.jit(jax.grad(lambda t: losses.get(name)(z, **{param: t})[0]))(value)
+    x, eps = np.asarray(z, np.float64), 1e-6 * value
+    expected = (reference(x, value + eps) - reference(x, value - eps)) / (2 * eps)
+    chex.assert_trees_all_close(grad, expected, rtol=1e-3, atol=1e-4)

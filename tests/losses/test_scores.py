@@ -1,5 +1,6 @@
 """Retrieval scorers (SPEC section 4) against literal per-pair NumPy versions."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -44,8 +45,28 @@ def test_scorer_matches_literal(name, q_count):
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
 
 
-def test_registry_maps_every_objective_to_a_scorer():
-    for name in losses.names():
-        assert callable(losses.get_scorer(name))
+# Each objective's own similarity (SPEC section 4), as named in ``_literal``.
+OWN_SCORE = {
+    "ova_ib": "ova",
+    "ova_sufficiency": "ova",
+    "pairwise_clip": "clip",
+    "pairwise_clip_ib": "clip",
+    "anchor_clip": "clip",
+    "symile": "symile",
+    "gram": "gram",
+    "triangle": "triangle",
+}
+
+
+def test_registry_maps_every_objective_to_its_own_score():
+    assert set(OWN_SCORE) == set(losses.names())
+    queries = jax.random.normal(jax.random.key(20), (2, 4, 5))  # Q = 2: every scorer applies
+    cands = jax.random.normal(jax.random.key(21), (6, 5))
+    q64, c64 = np.asarray(queries, np.float64), np.asarray(cands, np.float64)
+    for name, kind in OWN_SCORE.items():
+        got = jax.jit(losses.get_scorer(name))(queries, cands)
+        chex.assert_trees_all_close(
+            got, _literal(kind, q64, c64), rtol=2e-4, atol=2e-5, custom_message=name
+        )
     with pytest.raises(ValueError, match="valid names"):
         losses.get_scorer("nope")
