@@ -134,6 +134,14 @@ def ova_sufficiency(
       ``mi_bound/m{m}`` (log N - L_m), ``accuracy`` and ``accuracy/m{m}`` (in-batch
       top-1 of retrieving sample n's remaining tuple from z_m), ``pos_score`` and
       ``neg_score`` (mean raw scores).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.ova_sufficiency(z, tau=0.1)
+      >>> float(aux["accuracy"]), sorted(k for k in aux if k.startswith("mi_bound"))
+      (1.0, ['mi_bound/m0', 'mi_bound/m1', 'mi_bound/m2'])
     """
     name = "ova_sufficiency"
     _core.check_hyperparameter(tau, "tau", name, "positive")
@@ -298,6 +306,14 @@ def ova_ib(
 
     Returns:
       ``(loss, aux)`` with every entry of both terms' aux.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.ova_ib(z, tau=0.1, beta=1.0)
+      >>> float(aux["accuracy"]), bool(loss > aux["sufficiency"])  # + beta * minimality
+      (1.0, True)
     """
     name = "ova_ib"
     _core.check_hyperparameter(tau, "tau", name, "positive")

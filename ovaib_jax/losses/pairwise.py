@@ -96,6 +96,14 @@ def pairwise_clip(
       ``(loss, aux)``; aux: ``clip`` (= loss), ``clip/{p}-{q}`` per pair,
       ``mi_bound/{p}->{q}`` and ``accuracy/{p}->{q}`` per direction, ``accuracy``,
       ``pos_score``, ``neg_score``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.pairwise_clip(z, tau=0.1)
+      >>> float(aux["accuracy"]), len([k for k in aux if k.startswith("clip/")])  # 3 pairs
+      (1.0, 3)
     """
     _core.check_hyperparameter(tau, "tau", "pairwise_clip", "positive")
     z = _core.check_embeddings(z, "pairwise_clip")
@@ -125,6 +133,14 @@ def pairwise_clip_ib(
     Returns:
       ``(loss, aux)``: the aux of :func:`pairwise_clip` plus ``alignment`` (the summed
       alignment term, before beta) and ``alignment/{p}-{q}``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.pairwise_clip_ib(z, tau=0.1, beta=1.0)
+      >>> float(aux["accuracy"])
+      1.0
     """
     name = "pairwise_clip_ib"
     _core.check_hyperparameter(tau, "tau", name, "positive")
@@ -165,6 +181,14 @@ def anchor_clip(
 
     Returns:
       ``(loss, aux)`` as :func:`pairwise_clip`, keys ``clip/{a}-{m}`` etc.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.anchor_clip(z, tau=0.1, anchor=0)
+      >>> float(aux["accuracy"])
+      1.0
     """
     _core.check_hyperparameter(tau, "tau", "anchor_clip", "positive")
     z = _core.check_embeddings(z, "anchor_clip")

@@ -42,6 +42,14 @@ def ova_score(
 
     Returns:
       (Nq, Nc) scores in [0, 1] (in [-w, 1 + w] with the product term).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> scores = losses.ova_score(z[:2], z[2])  # queries (Q, Nq, d), candidates (Nc, d)
+      >>> scores.shape, bool((scores.argmax(axis=1) == jnp.arange(8)).all())
+      ((8, 8), True)
     """
     _core.check_hyperparameter(lam, "lam", "ova_score", "positive")
     _core.check_hyperparameter(product_weight, "product_weight", "ova_score", "non_negative")
@@ -76,20 +84,47 @@ def projector_score(
 
 
 def clip_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
-    """Pairwise CLIP: mean over query modalities q of ``cos(z[q, i], c_j)``. (Nq, Nc)."""
+    """Pairwise CLIP: mean over query modalities q of ``cos(z[q, i], c_j)``. (Nq, Nc).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> scores = losses.clip_score(z[:2], z[2])  # queries (Q, Nq, d), candidates (Nc, d)
+      >>> scores.shape, bool((scores.argmax(axis=1) == jnp.arange(8)).all())
+      ((8, 8), True)
+    """
     queries, cands = _check(queries, cands, "clip_score")
     mean_q = jnp.mean(_core.l2_normalize(queries), axis=0)
     return mean_q @ _core.l2_normalize(cands).T
 
 
 def symile_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
-    """Symile: multilinear inner product ``MIP(z[q_1, i], ..., z[q_Q, i], c_j)``. (Nq, Nc)."""
+    """Symile: multilinear inner product ``MIP(z[q_1, i], ..., z[q_Q, i], c_j)``. (Nq, Nc).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> scores = losses.symile_score(z[:2], z[2])  # queries (Q, Nq, d), candidates (Nc, d)
+      >>> scores.shape, bool((scores.argmax(axis=1) == jnp.arange(8)).all())
+      ((8, 8), True)
+    """
     queries, cands = _check(queries, cands, "symile_score")
     return jnp.prod(queries, axis=0) @ cands.T
 
 
 def gram_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
-    """GRAM: ``-Vol(c^_j, z^[q, i] for q in Q)`` of the normalised vectors. (Nq, Nc)."""
+    """GRAM: ``-Vol(c^_j, z^[q, i] for q in Q)`` of the normalised vectors. (Nq, Nc).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> scores = losses.gram_score(z[:2], z[2])  # queries (Q, Nq, d), candidates (Nc, d)
+      >>> scores.shape, bool((scores.argmax(axis=1) == jnp.arange(8)).all())
+      ((8, 8), True)
+    """
     queries, cands = _check(queries, cands, "gram_score")
     basis, r = span_basis(jnp.moveaxis(queries, 0, 1), 1e-8)
     residual = jnp.maximum(1.0 - projected_sq_norm(_core.l2_normalize(cands), basis), 0.0)
@@ -97,7 +132,16 @@ def gram_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
 
 
 def triangle_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
-    """TRIANGLE: ``-area(z^[q_1, i], z^[q_2, i], c^_j)`` (Q = 2 query modalities). (Nq, Nc)."""
+    """TRIANGLE: ``-area(z^[q_1, i], z^[q_2, i], c^_j)`` (Q = 2 query modalities). (Nq, Nc).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> scores = losses.triangle_score(z[:2], z[2])  # queries (Q, Nq, d), candidates (Nc, d)
+      >>> scores.shape, bool((scores.argmax(axis=1) == jnp.arange(8)).all())
+      ((8, 8), True)
+    """
     queries, cands = _check(queries, cands, "triangle_score")
     if queries.shape[0] != 2:
         raise ValueError(

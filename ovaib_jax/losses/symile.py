@@ -96,6 +96,14 @@ def symile(
       ``(loss, aux)``; aux: ``symile`` (= loss), ``symile/m{m}`` per anchor,
       ``mi_bound/m{m}`` (log(#candidates) - L_m), ``accuracy`` and ``accuracy/m{m}``,
       ``pos_score``, ``neg_score``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.symile(z, logit_scale=10.0, key=jax.random.key(0))
+      >>> bool(aux["accuracy"] > 0.9)  # negatives are random draws
+      True
     """
     name = "symile"
     _core.check_hyperparameter(logit_scale, "logit_scale", name, "positive")

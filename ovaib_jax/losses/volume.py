@@ -98,6 +98,14 @@ def gram(
       ``(loss, aux)``; aux: ``gram`` (= loss), ``gram/anchor_to_rest``,
       ``gram/rest_to_anchor``, accuracies, ``pos_score`` / ``neg_score`` (mean score,
       i.e. minus the volume).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.gram(z, tau=0.1)
+      >>> float(aux["accuracy"])
+      1.0
     """
     name = "gram"
     _core.check_hyperparameter(tau, "tau", name, "positive")
@@ -149,6 +157,14 @@ def triangle(
 
     Returns:
       ``(loss, aux)`` as :func:`gram` with the ``triangle`` prefix.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from ovaib_jax import losses
+      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> loss, aux = losses.triangle(z, tau=0.1)
+      >>> float(aux["accuracy"])
+      1.0
     """
     name = "triangle"
     _core.check_hyperparameter(tau, "tau", name, "positive")
