@@ -31,6 +31,7 @@ REQUIRED_FIELDS = (
     "model.encoders", "model.representation_dim", "model.embedding_dim", "model.head_layers",
     "model.head_hidden", "model.normalize_embeddings", "model.learnable_temperature",
     "model.min_temperature", "model.max_temperature", "model.projector_hidden",
+    "model.dtype", "model.objective_dtype",
     "optimizer.name", "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
     "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.b1", "optimizer.b2",
     "optimizer.eps", "optimizer.momentum",
@@ -321,7 +322,17 @@ def _check_model(
         encoders = models.resolve_encoders(modalities, overrides)
     except ValueError as e:
         raise ValueError(f"config.model.encoders: {e}") from None
+    for field in ("dtype", "objective_dtype"):
+        if mc[field] not in models.DTYPES:
+            raise ValueError(
+                f"config.model.{field}={mc[field]!r}; valid dtypes are {', '.join(models.DTYPES)}."
+            )
     for enc in encoders:
+        if "dtype" in dict(models.encoder_kwargs(mc, enc)):
+            raise ValueError(
+                f"config.model.{enc}.dtype: the compute dtype is one for the whole model; "
+                f"set config.model.dtype ({', '.join(models.DTYPES)}) instead."
+            )
         kwargs = dict(models.encoder_kwargs(mc, enc))
         fields = {f.name for f in dataclasses.fields(models.get_encoder(enc))}
         bad = sorted(set(kwargs) - fields)

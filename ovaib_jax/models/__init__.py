@@ -6,6 +6,8 @@
   modality: the config's override (``"rgb=small_cnn,force=cnn1d"``) or the dataset
   spec's suggestion.
 * :func:`create_model` builds a :class:`MultiModalModel` from ``config.model``.
+* :func:`get_dtype` resolves the dtype names of ``config.model.dtype`` (computation) and
+  ``config.model.objective_dtype`` (what enters the objective): ``float32``, ``bfloat16``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
+
 from ovaib_jax.models.encoders import CNN1D, LSTM, MLP, ResNet18, SmallCNN
 from ovaib_jax.models.heads import MLPProjector, ProjectionHead
 from ovaib_jax.models.multimodal import EncoderDef, MultiModalModel
 
 __all__ = [
+    "DTYPES",
     "ENCODERS",
     "EncoderDef",
     "MLPProjector",
@@ -25,6 +30,7 @@ __all__ = [
     "ProjectionHead",
     "create_model",
     "encoder_kwargs",
+    "get_dtype",
     "get_encoder",
     "parse_encoder_overrides",
     "resolve_encoders",
@@ -37,6 +43,22 @@ ENCODERS: dict[str, type] = {
     "lstm": LSTM,
     "small_cnn": SmallCNN,
 }
+
+
+# The dtypes a model may compute in (parameters are float32 whatever the choice). float16
+# is not offered: without loss scaling its gradients underflow.
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def get_dtype(name: str) -> Any:
+    """The JAX dtype called ``name`` (a key of :data:`DTYPES`).
+
+    Raises:
+      ValueError: unknown name (the message lists the valid dtypes).
+    """
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; valid dtypes are {', '.join(DTYPES)}.")
+    return DTYPES[name]
 
 
 def get_encoder(name: str) -> type:
@@ -123,7 +145,9 @@ def create_model(
     """Builds the multi-modal model from ``config.model``.
 
     Args:
-      model_config: the ``config.model`` ConfigDict (see ``experiments/default.py``).
+      model_config: the ``config.model`` ConfigDict (see ``experiments/default.py``);
+        its ``dtype`` and ``objective_dtype`` name the compute dtype and the dtype of what
+        enters the objective (:func:`get_dtype`).
       modalities: the dataset's modalities in the order of ``z`` (``Modality`` objects).
       normalize_embeddings: L2-normalise z (decided by the trainer from the objective).
       init_temperature: initial tau of the learnable temperature.
@@ -148,4 +172,6 @@ def create_model(
         max_temperature=float(model_config.max_temperature),
         projector=bool(projector),
         projector_hidden=tuple(model_config.projector_hidden),
+        dtype=get_dtype(model_config.dtype),
+        objective_dtype=get_dtype(model_config.objective_dtype),
     )

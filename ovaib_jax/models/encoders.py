@@ -1,9 +1,16 @@
 """Per-modality encoders ``f_m``: one modality's batch -> representations ``(N, r)``.
 
 Every encoder is a Flax linen module called as ``encoder(x, train=...)`` on one
-modality's batch ``x`` of shape ``(N, *shape)`` and returning ``(N, out_dim)`` float32.
-Integer inputs (uint8 pixels, int16 samples) are cast to float32 by the caller
-(:class:`ovaib_jax.models.multimodal.MultiModalModel`), so encoders see floats only.
+modality's batch ``x`` of shape ``(N, *shape)`` and returning ``(N, out_dim)`` in its
+compute dtype. Integer inputs (uint8 pixels, int16 samples) are cast to floats by the
+caller (:class:`ovaib_jax.models.multimodal.MultiModalModel`), so encoders see floats only.
+
+Mixed precision, the flax / big_vision convention: every encoder has a ``dtype``
+attribute, the dtype of its computation (float32 by default; bfloat16 with
+``config.model.dtype``), while its parameters are always created in float32
+(``param_dtype``), so the optimizer updates and keeps its state in float32. BatchNorm
+computes its statistics in float32 and keeps the running ones in float32; the LSTM keeps
+its carry (cell and hidden state) in float32, only its gate matmuls run in ``dtype``.
 
 Layouts (all channels-last, as stored by ``ovaib_jax.data``):
 
@@ -20,13 +27,18 @@ Layouts (all channels-last, as stored by ``ovaib_jax.data``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CNN1D", "LSTM", "MLP", "ResNet18", "SmallCNN", "activation"]
+__all__ = ["CNN1D", "LSTM", "MLP", "PARAM_DTYPE", "ResNet18", "SmallCNN", "activation"]
+
+# Parameters (and so gradients and optimizer state) are float32 whatever the compute dtype.
+PARAM_DTYPE = jnp.float32
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -50,20 +62,23 @@ class MLP(nn.Module):
       out_dim: output (representation) dimension r.
       hidden: widths of the hidden layers.
       act: activation name; ``leaky_relu`` is the paper's proprioception encoder.
+      dtype: the compute dtype (parameters are float32).
     """
 
     out_dim: int
     hidden: Sequence[int] = (256, 256)
     act: str = "relu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """``x`` (N, ...) -> (N, out_dim)."""
         del train
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=PARAM_DTYPE)
         h = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            h = activation(self.act)(nn.Dense(width)(h))
-        return nn.Dense(self.out_dim)(h)
+            h = activation(self.act)(dense(width)(h))
+        return dense(self.out_dim)(h)
 
 
 class CNN1D(nn.Module):
@@ -78,6 +93,7 @@ class CNN1D(nn.Module):
       kernel_size: temporal kernel width.
       strides: temporal stride of each block (one value for all, or one per block).
       act: activation name.
+      dtype: the compute dtype (parameters are float32).
     """
 
     out_dim: int
@@ -85,6 +101,7 @@ class CNN1D(nn.Module):
     kernel_size: int = 5
     strides: int | Sequence[int] = 2
     act: str = "relu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -101,10 +118,17 @@ class CNN1D(nn.Module):
         )
         h = x
         for width, stride in zip(self.features, strides, strict=True):
-            h = nn.Conv(width, (self.kernel_size,), strides=(stride,), padding="SAME")(h)
+            h = nn.Conv(
+                width,
+                (self.kernel_size,),
+                strides=(stride,),
+                padding="SAME",
+                dtype=self.dtype,
+                param_dtype=PARAM_DTYPE,
+            )(h)
             h = activation(self.act)(h)
         h = jnp.mean(h, axis=1)  # global average over time: any length works
-        return nn.Dense(self.out_dim)(h)
+        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(h)
 
 
 class LSTM(nn.Module):
@@ -114,11 +138,14 @@ class LSTM(nn.Module):
       out_dim: output (representation) dimension r.
       hidden: LSTM hidden size.
       num_layers: stacked LSTM layers.
+      dtype: the compute dtype of the gates and the output layer (parameters and the
+        carry are float32: the cell state accumulates over every time step).
     """
 
     out_dim: int
     hidden: int = 128
     num_layers: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -129,9 +156,10 @@ class LSTM(nn.Module):
         h = x
         carry = None
         for _ in range(self.num_layers):
-            carry, h = nn.RNN(nn.OptimizedLSTMCell(self.hidden), return_carry=True)(h)
+            cell = nn.OptimizedLSTMCell(self.hidden, dtype=self.dtype, param_dtype=PARAM_DTYPE)
+            carry, h = nn.RNN(cell, return_carry=True)(h)
         last = carry[1]  # (c, h): the hidden state after the last time step
-        return nn.Dense(self.out_dim)(last)
+        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(last)
 
 
 class SmallCNN(nn.Module):
@@ -142,11 +170,13 @@ class SmallCNN(nn.Module):
       features: channels of the conv blocks (each followed by 2x2 max pooling while the
         spatial size allows).
       act: activation name.
+      dtype: the compute dtype (parameters are float32).
     """
 
     out_dim: int
     features: Sequence[int] = (32, 64)
     act: str = "relu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -158,11 +188,25 @@ class SmallCNN(nn.Module):
             raise ValueError(f"small_cnn expects (N, H, W, C) images, got shape {x.shape}.")
         h = x
         for width in self.features:
-            h = activation(self.act)(nn.Conv(width, (3, 3), padding="SAME")(h))
+            conv = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=PARAM_DTYPE)
+            h = activation(self.act)(conv(h))
             if h.shape[1] >= 2 and h.shape[2] >= 2:
                 h = nn.max_pool(h, (2, 2), strides=(2, 2))
         h = jnp.mean(h, axis=(1, 2))
-        return nn.Dense(self.out_dim)(h)
+        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(h)
+
+
+def _batch_norm(*, train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm with output in ``dtype``; its statistics (batch and running) and its
+    scale and bias stay float32 (flax reduces in float32 whatever ``dtype``)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=PARAM_DTYPE,
+        name=name,
+    )
 
 
 class _BasicBlock(nn.Module):
@@ -170,19 +214,19 @@ class _BasicBlock(nn.Module):
 
     features: int
     strides: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name
-        )
-        y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False)(x)
-        y = nn.relu(norm("bn1")(y))
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
-        y = norm("bn2")(y)
+        norm = functools.partial(_batch_norm, train=train, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=PARAM_DTYPE)
+        y = conv(self.features, (3, 3), strides=self.strides, padding=1)(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), padding=1)(y)
+        y = norm(name="bn2")(y)
         if x.shape[-1] != self.features or self.strides != 1:
-            x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False)(x)
-            x = norm("bn_proj")(x)
+            x = conv(self.features, (1, 1), strides=self.strides)(x)
+            x = norm(name="bn_proj")(x)
         return nn.relu(x + y)
 
 
@@ -201,12 +245,14 @@ class ResNet18(nn.Module):
       stage_sizes: blocks per stage ((2, 2, 2, 2) is ResNet-18).
       input_channels: if > 0, the input channels are tiled (repeated) to this number
         first, e.g. 3 for depth maps fed to an RGB-shaped network; 0 keeps them as is.
+      dtype: the compute dtype (parameters and BatchNorm statistics are float32).
     """
 
     out_dim: int
     width: int = 64
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     input_channels: int = 0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -219,17 +265,18 @@ class ResNet18(nn.Module):
             reps = -(-self.input_channels // x.shape[-1])
             x = jnp.tile(x, (1, 1, 1, reps))[..., : self.input_channels]
         large = min(x.shape[1], x.shape[2]) >= 64
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=PARAM_DTYPE)
         if large:
-            x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False)(x)
+            x = conv(self.width, (7, 7), strides=2, padding=3)(x)
         else:
-            x = nn.Conv(self.width, (3, 3), strides=1, padding=1, use_bias=False)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+            x = conv(self.width, (3, 3), strides=1, padding=1)(x)
+        x = _batch_norm(train=train, dtype=self.dtype)(x)
         x = nn.relu(x)
         if large:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = _BasicBlock(self.width * 2**stage, strides=strides)(x, train)
+                x = _BasicBlock(self.width * 2**stage, strides=strides, dtype=self.dtype)(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.out_dim)(x)
+        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(x)

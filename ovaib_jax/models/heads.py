@@ -1,14 +1,20 @@
-"""Projection heads ``g_m`` and the learnable One-vs-All projector of the MLP ablation."""
+"""Projection heads ``g_m`` and the learnable One-vs-All projector of the MLP ablation.
+
+Both compute in their ``dtype`` (float32 by default, bfloat16 with ``config.model.dtype``)
+with float32 parameters, as the encoders do; the multi-modal model casts what they hand
+the objective to the objective's dtype.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ovaib_jax.models.encoders import activation
+from ovaib_jax.models.encoders import PARAM_DTYPE, activation
 
 __all__ = ["MLPProjector", "ProjectionHead"]
 
@@ -24,19 +30,22 @@ class ProjectionHead(nn.Module):
       hidden: width of the hidden layers.
       num_layers: number of Dense layers (>= 1; 1 is a linear head).
       act: activation name.
+      dtype: the compute dtype (parameters are float32).
     """
 
     out_dim: int
     hidden: int = 256
     num_layers: int = 3
     act: str = "relu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        """``h`` (N, r) -> (N, out_dim)."""
+        """``h`` (N, r) -> (N, out_dim) in ``dtype``."""
         for _ in range(self.num_layers - 1):
-            h = activation(self.act)(nn.Dense(self.hidden)(h))
-        return nn.Dense(self.out_dim)(h)
+            dense = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=PARAM_DTYPE)
+            h = activation(self.act)(dense(h))
+        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(h)
 
 
 class MLPProjector(nn.Module):
@@ -50,12 +59,14 @@ class MLPProjector(nn.Module):
       out_dim: embedding dimension d.
       hidden: hidden widths of each MLP.
       act: activation name.
+      dtype: the compute dtype (parameters are float32).
     """
 
     num_modalities: int
     out_dim: int
     hidden: Sequence[int] = (256,)
     act: str = "relu"
+    dtype: Any = jnp.float32
 
     def setup(self):
         self.mlps = [
@@ -64,6 +75,7 @@ class MLPProjector(nn.Module):
                 hidden=self.hidden[0] if self.hidden else self.out_dim,
                 num_layers=len(self.hidden) + 1,
                 act=self.act,
+                dtype=self.dtype,
                 name=f"held_out_{m}",
             )
             for m in range(self.num_modalities)
@@ -79,7 +91,7 @@ class MLPProjector(nn.Module):
             outputs of all M projectors, which costs M times as much).
 
         Returns:
-          (N, d) the projection ``t_m(concat_k rest[k])``.
+          (N, d) the projection ``t_m(concat_k rest[k])`` in ``dtype``.
         """
         k, n, d = rest.shape
         flat = jnp.transpose(rest, (1, 0, 2)).reshape(n, k * d)

@@ -4,6 +4,16 @@
 used by the downstream probes) and a projection head ``g_m`` (embeddings ``(N, d)`` fed to
 the objective). It also owns what the objectives must not: the learnable temperature
 (CLIP style, ``log tau``) and the MLP projector of the "OVA + MLP projector" ablation.
+
+Mixed precision (``config.model.dtype``, ``config.model.objective_dtype``): encoders,
+heads and projector compute in ``dtype`` with float32 parameters (so gradients and the
+optimizer state are float32) and float32 BatchNorm statistics; everything the model hands
+the objective (z, the projector's output, the temperature) is cast to ``objective_dtype``,
+float32 by default: the contrastive objectives' logsumexp over N candidates and OVA-IB's
+Gram-Schmidt projection lose accuracy in bfloat16 (8 significant bits), while they cost
+little next to the encoders. (``ovaib_jax.losses`` computes in float32 whatever it gets; a
+bfloat16 ``objective_dtype`` only rounds its inputs.) With both float32 (the default)
+every operation is the one of a model without these attributes, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,12 +36,16 @@ __all__ = ["EncoderDef", "MultiModalModel"]
 EncoderDef = tuple[str, str, tuple[tuple[str, Any], ...]]
 
 
-def _as_float(x: jax.Array) -> jax.Array:
-    """uint8 pixels -> [0, 1] float32; other integer or float inputs -> float32 as is."""
+def _as_float(x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 pixels -> [0, 1]; other integer or float inputs as is; in ``dtype``.
+
+    Pixels are scaled in float32 and then cast, so that bfloat16 inputs are the float32
+    ones correctly rounded.
+    """
     x = jnp.asarray(x)
     if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
-    return x.astype(jnp.float32)
+        x = x.astype(jnp.float32) / 255.0
+    return x.astype(dtype)
 
 
 class MultiModalModel(nn.Module):
@@ -51,6 +65,13 @@ class MultiModalModel(nn.Module):
         logit scale at 100, i.e. tau >= 0.01).
       projector: create the MLP projector of the ablation (``project`` method).
       projector_hidden: hidden widths of each projector MLP.
+      dtype: compute dtype of the encoders, heads and projector (inputs are cast to it;
+        parameters stay float32): ``jnp.float32`` or ``jnp.bfloat16``.
+      objective_dtype: dtype of what enters the objective: z (cast before the optional
+        L2 normalisation), the projector's output and the temperature. Keep float32
+        (the default) with a bfloat16 ``dtype``: the bfloat16 forward then moves z by a
+        relative ~5e-3 and the loss by at most ~2e-3 on the default model (numbers in
+        ``experiments/default.py``; tolerances in tests/test_mixed_precision.py).
     """
 
     encoders: tuple[EncoderDef, ...]
@@ -65,6 +86,8 @@ class MultiModalModel(nn.Module):
     max_temperature: float = 10.0
     projector: bool = False
     projector_hidden: tuple[int, ...] = (256,)
+    dtype: Any = jnp.float32
+    objective_dtype: Any = jnp.float32
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -75,7 +98,10 @@ class MultiModalModel(nn.Module):
 
         self.encoder_modules = {
             name: get_encoder(enc)(
-                out_dim=self.representation_dim, **dict(kwargs), name=f"encoder_{name}"
+                out_dim=self.representation_dim,
+                **dict(kwargs),
+                dtype=self.dtype,
+                name=f"encoder_{name}",
             )
             for name, enc, kwargs in self.encoders
         }
@@ -84,6 +110,7 @@ class MultiModalModel(nn.Module):
                 out_dim=self.embedding_dim,
                 hidden=self.head_hidden or self.representation_dim,
                 num_layers=self.head_layers,
+                dtype=self.dtype,
                 name=f"head_{name}",
             )
             for name, _, _ in self.encoders
@@ -100,11 +127,13 @@ class MultiModalModel(nn.Module):
                 num_modalities=len(self.encoders),
                 out_dim=self.embedding_dim,
                 hidden=tuple(self.projector_hidden),
+                dtype=self.dtype,
                 name="projector",
             )
 
     def represent(self, inputs: Mapping[str, jax.Array], train: bool = False) -> dict[str, Any]:
-        """Encoder outputs only: ``{modality: (N, r)}`` for the downstream probes."""
+        """Encoder outputs only: ``{modality: (N, r)}`` in ``dtype``, for the downstream
+        probes (which read them as float32)."""
         missing = [n for n in self.modality_names if n not in inputs]
         if missing:
             raise KeyError(
@@ -113,7 +142,7 @@ class MultiModalModel(nn.Module):
         # Every modality of a batch holds the same N examples.
         chex.assert_equal_shape_prefix([inputs[n] for n in self.modality_names], prefix_len=1)
         return {
-            name: self.encoder_modules[name](_as_float(inputs[name]), train=train)
+            name: self.encoder_modules[name](_as_float(inputs[name], self.dtype), train=train)
             for name in self.modality_names
         }
 
@@ -127,11 +156,13 @@ class MultiModalModel(nn.Module):
           train: BatchNorm uses batch statistics (and updates ``batch_stats``) when True.
 
         Returns:
-          ``(z, reps)``: z of shape (M, N, d) float32 in the order of ``encoders``, and
-          reps ``{modality: (N, r)}``.
+          ``(z, reps)``: z of shape (M, N, d) in ``objective_dtype`` (float32 unless
+          set otherwise) in the order of ``encoders``, and reps ``{modality: (N, r)}`` in
+          ``dtype``.
         """
         reps = self.represent(inputs, train=train)
         z = jnp.stack([self.heads[n](reps[n]) for n in self.modality_names])
+        z = z.astype(self.objective_dtype)
         if self.normalize_embeddings:
             z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-30))
         if self.is_initializing():
@@ -144,13 +175,20 @@ class MultiModalModel(nn.Module):
         return z, reps
 
     def temperature(self) -> jax.Array:
-        """The learnable temperature tau = exp(log_temperature), clipped; a scalar."""
+        """The learnable temperature tau = exp(log_temperature), clipped; a scalar in
+        ``objective_dtype`` (the parameter itself is float32 whatever the dtypes: Adam's
+        small steps on log tau would round away in bfloat16)."""
         if not self.learnable_temperature:
             raise ValueError("temperature(): the model was built with learnable_temperature=False.")
-        return jnp.clip(jnp.exp(self.log_temperature), self.min_temperature, self.max_temperature)
+        tau = jnp.clip(jnp.exp(self.log_temperature), self.min_temperature, self.max_temperature)
+        return tau.astype(self.objective_dtype)
 
     def project(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
-        """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d)."""
+        """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d).
+
+        It computes in ``dtype``; its output enters the objective, so it is returned in
+        ``objective_dtype``.
+        """
         if not self.projector:
             raise ValueError("project(): the model was built with projector=False.")
-        return self.mlp_projector(rest, m)
+        return self.mlp_projector(rest, m).astype(self.objective_dtype)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,6 +156,8 @@ def _model(**kw):
             "small_cnn": {"features": (4,)},
             "learnable_temperature": kw.pop("learnable_temperature", False),
             "projector_hidden": (8,),
+            "dtype": kw.pop("dtype", "float32"),
+            "objective_dtype": kw.pop("objective_dtype", "float32"),
         }
     )
     return models.create_model(cfg, mods, **kw), mods
@@ -205,3 +210,87 @@ def test_modalities_of_one_batch_must_hold_the_same_examples():
     img = jnp.zeros((4, 8, 8, 1), jnp.uint8)
     with pytest.raises(AssertionError, match=r"different shape prefixes: \[\(3,\), \(4,\)\]"):
         model.init(KEY, {"a": a, "img": img})
+
+
+# One tiny instance of every encoder family and an input of its layout.
+FAMILIES = {
+    "mlp": (encoders.MLP, {"hidden": (8,)}, (3, 2, 4)),
+    "cnn1d": (encoders.CNN1D, {"features": (4, 8)}, (3, 16, 2)),
+    "resnet18": (encoders.ResNet18, {"width": 4, "stage_sizes": (1, 1)}, (3, 8, 8, 2)),
+    "lstm": (encoders.LSTM, {"hidden": 4, "num_layers": 2}, (3, 5, 3)),
+    "small_cnn": (encoders.SmallCNN, {"features": (4, 8)}, (3, 8, 8, 1)),
+}
+
+
+def _dtypes(tree) -> set:
+    return {np.dtype(x.dtype) for x in jax.tree.leaves(tree)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_encoder_computes_in_bfloat16_with_float32_parameters(family):
+    """``dtype=bfloat16``: float32 parameters (the dtype is not a parameter: the same
+    tree as the float32 encoder's), bfloat16 outputs of every layer, float32 BatchNorm
+    statistics. Shapes and dtypes only (``eval_shape``); tests/test_mixed_precision.py
+    checks the numbers."""
+    cls, kwargs, shape = FAMILIES[family]
+    x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    f32, bf16 = cls(out_dim=5, **kwargs), cls(out_dim=5, dtype=jnp.bfloat16, **kwargs)
+    variables = jax.eval_shape(bf16.init, KEY, x)
+    assert variables == jax.eval_shape(f32.init, KEY, x)
+    assert _dtypes(variables) == {np.dtype(np.float32)}
+    out, state = jax.eval_shape(
+        lambda v, x: bf16.apply(
+            v,
+            x,
+            train=True,
+            mutable=["batch_stats", "intermediates"],
+            capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dense | nn.Conv | nn.BatchNorm),
+        ),
+        variables,
+        x,
+    )
+    assert out.dtype == jnp.bfloat16 and out.shape == (3, 5)
+    assert _dtypes(state["intermediates"]) == {np.dtype(jnp.bfloat16)}
+    stats = state.get("batch_stats", {})
+    assert bool(stats) == (family == "resnet18")
+    assert _dtypes(stats) <= {np.dtype(np.float32)}
+
+
+def test_heads_compute_in_bfloat16():
+    head = heads.ProjectionHead(out_dim=4, hidden=6, dtype=jnp.bfloat16)
+    h = jax.ShapeDtypeStruct((3, 5), jnp.float32)
+    params = jax.eval_shape(head.init, KEY, h)
+    assert _dtypes(params) == {np.dtype(np.float32)}
+    assert jax.eval_shape(head.apply, params, h).dtype == jnp.bfloat16
+    proj = heads.MLPProjector(num_modalities=2, out_dim=4, hidden=(5,), dtype=jnp.bfloat16)
+    rest = jax.ShapeDtypeStruct((1, 3, 4), jnp.float32)
+    params = jax.eval_shape(lambda r: proj.init(KEY, r, 0), rest)
+    assert _dtypes(params) == {np.dtype(np.float32)}
+    assert jax.eval_shape(lambda p, r: proj.apply(p, r, 0), params, rest).dtype == jnp.bfloat16
+
+
+def test_multimodal_dtypes():
+    """bfloat16 computation: representations bfloat16; z, the projector's output and the
+    temperature in ``objective_dtype`` (float32 unless set); parameters float32."""
+    kw = {"learnable_temperature": True, "init_temperature": 0.05, "projector": True}
+    inputs = {
+        "a": jax.ShapeDtypeStruct((3, 5), jnp.float32),
+        "img": jax.ShapeDtypeStruct((3, 8, 8, 1), jnp.uint8),
+    }
+    for objective_dtype in ("float32", "bfloat16"):
+        model, _ = _model(dtype="bfloat16", objective_dtype=objective_dtype, **kw)
+        variables = jax.eval_shape(model.init, KEY, inputs)
+        assert _dtypes(variables) == {np.dtype(np.float32)}
+        z, reps = jax.eval_shape(model.apply, variables, inputs)
+        assert _dtypes(reps) == {np.dtype(jnp.bfloat16)}
+        assert z.dtype == np.dtype(objective_dtype)
+        project = functools.partial(model.apply, method=models.MultiModalModel.project)
+        rest = jax.ShapeDtypeStruct((z.shape[0] - 1, *z.shape[1:]), z.dtype)
+        out = jax.eval_shape(lambda v, r, p=project: p(v, r, 0), variables, rest)
+        assert out.dtype == np.dtype(objective_dtype)
+        tau = jax.eval_shape(
+            functools.partial(model.apply, method=models.MultiModalModel.temperature), variables
+        )
+        assert tau.dtype == np.dtype(objective_dtype)
+    with pytest.raises(ValueError, match=r"'float16'.*valid dtypes are float32, bfloat16"):
+        models.get_dtype("float16")
