@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 __all__ = [
+    "ADDED_FIELDS",
     "EVALUATION_FIELDS",
     "HEAVY_EVALUATORS",
     "OBJECTIVE_OVERRIDES",
@@ -272,6 +273,14 @@ RESUMABLE_FIELDS = (
     "dataset.data_dir", "dataset.manual_dir", "dataset.prefetch", "dataset.device_prefetch",
     "dataset.cache_max_mb", "distributed",
 )  # fmt: skip
+# Fields added to the config after runs were recorded without them, with the value that
+# reproduces how those runs behaved (not defaults: experiments/default.py holds those). A
+# recorded config.json lacking one reads as having that value: it can be evaluated, and a
+# rerun holding that value continues it.
+ADDED_FIELDS: dict[str, Any] = {
+    "model.dtype": "float32",
+    "model.objective_dtype": "float32",
+}
 # The fields of the evaluation only (a sweep keeps a finished run's results when only
 # these differ).
 EVALUATION_FIELDS = ("evaluators", "final_evaluators", "evaluator_kwargs")
@@ -306,6 +315,7 @@ def changed_keys(recorded: Mapping[str, Any], config: ml_collections.ConfigDict)
         defaults = flatten({"objective": objective_config(config.objective.name).to_dict()})
     except ValueError:
         defaults = {}
+    defaults.update(ADDED_FIELDS)
     return [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
 
 
@@ -317,7 +327,8 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(raw: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A recorded run config (JSON: lists for tuples) as a ConfigDict, tuples restored."""
+    """A recorded run config (JSON: lists for tuples) as a ConfigDict, tuples restored,
+    :data:`ADDED_FIELDS` filled in where the record predates them."""
 
     def fix(x):
         if isinstance(x, dict):
@@ -326,7 +337,14 @@ def from_json(raw: Mapping[str, Any]) -> ml_collections.ConfigDict:
             return tuple(fix(v) for v in x)
         return x
 
-    return ml_collections.ConfigDict(fix(dict(raw)))
+    config = ml_collections.ConfigDict(fix(dict(raw)))
+    for key, value in ADDED_FIELDS.items():  # recorded before the field existed
+        *parents, leaf = key.split(".")
+        node = config
+        if all(p in node and isinstance(node := node[p], ml_collections.ConfigDict)
+               for p in parents) and leaf not in node:  # fmt: skip
+            node[leaf] = value
+    return config
 
 
 # Probe settings of the offline benchmarks: the paper's 4-layer MLP probe, fewer epochs.

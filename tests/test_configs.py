@@ -247,3 +247,24 @@ def test_evaluate_set_overrides_parse_as_the_replaced_type():
     ]:
         with pytest.raises(ValueError, match=msg):
             configs.apply_overrides(config, [bad])
+
+
+def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
+    """config.json of a run made before model.dtype existed: evaluate reads it with the
+    value that run had, and a rerun with that value is the same run."""
+    import json
+
+    config = load("default")
+    recorded = json.loads(configs.to_json(config))
+    for key in configs.ADDED_FIELDS:
+        *parents, leaf = key.split(".")
+        node = recorded
+        for p in parents:
+            node = node[p]
+        del node[leaf]
+    assert configs.changed_keys(recorded, config) == []
+    restored = configs.from_json(recorded)
+    assert restored.model.dtype == "float32" and restored.model.objective_dtype == "float32"
+    validate_config(restored, device_count=1, process_count=1)
+    config.model.dtype = "bfloat16"  # another value than the run had is a change
+    assert configs.changed_keys(recorded, config) == ["model.dtype"]
