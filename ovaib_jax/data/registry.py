@@ -25,6 +25,7 @@ BUILDERS: dict[str, str] = {
     "ovaib_latent": "ovaib_jax.data.latent:OvaibLatent",
     "uci_mfeat": "ovaib_jax.data.mfeat:UciMfeat",
     "mnist_views": "ovaib_jax.data.mnist_views:MnistViews",
+    "ovaib_trifeature": "ovaib_jax.data.trifeature:OvaibTrifeature",
     # The paper's datasets: built from files the user downloads (manual_dir).
     "wesad": "ovaib_jax.data.wesad:Wesad",
     "mosei": "ovaib_jax.data.mosei:Mosei",

@@ -17,13 +17,13 @@ from ovaib_jax import data
 from ovaib_jax.data import base, build
 from ovaib_jax.data.spec import DatasetSpec
 
-OFFLINE = ("ovaib_parity", "ovaib_latent", "uci_mfeat", "mnist_views")
+OFFLINE = ("ovaib_parity", "ovaib_latent", "ovaib_trifeature", "uci_mfeat", "mnist_views")
 TINY_PARITY = dict(config="m3", k=2, num_train=40, num_test=10)
 
 
-def test_names_are_the_eight_registered_datasets():
+def test_names_are_the_nine_registered_datasets():
     assert data.names() == tuple(sorted(data.BUILDERS))
-    assert len(data.names()) == 8
+    assert len(data.names()) == 9
     assert set(OFFLINE) <= set(data.names())
 
 
