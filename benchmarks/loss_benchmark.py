@@ -129,11 +129,12 @@ QUICK = Sizes(
 # --------------------------------------------------------------------------- utilities
 
 
-def make_z(m: int, n: int, d: int, seed: int = 0) -> jax.Array:
-    """(M, N, d) float32 embeddings with a shared per-sample signal plus noise."""
+def make_z(m: int, n: int, d: int, seed: int = 0, dtype=jnp.float32) -> jax.Array:
+    """(M, N, d) embeddings with a shared per-sample signal plus noise (drawn in float32,
+    then cast to ``dtype``)."""
     k1, k2 = jax.random.split(jax.random.key(seed))
     shared = jax.random.normal(k1, (1, n, d), jnp.float32)
-    return shared + NOISE * jax.random.normal(k2, (m, n, d), jnp.float32)
+    return (shared + NOISE * jax.random.normal(k2, (m, n, d), jnp.float32)).astype(dtype)
 
 
 def floor_loss(z: jax.Array) -> jax.Array:
@@ -295,9 +296,9 @@ def time_paired(
     }
 
 
-def temp_bytes(fn: Callable, shape: tuple[int, ...]) -> int | None:
+def temp_bytes(fn: Callable, shape: tuple[int, ...], dtype=jnp.float32) -> int | None:
     """Temporary memory XLA allocates for the compiled ``fn`` (no execution)."""
-    compiled = fn.lower(jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
+    compiled = fn.lower(jax.ShapeDtypeStruct(shape, dtype)).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None

@@ -77,6 +77,42 @@ class _Replay:
         return {"i": self.i}
 
 
+def time_feeds(run, chunk: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per chunk of ``chunk`` steps of ``run``'s train step fed by its real input
+    pipeline (``run.train_iter``) and by batches of that pipeline replayed from host
+    memory, alternating by chunk after ``warmup`` steps of each: {variant: [seconds]}.
+    ``run.state`` is left as the state after the last step."""
+    from ovaib_jax import inputs
+
+    state = run.state
+    it = run.train_iter
+    n, w = chunk, warmup
+    ahead = int(run.config.dataset.device_prefetch)
+
+    def feed(iterator):
+        """(next global batch, close) as the training loop gets them from ``iterator``:
+        converted to device arrays ahead by a thread when ``device_prefetch`` > 0."""
+        batches = inputs.device_batches(iterator, run.mesh, run.modality_names, ahead)
+        return (lambda: next(batches)), batches.close
+
+    # The same pipeline's batches, read once (before its feed starts reading ahead) and
+    # replayed from host memory.
+    replay = _Replay([next(it) for _ in range(max(n, 100))])
+    feeds = {"real pipeline": feed(it), "in-memory batches": feed(replay)}
+    times: dict[str, list[float]] = {name: [] for name in feeds}
+    for r in range(-1, rounds):  # round -1: warm-up of both variants
+        # Short interleaved chunks, alternating which variant goes first: a change of the
+        # machine's load hits both variants alike.
+        for name in sorted(feeds, reverse=r % 2 == 1):
+            seconds, state = _time_steps(run, state, feeds[name][0], w if r < 0 else n)
+            if r >= 0:
+                times[name].append(seconds)
+    for _, close in feeds.values():
+        close()
+    run.state = state
+    return times
+
+
 def _objective_time(run, steps: int) -> float:
     """Seconds per forward+backward of the objective alone on z of the step's shape."""
     import jax
@@ -136,36 +172,14 @@ def main(argv):
     del argv
     import jax
 
-    from ovaib_jax import inputs, train
+    from ovaib_jax import train
 
     config = FLAGS.config
     run = train.build(config, workdir=None)
-    state = run.state
-    it = run.train_iter
     n, w = FLAGS.chunk, FLAGS.warmup
     ahead = int(config.dataset.device_prefetch)
-
-    def feed(iterator):
-        """(next global batch, close) as the training loop gets them from ``iterator``:
-        converted to device arrays ahead by a thread when ``device_prefetch`` > 0."""
-        batches = inputs.device_batches(iterator, run.mesh, run.modality_names, ahead)
-        return (lambda: next(batches)), batches.close
-
-    # The same pipeline's batches, read once (before its feed starts reading ahead) and
-    # replayed from host memory.
-    replay = _Replay([next(it) for _ in range(max(n, 100))])
-    feeds = {"real pipeline": feed(it), "in-memory batches": feed(replay)}
-    times: dict[str, list[float]] = {name: [] for name in feeds}
     rounds = max(FLAGS.steps // FLAGS.chunk, 1)
-    for r in range(-1, rounds):  # round -1: warm-up of both variants
-        # Short interleaved chunks, alternating which variant goes first: a change of the
-        # machine's load hits both variants alike.
-        for name in sorted(feeds, reverse=r % 2 == 1):
-            seconds, state = _time_steps(run, state, feeds[name][0], w if r < 0 else n)
-            if r >= 0:
-                times[name].append(seconds)
-    for _, close in feeds.values():
-        close()
+    times = time_feeds(run, n, w, rounds)
     pipeline = statistics.median(times["real pipeline"])
     memory = statistics.median(times["in-memory batches"])
     ratios = [m / p for m, p in zip(times["in-memory batches"], times["real pipeline"])]
