@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -200,9 +201,16 @@ class Checkpointer:
                 step = self._pending  # the background save of an earlier step failed
         except Exception:
             last = None
+        text = str(cause)
+        known = re.search(
+            r"No space left on device|Disk quota exceeded|Permission denied|Read-only file "
+            r"system|Quota exceeded|Forbidden",
+            text,
+        )
+        detail = f"{known.group(0) if known else type(cause).__name__}: {text[:300]}"
         return CheckpointSaveError(
             f"Saving the checkpoint of step {step} in {self.directory} failed "
-            f"({type(cause).__name__}: {str(cause)[:300]}). The last complete checkpoint is "
+            f"({detail}). The last complete checkpoint is "
             + (f"step {last}" if last is not None else "none (no checkpoint saved yet)")
             + "; rerun the same command to resume from it once the cause is fixed."
         )
