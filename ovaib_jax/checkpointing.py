@@ -180,15 +180,15 @@ class Checkpointer:
             raise self._save_error(self._pending, e) from e
 
     def close(self) -> None:
-        """Waits for the last save (raising :class:`CheckpointSaveError` if it failed),
-        then closes the manager (always)."""
-        try:
-            self.wait_until_finished()
-        finally:
-            try:
-                self.manager.close()
-            except Exception as e:  # already reported by wait_until_finished
-                log.debug("Closing the checkpoint manager: %s", e)
+        """Waits for the last save, then closes the manager.
+
+        Raises:
+          CheckpointSaveError: the last save failed. The manager is then left open: closing
+            it stops the event loop under orbax's failed background writes, each of which
+            then prints a traceback; the process is about to exit anyway.
+        """
+        self.wait_until_finished()
+        self.manager.close()
 
     def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
         cause = error
