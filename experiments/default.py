@@ -150,6 +150,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.distributed.num_processes = 0  # 0: auto-detected
     config.distributed.process_id = -1  # -1: auto-detected
 
+    if arg.objective == "symile":
+        # Symile's own setup, stable at every M: L2-normalised embeddings (the multilinear
+        # inner product of M of them then lies in [-1, 1]) and a learnable logit scale,
+        # initialised as CLIP's 1 / 0.07 and capped at 100 (tau >= 0.01). Unnormalised
+        # embeddings at logit_scale = 1 (this file's default before) sat at log N on
+        # WESAD-like inputs at M = 3 and diverged at M = 5 (gradient norms near 10^3).
+        config.model.normalize_embeddings = True
+        config.model.learnable_temperature = True
+        config.model.min_temperature = 0.01
+        config.objective.logit_scale = 1 / 0.07
+
     if arg.runlocal:
         config.num_train_steps = 20
         config.log_every_steps = 5
