@@ -335,6 +335,19 @@ def install_log_filters() -> None:
             logger.addFilter(_DropMessage(prefix, needle))
 
 
+def setup_logging(argv: list[str] | None = None) -> None:
+    """What every command line does first: refuses extra positional arguments, installs
+    the noise filters, logs ``ovaib_jax`` at INFO and orbax/TFDS's per-file chatter
+    (absl INFO) not at all."""
+    if argv is not None and len(argv) > 1:
+        from absl import app
+
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    install_log_filters()
+    logging.getLogger("ovaib_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -15,7 +15,6 @@ replaces; see :func:`ovaib_jax.configs.apply_overrides`).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 
@@ -25,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ovaib_jax import configs, console, data, evaluation, paths, records, runtime
+from ovaib_jax.checkpointing import CheckpointMismatchError
 from ovaib_jax.validation import validate_config
 
 __all__ = ["evaluate_checkpoint", "load_config"]
@@ -103,8 +103,7 @@ def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
 
 def main(argv: list[str]) -> None:
     del argv
-    console.install_log_filters()
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/TFDS file-level chatter
+    console.setup_logging()
     f = flags.FLAGS
     config = _config_or_exit(f)
     try:
@@ -112,6 +111,8 @@ def main(argv: list[str]) -> None:
     except data.MissingDataError as e:  # the raw files of a manual dataset
         flag = "--config.dataset.manual_dir" if f.config is not None else "--set=dataset.manual_dir"
         console.exit_with(PROGRAM, str(e.naming_flag(flag)), status=1)
+    except (FileNotFoundError, CheckpointMismatchError) as e:  # nothing (matching) to restore
+        console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0:
         json.dump(results, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

@@ -94,12 +94,7 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    console.install_log_filters()
-    logging.getLogger("ovaib_jax").setLevel(logging.INFO)
-    # orbax and TFDS log every file operation through absl at INFO: keep warnings only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    console.setup_logging(argv)
     train_main(FLAGS.config, FLAGS.workdir)
 
 

@@ -124,14 +124,7 @@ def read_text(p: Any) -> str:
 
 def write_text(p: Any, text: str) -> None:
     """Writes ``text`` to ``p`` atomically (creating its directory)."""
-    if is_local(p):
-        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        tmp = f"{p}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    else:  # an object is written whole
-        path(p).write_text(text)
+    write_bytes(p, text.encode())
 
 
 def write_bytes(p: Any, data: bytes) -> None:

@@ -213,13 +213,7 @@ def main(argv: list[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    if len(argv) > 1:
-        from absl import app
-
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    console.install_log_filters()
-    logging.getLogger("ovaib_jax").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    console.setup_logging(argv)
     if flags.FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
         # Runs of one objective differ only in the seed (data, not code): with a persistent
         # compilation cache the later seeds skip compiling (minutes for ResNet on CPU).
