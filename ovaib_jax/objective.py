@@ -23,12 +23,13 @@ from ovaib_jax.validation import Resolved
 __all__ = ["OWN_PARAMS", "loss_kwargs", "make_objective", "projector", "run_info"]
 
 # The model's parameters that the objective reads (the rest never enters the shard_map).
-OWN_PARAMS = ("log_temperature", "projector")
+OWN_PARAMS = ("log_temperature", "projector", "fusion")
 
 
 def _kwargs(resolved: Resolved, model: models.MultiModalModel, params: Any) -> dict[str, Any]:
     """The objective's keyword arguments with the model's own parameters ``params``
-    (a tree with at most :data:`OWN_PARAMS`): hyper-parameters, temperature, projector."""
+    (a tree with at most :data:`OWN_PARAMS`): hyper-parameters, temperature, projector
+    (OVA's MLP ablation, ConFu's fusion heads), fusion (CoMM's, as ``fuse``)."""
     kwargs = dict(resolved.hparams)
     if resolved.temperature_param is not None:
         tau = model.apply({"params": params}, method=models.MultiModalModel.temperature)
@@ -36,6 +37,16 @@ def _kwargs(resolved: Resolved, model: models.MultiModalModel, params: Any) -> d
     if resolved.projector:
         kwargs["projector"] = lambda rest, m: model.apply(
             {"params": params}, rest, m, method=models.MultiModalModel.project
+        )
+    if resolved.fusion:
+        if not model.fusion or "fusion" not in params:
+            raise ValueError(
+                f"objective {resolved.objective_name!r} takes the model's fusion, but the "
+                "model was built without it (runtime.create_model must pass "
+                "fusion=resolved.fusion to models.create_model)."
+            )
+        kwargs["fuse"] = lambda parts, subset: model.apply(
+            {"params": params}, parts, subset, method=models.MultiModalModel.fuse
         )
     return kwargs
 
@@ -117,6 +128,7 @@ def run_info(
         loss_kwargs=loss_kwargs(config, resolved, model, variables),
         scorer_kwargs={k: v for k, v in resolved.hparams.items() if k in shared},
         projector=projector(resolved, model, variables),
+        fuse=_kwargs(resolved, model, variables["params"]).get("fuse"),
         batch_size=int(config.eval_batch_size or config.batch_size),
         num_batches=int(config.eval_num_batches),
     )

@@ -83,6 +83,7 @@ def create_model(config: ml_collections.ConfigDict, resolved: Resolved) -> model
         normalize_embeddings=resolved.normalize_embeddings,
         init_temperature=resolved.init_temperature,
         projector=resolved.projector,
+        fusion=resolved.fusion,
     )
 
 

@@ -54,9 +54,12 @@ class Resolved:
         ``"product"``; a learnable temperature's parameter still holding its initial value).
       temperature_param: ``"tau"`` or ``"logit_scale"`` when the model learns it, else None.
       init_temperature: the model's initial tau.
-      projector: whether the model needs the MLP projector.
+      projector: whether the model needs the MLP projector (OVA's ``projector="mlp"``;
+        always for the objectives of ``losses.LEARNED_PROJECTOR``: ConFu's fusion heads).
       normalize_embeddings: whether the model L2-normalises z.
       encoders: encoder name per modality.
+      fusion: whether the model needs CoMM's masked fusion (the objectives of
+        ``losses.TAKES_FUSE``, which take it as ``fuse``).
     """
 
     spec: Any
@@ -69,6 +72,7 @@ class Resolved:
     projector: bool
     normalize_embeddings: bool
     encoders: tuple[str, ...]
+    fusion: bool = False
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -114,6 +118,8 @@ def validate_config(
     name, fn, section = _check_objective(config)
     spec, modalities = _resolve_modalities(config, name)
     hparams, projector = _resolve_hparams(section, modalities)
+    # The learned heads the objective takes from the model, which must build them.
+    projector = projector or name in losses.LEARNED_PROJECTOR
     encoders, temperature_param, init_temperature = _check_model(config, name, hparams, modalities)
     _check_optimizer(config.optimizer)
     _check_evaluators(config)
@@ -134,6 +140,7 @@ def validate_config(
         projector=projector,
         normalize_embeddings=normalize,
         encoders=tuple(encoders),
+        fusion=name in losses.TAKES_FUSE,
     )
 
 

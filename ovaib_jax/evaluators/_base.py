@@ -275,6 +275,9 @@ class RunInfo:
       projector: the run's OVA projector ``projector(rest, m) -> (N, d)`` (the MLP
         ablation's, bound to the run's parameters, or
         :func:`ovaib_jax.losses.product_projector`), else None.
+      fuse: the run's learned fusion ``fuse(parts (K, N, d), subset) -> (N, d)`` (CoMM),
+        bound to its parameters, else None: retrieval then scores with
+        :func:`ovaib_jax.losses.fusion_score` (the queries fused, the candidate alone).
       batch_size: the run's global eval batch (the N of in-batch evaluators).
       num_batches: in-batch evaluators read at most this many batches (0: all).
     """
@@ -284,6 +287,7 @@ class RunInfo:
     loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     scorer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     projector: Callable | None = None
+    fuse: Callable | None = None
     batch_size: int = 256
     num_batches: int = 0
 

@@ -104,7 +104,9 @@ class InBatchRetrievalConfig:
 
 
 @functools.lru_cache(maxsize=32)
-def _accuracies_fn(objective: str, scorer_items: tuple, projector: Any, ks: tuple) -> Callable:
+def _accuracies_fn(
+    objective: str, scorer_items: tuple, projector: Any, ks: tuple, fuse: Any = None
+) -> Callable:
     """Jitted ``z (M, B, d) -> (M, len(ks))`` top-k accuracies of each target modality."""
     from ovaib_jax import losses
 
@@ -115,10 +117,13 @@ def _accuracies_fn(objective: str, scorer_items: tuple, projector: Any, ks: tupl
         n = z.shape[1]
         for c in range(z.shape[0]):
             rest = jnp.delete(z, c, axis=0)
-            if projector is None:
-                scores = scorer(rest, z[c])  # (N, N)
-            else:  # the projector's score, as in training
+            if projector is not None:  # the projector's score, as in training
                 scores = losses.projector_score(rest, z[c], projector=projector, m=c)
+            elif fuse is not None:  # the rest fused, against modality c alone
+                others = tuple(i for i in range(z.shape[0]) if i != c)
+                scores = losses.fusion_score(rest, z[c], fuse=fuse, subset=others, m=c)
+            else:
+                scores = scorer(rest, z[c])  # (N, N)
             true = jnp.diagonal(scores)
             # rank of the true candidate: how many score strictly higher
             rank = jnp.sum(scores > true[:, None], axis=1)
@@ -147,7 +152,8 @@ class InBatchRetrieval(Evaluator):
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         del train
         ks = tuple(int(k) for k in self.config.ks)
-        args = (info.objective, tuple(sorted(info.scorer_kwargs.items())), info.projector, ks)
+        items = tuple(sorted(info.scorer_kwargs.items()))
+        args = (info.objective, items, info.projector, ks, info.fuse)
         try:
             fn = _accuracies_fn(*args)
         except TypeError:  # unhashable projector: compile uncached

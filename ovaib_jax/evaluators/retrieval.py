@@ -303,6 +303,8 @@ class Retrieval(Evaluator):
         scorer = losses.get_scorer(objective_of(info, self.name))
         if projector is not None:
             scorer = losses.projector_score
+        elif info.fuse is not None:
+            scorer = losses.fusion_score
         if test.z is None:
             raise ValueError("retrieval: the test split has no embeddings z.")
         pairs = (
@@ -329,6 +331,8 @@ class Retrieval(Evaluator):
         for pair in pairs:
             pname = pair_name(pair, test.modality_names)
             kwargs = {} if projector is not None else dict(scorer_kwargs or {})
+            if info.fuse is not None and projector is None:
+                kwargs.update(fuse=info.fuse, subset=tuple(pair[0]), m=pair[1])
             kwargs.update(cfg.scorer_kwargs)
             if projector is not None:
                 others = tuple(i for i in range(test.num_modalities) if i != pair[1])

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ovaib_jax.losses.fusion import comm, confu, fusion_score, mean_fusion
 from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency, product_projector
 from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
 from ovaib_jax.losses.scores import (
@@ -43,6 +44,8 @@ OBJECTIVES: dict[str, Callable] = {
     "symile": symile,
     "gram": gram,
     "triangle": triangle,
+    "confu": confu,
+    "comm": comm,
 }
 
 # Each objective's own similarity, for retrieval (SPEC section 4).
@@ -55,6 +58,13 @@ SCORERS: dict[str, Callable] = {
     "symile": symile_score,
     "gram": gram_score,
     "triangle": triangle_score,
+    # Without the model's fusion the fusion methods rank as their parameter-free default
+    # (``mean_fusion``: per query, the ranking of the mean cosine). A run's learned fusion
+    # scores through ``projector_score`` (ConFu: its fusion is the run's projector, which
+    # the evaluators already use) or ``fusion_score`` (CoMM: the fused query set against
+    # the fused candidate modality).
+    "confu": clip_score,
+    "comm": clip_score,
 }
 
 
@@ -62,6 +72,13 @@ SCORERS: dict[str, Callable] = {
 # than read from signatures (tests/losses check these tables against the signatures).
 # Objectives that take a PRNG ``key`` (random negatives): the trainer passes the step's key.
 TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile"})
+# Objectives whose ``projector`` is always the model's learned MLP projector (one MLP per
+# held-out modality on the concatenated embeddings of the others): ConFu's fusion heads.
+# The trainer builds it and passes it, as for OVA's ``projector="mlp"``.
+LEARNED_PROJECTOR = frozenset({"confu"})
+# Objectives that take the model's masked fusion ``fuse(parts, subset) -> (N, D)`` (CoMM):
+# the trainer builds it and passes it as ``fuse``.
+TAKES_FUSE = frozenset({"comm"})
 # The hyper-parameters an objective shares with its retrieval scorer, so that retrieval
 # scores as training did.
 SCORER_HPARAMS: dict[str, tuple[str, ...]] = {
@@ -78,6 +95,8 @@ TEMPERATURE: dict[str, str] = {
     "symile": "logit_scale",
     "gram": "tau",
     "triangle": "tau",
+    "confu": "tau",
+    "comm": "tau",
 }
 
 
@@ -122,17 +141,23 @@ def get_scorer(name: str) -> Callable:
 
 
 __all__ = [
+    "LEARNED_PROJECTOR",
     "OBJECTIVES",
     "SCORERS",
     "SCORER_HPARAMS",
+    "TAKES_FUSE",
     "TAKES_KEY",
     "TEMPERATURE",
     "anchor_clip",
     "clip_score",
+    "comm",
+    "confu",
+    "fusion_score",
     "get",
     "get_scorer",
     "gram",
     "gram_score",
+    "mean_fusion",
     "names",
     "ova_ib",
     "ova_minimality",

@@ -141,6 +141,7 @@ def create_model(
     normalize_embeddings: bool = False,
     init_temperature: float = 0.07,
     projector: bool = False,
+    fusion: bool = False,
 ) -> MultiModalModel:
     """Builds the multi-modal model from ``config.model``.
 
@@ -172,6 +173,7 @@ def create_model(
         max_temperature=float(model_config.max_temperature),
         projector=bool(projector),
         projector_hidden=tuple(model_config.projector_hidden),
+        fusion=bool(fusion),
         dtype=get_dtype(model_config.dtype),
         objective_dtype=get_dtype(model_config.objective_dtype),
     )

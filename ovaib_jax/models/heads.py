@@ -1,6 +1,7 @@
-"""Projection heads ``g_m`` and the learnable One-vs-All projector of the MLP ablation.
+"""Projection heads ``g_m``, the learnable One-vs-All projector of the MLP ablation (also
+ConFu's fusion heads) and CoMM's masked fusion.
 
-Both compute in their ``dtype`` (float32 by default, bfloat16 with ``config.model.dtype``)
+All compute in their ``dtype`` (float32 by default, bfloat16 with ``config.model.dtype``)
 with float32 parameters, as the encoders do; the multi-modal model casts what they hand
 the objective to the objective's dtype.
 """
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from ovaib_jax.models.encoders import PARAM_DTYPE, activation
 
-__all__ = ["MLPProjector", "ProjectionHead"]
+__all__ = ["MLPProjector", "MaskedFusion", "ProjectionHead"]
 
 
 class ProjectionHead(nn.Module):
@@ -52,7 +53,9 @@ class MLPProjector(nn.Module):
     """The "OVA + MLP projector" ablation (paper Table 4): ``t_m(concat z_-m) -> R^d``.
 
     One MLP per held-out modality m replaces the projection of ``z_m`` onto the span of
-    the remaining embeddings; the objective scores ``cos(z_m, t_m(z_-m))``.
+    the remaining embeddings; the objective scores ``cos(z_m, t_m(z_-m))``. ConFu's
+    fusion heads are the same module (``ovaib_jax.losses.confu``): for M = 3, t_m is the
+    MLP on the concatenated pair of the other two modalities.
 
     Attributes:
       num_modalities: M (one MLP per held-out modality).
@@ -99,3 +102,63 @@ class MLPProjector(nn.Module):
             return self.mlps[m % self.num_modalities](flat)
         outs = jnp.stack([mlp(flat) for mlp in self.mlps])  # (M, N, d)
         return jnp.take(outs, m, axis=0)
+
+
+class MaskedFusion(nn.Module):
+    """CoMM's fusion (``ovaib_jax.losses.comm``): ONE network maps the embeddings of any
+    non-empty subset of the M modalities, the others masked, to ``(N, out_dim)``.
+
+    The input is the concatenation of the M embedding slots, a masked modality's slot
+    filled with zeros, followed by the M mask indicators (1: visible), so that a masked
+    modality contributes nothing but its absence; an MLP maps it to ``out_dim``. (CoMM's
+    own fusion is a transformer over modality tokens whose masked tokens are left out of
+    the attention; this is the embedding-level stand-in, built like the MLP projector.)
+
+    Attributes:
+      num_modalities: M.
+      out_dim: output dimension (the embedding dimension d).
+      hidden: hidden widths of the MLP (every hidden layer takes the first width, as in
+        :class:`MLPProjector`).
+      act: activation name.
+      dtype: the compute dtype (parameters are float32).
+    """
+
+    num_modalities: int
+    out_dim: int
+    hidden: Sequence[int] = (256,)
+    act: str = "relu"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, parts: jax.Array, subset: Sequence[int]) -> jax.Array:
+        """Fuses the visible modalities.
+
+        Args:
+          parts: (K, N, d) embeddings of the modalities ``subset``, in that order.
+          subset: K distinct modality indices in [0, M) (static Python ints).
+
+        Returns:
+          (N, out_dim) in ``dtype``.
+        """
+        subset = tuple(int(m) for m in subset)
+        k, n, d = parts.shape
+        m_count = self.num_modalities
+        if len(subset) != k or len(set(subset)) != k or not all(0 <= m < m_count for m in subset):
+            raise ValueError(
+                f"MaskedFusion: subset {subset} must hold {k} distinct modality indices in "
+                f"[0, {m_count}) (one per row of parts of shape {tuple(parts.shape)})."
+            )
+        parts = parts.astype(self.dtype)
+        slots = [jnp.zeros((n, d), self.dtype)] * m_count
+        for j, m in enumerate(subset):
+            slots[m] = parts[j]
+        visible = jnp.asarray([m in subset for m in range(m_count)], self.dtype)
+        flat = jnp.concatenate([*slots, jnp.broadcast_to(visible, (n, m_count))], axis=-1)
+        return ProjectionHead(
+            out_dim=self.out_dim,
+            hidden=self.hidden[0] if self.hidden else self.out_dim,
+            num_layers=len(self.hidden) + 1,
+            act=self.act,
+            dtype=self.dtype,
+            name="mlp",
+        )(flat)

@@ -3,7 +3,8 @@
 ``MultiModalModel`` holds, per modality m, an encoder ``f_m`` (representations ``(N, r)``
 used by the downstream probes) and a projection head ``g_m`` (embeddings ``(N, d)`` fed to
 the objective). It also owns what the objectives must not: the learnable temperature
-(CLIP style, ``log tau``) and the MLP projector of the "OVA + MLP projector" ablation.
+(CLIP style, ``log tau``), the MLP projector of the "OVA + MLP projector" ablation (also
+ConFu's fusion heads) and CoMM's masked fusion.
 
 Mixed precision (``config.model.dtype``, ``config.model.objective_dtype``): encoders,
 heads and projector compute in ``dtype`` with float32 parameters (so gradients and the
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovaib_jax.models.heads import MLPProjector, ProjectionHead
+from ovaib_jax.models.heads import MaskedFusion, MLPProjector, ProjectionHead
 
 __all__ = ["EncoderDef", "MultiModalModel"]
 
@@ -63,8 +64,10 @@ class MultiModalModel(nn.Module):
       init_temperature: its initial value tau_0 (``log_temperature = log tau_0``).
       min_temperature, max_temperature: tau is clipped to this range (CLIP clips its
         logit scale at 100, i.e. tau >= 0.01).
-      projector: create the MLP projector of the ablation (``project`` method).
-      projector_hidden: hidden widths of each projector MLP.
+      projector: create the MLP projector of the ablation (``project`` method); ConFu's
+        fusion heads.
+      projector_hidden: hidden widths of each projector MLP, and of the fusion's MLP.
+      fusion: create CoMM's masked fusion (``fuse`` method; parameters ``fusion``).
       dtype: compute dtype of the encoders, heads and projector (inputs are cast to it;
         parameters stay float32): ``jnp.float32`` or ``jnp.bfloat16``.
       objective_dtype: dtype of what enters the objective: z (cast before the optional
@@ -86,6 +89,7 @@ class MultiModalModel(nn.Module):
     max_temperature: float = 10.0
     projector: bool = False
     projector_hidden: tuple[int, ...] = (256,)
+    fusion: bool = False
     dtype: Any = jnp.float32
     objective_dtype: Any = jnp.float32
 
@@ -130,6 +134,14 @@ class MultiModalModel(nn.Module):
                 dtype=self.dtype,
                 name="projector",
             )
+        if self.fusion:
+            self.masked_fusion = MaskedFusion(
+                num_modalities=len(self.encoders),
+                out_dim=self.embedding_dim,
+                hidden=tuple(self.projector_hidden),
+                dtype=self.dtype,
+                name="fusion",
+            )
 
     def represent(self, inputs: Mapping[str, jax.Array], train: bool = False) -> dict[str, Any]:
         """Encoder outputs only: ``{modality: (N, r)}`` in ``dtype``, for the downstream
@@ -172,6 +184,8 @@ class MultiModalModel(nn.Module):
             if self.projector:
                 for m in range(z.shape[0]):
                     self.project(jnp.delete(z, m, axis=0), m)
+            if self.fusion:
+                self.fuse(z, tuple(range(z.shape[0])))
         return z, reps
 
     def temperature(self) -> jax.Array:
@@ -192,3 +206,14 @@ class MultiModalModel(nn.Module):
         if not self.projector:
             raise ValueError("project(): the model was built with projector=False.")
         return self.mlp_projector(rest, m).astype(self.objective_dtype)
+
+    def fuse(self, parts: jax.Array, subset: tuple[int, ...]) -> jax.Array:
+        """CoMM's masked fusion: the embeddings ``parts`` (K, N, d) of the modalities
+        ``subset`` (K static indices, in that order; the others masked) -> (N, d).
+
+        It computes in ``dtype``; its output enters the objective, so it is returned in
+        ``objective_dtype``.
+        """
+        if not self.fusion:
+            raise ValueError("fuse(): the model was built with fusion=False.")
+        return self.masked_fusion(parts, tuple(subset)).astype(self.objective_dtype)

@@ -12,6 +12,7 @@ import pytest
 
 from ovaib_jax import losses
 from tests.losses import reference as ref
+from tests.losses import reference_fusion as ref_fusion
 
 # Each objective's literal reference at the library's defaults.
 REFERENCES = {
@@ -23,6 +24,8 @@ REFERENCES = {
     "symile": ref.symile_n_cyclic,  # default negatives "n", no key: cyclic shifts
     "gram": ref.gram,
     "triangle": ref.triangle,
+    "confu": ref_fusion.confu,
+    "comm": ref_fusion.comm,
 }
 # Every objective but Symile normalises the embeddings: its value does not depend on the
 # norms (inside the supported range).
@@ -86,6 +89,12 @@ def _expected(name, label, z):
 _TERMS = {"pairwise_clip": 3, "pairwise_clip_ib": 3, "anchor_clip": 2}
 
 
+def _tied_loss(name, n):
+    """The loss when every score ties: log(#candidates) per InfoNCE term (CoMM's NT-Xent
+    has 2N - 1 candidates)."""
+    return np.log(2 * n - 1) if name == "comm" else _TERMS.get(name, 1) * np.log(n)
+
+
 @pytest.mark.parametrize("name", losses.names())
 def test_degenerate_inputs_give_finite_gradients_and_reference_values(name):
     fn = losses.get(name)
@@ -108,7 +117,7 @@ def test_degenerate_inputs_give_finite_gradients_and_reference_values(name):
             assert len(accuracies) >= 3, sorted(aux)
             chex.assert_trees_all_close(
                 (loss, accuracies),
-                (_TERMS.get(name, 1) * np.log(z.shape[1]), {k: 0.0 for k in accuracies}),
+                (_tied_loss(name, z.shape[1]), {k: 0.0 for k in accuracies}),
                 rtol=1e-5,
                 atol=1e-5,
                 custom_message=f"{name} on all-equal embeddings",

@@ -55,6 +55,8 @@ OWN_SCORE = {
     "symile": "symile",
     "gram": "gram",
     "triangle": "triangle",
+    "confu": "clip",
+    "comm": "clip",
 }
 
 

@@ -1,0 +1,281 @@
+"""The fusion objectives (ConFu, CoMM) against their literal NumPy references (values,
+every aux entry, gradients), chunked and sharded forms against the plain one, their
+retrieval scores, the tables that state what they take from the model, and the model's
+fusion modules and their wiring into the run's objective."""
+
+from __future__ import annotations
+
+import doctest
+import functools
+import inspect
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ovaib_jax import configs, losses, objective, runtime, validation
+from ovaib_jax.losses import fusion
+from ovaib_jax.models.heads import MaskedFusion
+from tests.losses import reference_fusion as ref
+
+TAU = 0.1
+N_DEV = 8
+
+
+def _z(m, n=5, d=3, seed=0):
+    return jax.random.normal(jax.random.key(seed), (m, n, d), jnp.float32)
+
+
+def _pair_heads(m_count, d, seed=0):
+    """A parametric ConFu fusion, ``projector(rest, m) = tanh(concat(rest) @ W_m)``, as a
+    (JAX, NumPy) pair of twins."""
+    w = np.random.default_rng(seed).normal(size=(m_count, (m_count - 1) * d, d))
+    w /= math.sqrt((m_count - 1) * d)
+
+    def build(xp):
+        return lambda rest, m: xp.tanh(xp.concatenate(list(rest), axis=-1) @ w[m])
+
+    return build(jnp), build(np)
+
+
+def _masked_mlp(m_count, d, width, seed=0):
+    """A parametric CoMM fusion on the zero-filled slots and the mask indicators,
+    ``tanh([slots, visible] @ W)`` of width ``width``, as (JAX, NumPy) twins."""
+    w = np.random.default_rng(seed).normal(size=(m_count * d + m_count, width))
+    w /= math.sqrt(m_count * d)
+
+    def build(xp):
+        def fuse(parts, subset):
+            _, n, _ = parts.shape
+            slots = [xp.zeros((n, d), parts.dtype)] * m_count
+            for j, m in enumerate(subset):
+                slots[m] = parts[j]
+            visible = xp.asarray([float(m in subset) for m in range(m_count)], parts.dtype)
+            x = xp.concatenate([*slots, xp.broadcast_to(visible, (n, m_count))], axis=-1)
+            return xp.tanh(x @ w)
+
+        return fuse
+
+    return build(jnp), build(np)
+
+
+def _case(name, fusion_kind, m, d):
+    """(library objective with its kwargs, reference of z) for one case."""
+    if name == "confu":
+        lib, npy = _pair_heads(m, d) if fusion_kind == "learned" else (None, None)
+        kw = {"tau": TAU, "fusion_weight": 0.3, "projector": lib}
+        return functools.partial(losses.confu, **kw), lambda z: ref.confu(z, TAU, 0.3, npy)
+    lib, npy = _masked_mlp(m, d, width=4) if fusion_kind == "learned" else (None, None)
+    return functools.partial(losses.comm, tau=TAU, fuse=lib), lambda z: ref.comm(z, TAU, npy)
+
+
+OBJECTIVES = ("confu", "comm")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    """Tiny problems: compile without XLA's optimisations (as flax's example tests do)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_default_fusion_values_match_literal_reference(name):
+    """The loss and EVERY aux entry (the keys too) with the parameter-free fusion, M = 2
+    and 4 (M = 3 below, with a learned fusion)."""
+    for m in (2, 4):
+        z = _z(m, seed=m)
+        fn, reference = _case(name, "default", m, z.shape[2])
+        chex.assert_trees_all_close(
+            jax.jit(fn)(z), reference(np.asarray(z)), rtol=2e-5, atol=2e-5,
+            custom_message=f"{name}, M = {m}",
+        )  # fmt: skip
+
+
+def _finite_difference_grad(f, x, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        g[idx] = (f(up) - f(down)) / (2 * eps)
+    return g
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    if len(jax.devices()) < N_DEV:
+        pytest.skip(f"needs {N_DEV} devices (XLA_FLAGS set in tests/conftest.py)")
+    return jax.sharding.Mesh(np.array(jax.devices()[: N_DEV // 2]), ("data",))
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_value_gradient_chunked_and_sharded_forms(name, mesh):
+    """With a learned (parametric) fusion, M = 3, N = 8: the loss and every aux entry
+    against the literal reference, the gradient (through the embeddings and the fusion
+    of them) against its finite differences; blocks of 3 candidates (the last one shifted
+    back) and ``jax.shard_map`` over 4 fake CPU devices (the fusion applied to each
+    device's rows) give the same loss, aux and gradient."""
+    z = _z(3, n=8, d=3, seed=11)
+    fn, reference = _case(name, "learned", 3, 3)
+    value_and_grad = jax.value_and_grad(lambda z, chunk=None: fn(z, chunk_size=chunk), has_aux=True)
+    (loss, aux), grad = jax.jit(value_and_grad)(z)
+    chex.assert_trees_all_close((loss, aux), reference(np.asarray(z)), rtol=2e-5, atol=2e-5)
+    expected = _finite_difference_grad(lambda z: reference(z)[0], z)
+    np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-3, atol=2e-4)
+
+    chunked = jax.jit(functools.partial(value_and_grad, chunk=3))(z)
+    chex.assert_trees_all_close(chunked, ((loss, aux), grad), rtol=1e-5, atol=1e-6)
+
+    sharded = jax.shard_map(
+        lambda z: fn(z, axis_name="data", chunk_size=3),
+        mesh=mesh,
+        in_specs=P(None, "data"),
+        out_specs=P(),
+    )
+    z_sharded = jax.device_put(z, NamedSharding(mesh, P(None, "data")))
+    (loss_s, aux_s), grad_s = jax.jit(jax.value_and_grad(sharded, has_aux=True))(z_sharded)
+    assert aux_s.keys() == aux.keys()
+    chex.assert_trees_all_close((loss_s, aux_s), (loss, aux), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_s), np.asarray(grad), rtol=1e-4, atol=1e-6)
+
+
+def test_degenerate_inputs_and_uninformative_scores():
+    """Zero, collinear and all-equal embeddings: finite values and gradients; with every
+    score tied, ConFu is log N (each group a mean of InfoNCE terms), CoMM is log(2N - 1)
+    (NT-Xent's 2N - 1 candidates), every accuracy 0 (a tie is an error)."""
+    base = np.asarray(_z(3, n=6, d=5))
+    inputs = {
+        "zero": np.stack([base[0], 0.0 * base[1], base[2]]),
+        "collinear": np.stack([base[0], base[1], -3.0 * base[1]]),
+        "all_equal": np.broadcast_to(base[0, 0], base.shape).copy(),
+    }
+    for name, want in zip(OBJECTIVES, (math.log(6), math.log(11)), strict=True):
+        value_and_grad = jax.jit(jax.value_and_grad(losses.get(name), has_aux=True))
+        for label, z in inputs.items():
+            (loss, aux), grad = value_and_grad(jnp.asarray(z))
+            assert np.all(np.isfinite(np.asarray(grad))), (name, label)
+            chex.assert_tree_all_finite((loss, aux))
+            if label == "all_equal":
+                accuracies = {k: v for k, v in aux.items() if k.startswith("accuracy")}
+                chex.assert_trees_all_close(
+                    (loss, accuracies), (want, {k: 0.0 for k in accuracies}), atol=1e-5
+                )
+
+
+def test_bad_arguments():
+    z = _z(3)
+    with pytest.raises(ValueError, match="fusion_weight"):
+        losses.confu(z, fusion_weight=1.5)
+    with pytest.raises(ValueError, match=r"projector\(rest, m\) must return shape \(5, 3\)"):
+        losses.confu(z, projector=lambda rest, m: rest[0, :, :2])
+    with pytest.raises(ValueError, match=r"fuse\(z\[0\], \(0,\)\) must return shape \(5, 2\)"):
+        losses.comm(z, fuse=lambda parts, s: parts[0, :, :2] if len(s) > 1 else parts[0])
+    with pytest.raises(ValueError, match=r"M = 1"):
+        losses.comm(jnp.zeros((1, 4, 3)))
+
+
+def test_tables_state_what_each_objective_takes_from_the_model():
+    for name in losses.names():
+        params = inspect.signature(losses.get(name)).parameters
+        assert ("fuse" in params) == (name in losses.TAKES_FUSE), name
+        if name in losses.LEARNED_PROJECTOR:
+            assert "projector" in params, name
+    assert losses.TEMPERATURE["confu"] == losses.TEMPERATURE["comm"] == "tau"
+    assert losses.get_scorer("confu") is losses.get_scorer("comm") is losses.clip_score
+
+
+def test_fusion_score_matches_literal_and_retrieves_aligned_samples():
+    lib, npy = _masked_mlp(3, 4, width=5, seed=2)
+    queries = jax.random.normal(jax.random.key(20), (2, 6, 4))
+    cands = jax.random.normal(jax.random.key(21), (7, 4))
+    score = jax.jit(losses.fusion_score, static_argnames=("fuse", "subset", "m"))
+    got = score(queries, cands, fuse=lib, subset=(2, 0), m=1)
+    want = ref.fusion_score(np.asarray(queries), np.asarray(cands), npy, (2, 0), 1)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5)
+    # The default fusion: fused queries against one candidate modality rank as the mean
+    # cosine (the registered scorer) does.
+    z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))
+    scores = score(z[:2], z[2], fuse=losses.mean_fusion, subset=(0, 1), m=2)
+    order = jnp.argsort(scores, axis=1)
+    assert bool(jnp.all(order == jnp.argsort(jax.jit(losses.clip_score)(z[:2], z[2]), axis=1)))
+    assert bool(jnp.all(scores.argmax(axis=1) == jnp.arange(8)))
+
+
+def test_docstring_examples():
+    result = doctest.testmod(fusion, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------- the model and the run
+
+
+def test_masked_fusion_module():
+    """One network for every subset: parameters at init, slots by modality index (the
+    order of ``parts`` follows ``subset``), the objective's dtype out."""
+    model = MaskedFusion(num_modalities=3, out_dim=4, hidden=(8,))
+    parts = jax.random.normal(jax.random.key(0), (3, 5, 6))
+    variables = model.init(jax.random.key(1), parts, (0, 1, 2))
+    assert variables["params"]["mlp"]["Dense_0"]["kernel"].shape == (3 * 6 + 3, 8)
+    one = model.apply(variables, parts[1:2], (1,))
+    assert one.shape == (5, 4)
+    swapped = model.apply(variables, parts[::-1][:2], (2, 1))
+    np.testing.assert_allclose(swapped, model.apply(variables, parts[1:], (1, 2)), rtol=1e-6)
+    with pytest.raises(ValueError, match="distinct modality indices"):
+        model.apply(variables, parts[:2], (0, 0))
+
+
+def _run(name, **model_fields):
+    """(config, resolved, model, variables) of the default experiment with objective
+    ``name``, tiny; ``model_fields`` set on the model (the trainer's own wiring aside)."""
+    config = configs.load_experiment("experiments/default.py", f"objective={name},runlocal")
+    config.model.representation_dim, config.model.embedding_dim = 8, 4
+    config.model.mlp.hidden, config.model.projector_hidden = (8,), (8,)
+    resolved = validation.validate_config(config, device_count=1, process_count=1)
+    model = runtime.create_model(config, resolved).clone(**model_fields)
+    variables = model.init(jax.random.key(0), runtime.example_inputs(resolved.modalities, 4))
+    return config, resolved, model, variables
+
+
+def test_validation_asks_the_model_for_the_fusion():
+    _, resolved, model, variables = _run("confu")
+    assert resolved.projector and not resolved.fusion and model.projector
+    assert set(variables["params"]["projector"]) == {"held_out_0", "held_out_1", "held_out_2"}
+    _, resolved, _, _ = _run("comm")
+    assert resolved.fusion and not resolved.projector
+    _, resolved, _, _ = _run("ova_ib")
+    assert not resolved.fusion and not resolved.projector
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_run_objective_uses_the_models_fusion(name):
+    """The run's keyword arguments bind the model's own fusion (ConFu: the MLP projector,
+    as ``projector``; CoMM: the masked fusion, as ``fuse``), and the trainer's objective
+    (under shard_map, with only the model's own parameters) equals the objective called
+    with them."""
+    fields = {"fusion": True} if name == "comm" else {}
+    config, resolved, model, variables = _run(name, **fields)
+    params = variables["params"]
+    z = jax.random.normal(jax.random.key(3), (3, 8, 4))
+    kwargs = objective.loss_kwargs(config, resolved, model, variables)
+    if name == "comm":
+        assert set(params["fusion"]) == {"mlp"}
+        got = kwargs["fuse"](z[:2], (0, 2))
+        want = model.apply({"params": params}, z[:2], (0, 2), method="fuse")
+    else:
+        got = kwargs["projector"](z[1:], 0)
+        want = model.apply({"params": params}, z[1:], 0, method="project")
+    assert got.shape == (8, 4) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    plain = jax.jit(lambda z: losses.get(name)(z, **kwargs))(z)
+    bound = objective.make_objective(resolved, model, runtime.create_mesh(jax.devices()[:1]))
+    got = jax.jit(bound)(z, params, jax.random.key(0))  # the train step jits it
+    chex.assert_trees_all_close(got, plain, rtol=1e-5, atol=1e-6)
