@@ -48,11 +48,12 @@ def data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 class InMemorySource(data.ArraySource):
     """A data source decoded once into host memory (numpy columns).
 
-    TFDS ArrayRecord sources decode every record in Python (about 0.2 ms per example on
-    a laptop CPU, a few times less with the pipeline's batched reads), which can cost ten
-    times the train step of a small model. Reading the split once in batches and serving
-    batches from numpy columns (:class:`ovaib_jax.data.ArraySource`: one fancy-index per
-    key and batch) keeps the index-based pipeline (and its exact resume) unchanged.
+    Reading a TFDS ArrayRecord source costs an ArrayRecord read per example at every
+    step (about 5-15 us of CPU per record on a 2-core machine, on top of the vectorised
+    decode), which a small model's train step may not hide on a few cores. Reading the
+    split once in batches and serving batches from numpy columns
+    (:class:`ovaib_jax.data.ArraySource`: one fancy-index per key and batch) keeps the
+    index-based pipeline (and its exact resume) unchanged.
 
     Args:
       source: a random-access source of example dicts.
@@ -156,10 +157,12 @@ def create_data_iterator(
 
     The dataset is built (if needed) by process 0 alone, then opened by every process.
     Training iterators shuffle and repeat forever; evaluation iterators read the split
-    once, in order. With ``spec`` (the DatasetSpec) given, a split whose decoded size is
-    at most ``config.dataset.cache_max_mb`` is decoded once into memory
-    (:class:`InMemorySource`), keeping the modalities, the targets and ``extra_keys``
-    (other stored fields an evaluator reads, e.g. a latent factor).
+    once, in order. With ``spec`` (the DatasetSpec) given, batches hold the modalities,
+    the targets and ``extra_keys`` (other stored fields an evaluator reads, e.g. a latent
+    factor), and a split whose decoded size is at most ``config.dataset.cache_max_mb`` is
+    decoded once into memory (:class:`InMemorySource`); a larger one (or
+    ``cache_max_mb=0``) is read from its record files at every batch, decoded with numpy
+    (``data.make_iterator``), with the same batches.
     """
     kwargs = data_kwargs(config)
     if jax.process_index() == 0:
@@ -169,11 +172,15 @@ def create_data_iterator(
 
         multihost_utils.sync_global_devices("ovaib_dataset_built")
     source = data.make_source(config.dataset.name, split, build=False, **kwargs)
-    limit = float(config.dataset.cache_max_mb or 0) * 2**20
-    if spec is not None and limit and len(source) * example_nbytes(spec) <= limit:
-        # Modalities and targets only: extra stored fields are never read by the trainer.
+    keys = None
+    if spec is not None:
+        # Modalities and targets only: extra stored fields are never read by the trainer
+        # (an uncached TFDS source then decodes only these features).
         keep = [m.name for m in spec.modalities] + [t.name for t in spec.targets]
-        source = InMemorySource(source, keys=list(dict.fromkeys([*keep, *extra_keys])))
+        keys = list(dict.fromkeys([*keep, *extra_keys]))
+    limit = float(config.dataset.cache_max_mb or 0) * 2**20
+    if keys is not None and limit and len(source) * example_nbytes(spec) <= limit:
+        source = InMemorySource(source, keys=keys)
     return data.make_iterator(
         source,
         batch_size=batch_size // jax.process_count(),
@@ -184,6 +191,7 @@ def create_data_iterator(
         process_count=jax.process_count(),
         drop_remainder=True,
         prefetch=int(config.dataset.prefetch),
+        keys=keys,
     )
 
 

@@ -4,8 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from etils import epath
 
 from ovaib_jax import data
+from ovaib_jax.data import pipeline
 
 
 def toy_source(n: int) -> list[dict]:
@@ -337,8 +340,21 @@ def test_tfds_source_batched_equals_reference(tmp_path, monkeypatch):
         "ovaib_parity", "train", data_dir=tmp_path, config="m3", k=1, num_train=50, num_test=5
     )
     reads = []
-    getitems = src.__getitems__
-    monkeypatch.setattr(src, "__getitems__", lambda idx: reads.append(len(idx)) or getitems(idx))
+    read_records = pipeline.read_records
+
+    def counted(source, keys, **kwargs):
+        reads.append(len(keys))
+        return read_records(source, keys, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_records", counted)
+    tfds_decoded = []  # TFDS decodes one record per source (the decoder's self-check)
+    decode_tfds = pipeline._RecordDecoder.decode_tfds
+
+    def spied(self, records, keys):
+        tfds_decoded.append(len(records))
+        return decode_tfds(self, records, keys)
+
+    monkeypatch.setattr(pipeline._RecordDecoder, "decode_tfds", spied)
     for process_index in range(2):
         kwargs = dict(
             batch_size=8, seed=4, process_index=process_index, process_count=2, prefetch=2
@@ -346,6 +362,7 @@ def test_tfds_source_batched_equals_reference(tmp_path, monkeypatch):
         got, want = both_paths(src, k=7, **kwargs)  # 7 x 16 examples: crosses two epochs
         assert_same_batches(got, want)
     assert reads and set(reads) == {8}  # one batched ArrayRecord read per batch
+    assert tfds_decoded and set(tfds_decoded) == {1}  # the batches: decoded with numpy
     # An in-memory copy of the split (the trainer's cache) gives the same batches again.
     cached = data.ArraySource(data.load_arrays(src, chunk=16))
     kwargs = dict(batch_size=16, seed=4, prefetch=0)
@@ -353,3 +370,305 @@ def test_tfds_source_batched_equals_reference(tmp_path, monkeypatch):
         take(data.make_iterator(cached, **kwargs), 5),
         take(data.make_iterator(src, batched=False, **kwargs), 5),
     )
+
+
+# ------------------------------------------------ TFDS records decoded a batch at a time
+
+
+class MixedFeatures(tfds.core.GeneratorBasedBuilder):
+    """Every number feature kind the vectorised decoder handles, with awkward values:
+    uint8 pixels >= 128 (two varint bytes), negative integers (ten bytes), labels >= 128,
+    NaN and infinities, float64/float16 stored as float32, scalars (stacked from Python
+    numbers) and one large uint8 feature (decoded row by row)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    NUM = 60
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):  # TFDS's own lookup needs importlib_resources (see data.base)
+        return epath.Path(__file__)
+
+    def _info(self):
+        t, f = tfds.features.Tensor, tfds.features
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=f.FeaturesDict(
+                {
+                    "image": t(shape=(6, 5, 3), dtype=np.uint8),
+                    "big": t(shape=(48, 48), dtype=np.uint8),
+                    "signal": t(shape=(7,), dtype=np.int16),
+                    "counts": t(shape=(3,), dtype=np.int32),
+                    "ids": t(shape=(2,), dtype=np.int64),
+                    "i8": t(shape=(3,), dtype=np.int8),
+                    "u16": t(shape=(3,), dtype=np.uint16),
+                    "u32": t(shape=(2,), dtype=np.uint32),
+                    "flags": t(shape=(4,), dtype=np.bool_),
+                    "x": t(shape=(5,), dtype=np.float32),
+                    "x64": t(shape=(3,), dtype=np.float64),
+                    "half": t(shape=(2,), dtype=np.float16),
+                    "score": f.Scalar(dtype=np.float32),
+                    "flag": f.Scalar(dtype=np.bool_),
+                    "small": f.Scalar(dtype=np.uint8),
+                    "label": f.ClassLabel(num_classes=300),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        rng = np.random.default_rng(0)
+        for i in range(self.NUM):
+            x = rng.normal(size=5).astype(np.float32)
+            x[i % 5] = [np.nan, np.inf, -np.inf, -0.0, 1e-40][i % 5]
+            yield (
+                i,
+                {
+                    "image": rng.integers(0, 256, (6, 5, 3), dtype=np.uint8),
+                    # Some rows all below 128 (one byte per value), most not.
+                    "big": rng.integers(0, 128 if i % 7 == 0 else 256, (48, 48), dtype=np.uint8),
+                    "signal": rng.integers(-(2**15), 2**15, 7, dtype=np.int16),
+                    "counts": rng.integers(-(2**31), 2**31, 3, dtype=np.int32),
+                    "ids": np.array([-(2**40) - i, 2**62 + i], np.int64),
+                    "i8": rng.integers(-128, 128, 3, dtype=np.int8),
+                    "u16": rng.integers(0, 2**16, 3, dtype=np.uint16),
+                    "u32": rng.integers(0, 2**32, 2, dtype=np.uint32),
+                    "flags": rng.random(4) < 0.5,
+                    "x": x,
+                    "x64": rng.normal(size=3),
+                    "half": rng.normal(size=2).astype(np.float16),
+                    "score": np.float32(rng.normal()),
+                    "flag": bool(i % 2),
+                    "small": np.uint8(rng.integers(256)),
+                    "label": int(rng.integers(300)),
+                },
+            )
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The MixedFeatures train split as a TFDS ArrayRecord data source, in 3 files."""
+    builder = MixedFeatures(data_dir=tmp_path_factory.mktemp("mixed"), file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=3))
+    source = builder.as_data_source(split="train")
+    assert len(source.data_source._read_instructions) == 3
+    return source
+
+
+def assert_same_decode(got: dict, want: dict) -> None:
+    assert list(got) == list(want)  # the same keys in the same order
+    assert_same_batches([got], [want])
+
+
+@pytest.mark.parametrize("part_bytes", [None, 4096])  # whole batches, or parts in threads
+def test_tfds_records_decoded_in_batches_equal_tfds_decode(mixed, monkeypatch, part_bytes):
+    if part_bytes:
+        monkeypatch.setattr(pipeline, "_PART_BYTES", part_bytes)
+    assert pipeline.record_decoder(mixed) is not None
+    tfds_decoded = []  # TFDS decodes one record per decoder (its self-check), no batch
+    decode_tfds = pipeline._RecordDecoder.decode_tfds
+
+    def spied(self, records, keys):
+        tfds_decoded.append(len(records))
+        return decode_tfds(self, records, keys)
+
+    monkeypatch.setattr(pipeline._RecordDecoder, "decode_tfds", spied)
+    for process_index in range(2):
+        kwargs = dict(batch_size=8, seed=5, process_index=process_index, process_count=2)
+        got, want = both_paths(mixed, k=6, prefetch=2, **kwargs)  # 6 x 16: crosses epochs
+        for g, w in zip(got, want):
+            assert_same_decode(g, w)
+        # Exact resume mid-way, after a JSON round trip of the state.
+        it = data.make_iterator(mixed, prefetch=0, **kwargs)
+        take(it, 2)
+        resumed = data.make_iterator(mixed, prefetch=0, **kwargs)
+        resumed.set_state(json.loads(json.dumps(it.get_state())))
+        for g, w in zip(take(resumed, 4), want[2:]):
+            assert_same_decode(g, w)
+    # Only some keys: decoded alone, in the order asked for (grain's batch sorts them).
+    kwargs = dict(batch_size=8, seed=5, keys=["label", "image", "score"], prefetch=0)
+    got, want = both_paths(mixed, k=3, **kwargs)
+    assert_same_batches(got, want)
+    assert list(got[0]) == ["label", "image", "score"]
+    assert data.load_arrays(mixed, chunk=13, keys=["big", "flag"]).keys() == {"big", "flag"}
+    whole = data.load_arrays(mixed, chunk=13)
+    assert_same_decode(whole, pipeline.stack_examples([mixed[i] for i in range(len(mixed))]))
+    assert whole["score"].dtype == np.float64 and whole["small"].dtype == np.int64
+    # A slice of the split starts and ends inside record files.
+    part = type(mixed)(mixed.dataset_info, split="train[7:53]")
+    assert_same_decode(data.load_arrays(part, chunk=40), {k: v[7:53] for k, v in whole.items()})
+    assert set(tfds_decoded) == {1}
+
+
+def vectorised(decoder, records, keys=None) -> dict:
+    """``decoder.decode(records)``, failing if TFDS's decode did any of it."""
+    decoder.decode_tfds = lambda *args: pytest.fail("fell back to TFDS's decode")
+    try:
+        return decoder.decode(records, keys)
+    finally:
+        del decoder.decode_tfds
+
+
+def _entries(record: bytes) -> list[bytes]:
+    """The map entries of a serialized tf.train.Example, as their serialized bytes."""
+    assert record[0] == 0x0A
+    length, pos = pipeline._varint(record, 1)
+    assert pos + length == len(record)
+    entries = []
+    while pos < len(record):
+        size, start = pipeline._varint(record, pos + 1)
+        entries.append(record[pos : start + size])
+        pos = start + size
+    return entries
+
+
+def _example(entries: list[bytes]) -> bytes:
+    body = b"".join(entries)
+    return b"\x0a" + _varint_bytes(len(body)) + body
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def test_record_decoder_layouts_and_fallbacks(mixed):
+    decoder = pipeline.record_decoder(mixed)
+    records = pipeline.read_records(mixed, list(range(24)))
+    assert not decoder.usable  # not yet checked against TFDS's decode of one record
+    assert_same_decode(decoder.decode(records), decoder.decode_tfds(records, None))
+    assert decoder.usable
+    # Records whose entries come in other orders (as writers in other processes may
+    # serialise the map): each order is followed in turn.
+    shuffled = []
+    for i, record in enumerate(records):
+        entries = _entries(record)
+        if i % 3 == 1:
+            entries = entries[::-1]
+        elif i % 3 == 2:
+            entries = entries[1:] + entries[:1]
+        shuffled.append(_example(entries))
+    assert shuffled != records
+    assert_same_decode(vectorised(decoder, shuffled), decoder.decode_tfds(shuffled, None))
+    # An entry of a key TFDS does not know is skipped; a repeated key: the last one wins.
+    extra = _example([*_entries(records[1]), _entries(records[2])[0]])
+    unknown = _example([_entries(records[3])[0].replace(b"big", b"bag"), *_entries(records[3])])
+    odd = [records[0], extra, unknown, *records[4:]]
+    assert_same_decode(vectorised(decoder, odd), decoder.decode_tfds(odd, None))
+    # Something else than such an Example: TFDS decodes it (and raises its own error).
+    with pytest.raises(Exception) as want:
+        decoder.decode_tfds([records[0], b"\x0a\x05junk"], None)
+    with pytest.raises(type(want.value)):
+        decoder.decode([records[0], b"\x0a\x05junk"])
+
+
+def test_record_decoder_only_for_plain_number_features(mixed, tmp_path):
+    assert pipeline.record_decoder(toy_source(3)) is None
+    assert pipeline.record_decoder(array_source(3)) is None
+    features = mixed.dataset_info.features
+    text = tfds.features.FeaturesDict({"name": tfds.features.Text(), **features})
+    encoded = tfds.features.FeaturesDict(
+        {"b": tfds.features.Tensor(shape=(2,), dtype=np.uint8, encoding="bytes")}
+    )
+    ragged = tfds.features.FeaturesDict({"v": tfds.features.Tensor(shape=(None,), dtype=np.int64)})
+    for other in (text, encoded, ragged):
+        assert pipeline._record_fields(_with_features(mixed, other)) is None
+
+
+class _SourceWithFeatures:
+    """A TFDS data source with other features declared (only what the decoder reads)."""
+
+    def __init__(self, source, features):
+        self.data_source = source.data_source
+        self.decoders = None
+        self.deserialize_method = source.deserialize_method
+        info = source.dataset_info
+        self.dataset_info = type(
+            "Info", (), {"features": features, "file_format": info.file_format}
+        )
+
+
+def _with_features(source, features):
+    return _SourceWithFeatures(source, features)
+
+
+def _decode_or_error(decode, records, keys):
+    try:
+        return decode(records, keys)
+    except Exception as e:
+        return type(e)
+
+
+def test_damaged_records_decode_as_tfds_decodes_them(mixed, tmp_path):
+    """Any byte of a record changed: the batch decodes exactly as TFDS decodes it (values
+    changed, or fallen back to TFDS for a layout that no longer holds) or fails as TFDS
+    fails: the layout checks never let a misread record through."""
+    parity = data.make_source(
+        "ovaib_parity", "train", data_dir=tmp_path, config="m3", k=1, num_train=20, num_test=5
+    )
+    rng = np.random.default_rng(0)
+    for source in (mixed, parity):
+        decoder = pipeline.record_decoder(source)
+        records = pipeline.read_records(source, list(range(8)))
+        decoder.decode(records)
+        assert decoder.usable
+        for trial in range(150):
+            batch = list(records)
+            row = int(rng.integers(len(batch)))
+            damaged = bytearray(batch[row])
+            where = rng.integers(len(damaged), size=1 + trial % 3)
+            if trial % 2:  # a header byte: the first bytes of an entry
+                where = where % 40
+            for i in where.tolist():
+                damaged[i] = int(rng.integers(256))
+            batch[row] = bytes(damaged)
+            got = _decode_or_error(decoder.decode, batch, None)
+            want = _decode_or_error(decoder.decode_tfds, batch, None)
+            if isinstance(want, dict):
+                assert isinstance(got, dict), (trial, got)
+                assert_same_decode(got, want)
+            else:
+                assert got is want, (trial, got, want)
+
+
+def test_records_in_another_entry_order_than_the_last_batch(tmp_path):
+    """A batch of fixed-size records (columns) in another map order than the batch
+    before: its layout is found again."""
+    source = data.make_source(
+        "ovaib_parity", "train", data_dir=tmp_path, config="m3", k=1, num_train=20, num_test=5
+    )
+    decoder = pipeline.record_decoder(source)
+    records = pipeline.read_records(source, list(range(10)))
+    assert_same_decode(decoder.decode(records), decoder.decode_tfds(records, None))
+    reversed_ = [_example(_entries(r)[::-1]) for r in records]
+    assert len({len(r) for r in reversed_}) == 1 and reversed_ != records
+    for batch in (reversed_, records, reversed_[:5] + records[5:]):
+        assert_same_decode(vectorised(decoder, batch), decoder.decode_tfds(batch, None))
+
+
+def test_trainer_iterators_uncached_equal_cached(tmp_path):
+    """``create_data_iterator`` with and without the in-memory cache: the same batches
+    (modalities and targets, plus the extra keys asked for), resumable from either."""
+    from ovaib_jax import data as data_lib
+    from ovaib_jax import inputs
+    from tests.train_helpers import tiny_config
+
+    config = tiny_config(str(tmp_path), **{"dataset.config.num_train": 40})
+    spec = data_lib.get_spec("ovaib_parity", config="m3", k=2)
+    its = {}
+    for cache_mb in (512, 0):
+        config.dataset.cache_max_mb = cache_mb
+        its[cache_mb] = inputs.create_data_iterator(
+            config, "train", batch_size=16, train=True, spec=spec, extra_keys=("bits",)
+        )
+    cached, uncached = take(its[512], 4), take(its[0], 4)  # crosses an epoch boundary
+    assert_same_batches(uncached, cached)
+    assert list(uncached[0]) == ["x0", "x1", "x2", "label", "bits"]
+    its[0].set_state(json.loads(json.dumps(its[512].get_state())))
+    assert_same_batches(take(its[0], 2), take(its[512], 2))
