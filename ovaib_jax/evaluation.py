@@ -59,28 +59,24 @@ class Evaluation:
     def embed(self, variables: Any, split: str, extra_keys: Sequence[str] = ()) -> Any:
         """``split`` embedded with ``variables``: an :class:`ovaib_jax.evaluators.Embedded`
         with z, the representations, the dataset's targets and ``extra_keys`` (stored
-        example keys read as targets). Whole batches only (the last partial batch of
-        ``eval_batch_size`` is not embedded)."""
+        example keys read as targets), for every example of the split (batches of
+        ``eval_batch_size``, the last one padded and its padding dropped)."""
         spec = self.resolved.spec
         names = list(self.resolved.modality_names)
         declared = {t.name for t in spec.targets} | set(names)
         extra = tuple(dict.fromkeys(k for k in extra_keys if k not in declared))
         batch_size = int(self.config.eval_batch_size or self.config.batch_size)
-        it = inputs.create_data_iterator(
-            self.config, split, batch_size=batch_size, train=False, spec=spec, extra_keys=extra
-        )
 
         def embed(local):
             z, reps = self._embed(variables, runtime.global_batch(local, self.mesh, names))
             return jax.tree.map(host.to_host, (z, reps))
 
         def batches():
-            for local in it:
-                if jax.process_count() > 1:  # targets of every process's rows
-                    local = {
-                        k: v if k in names else host.all_rows(v)
-                        for k, v in local.items()
-                    }
+            for local in inputs.eval_batches(
+                self.config, split, batch_size=batch_size, spec=spec, extra_keys=extra
+            ):
+                if jax.process_count() > 1:  # targets and mask of every process's rows
+                    local = {k: v if k in names else host.all_rows(v) for k, v in local.items()}
                 yield local
 
         return evaluators.embed_split(
@@ -89,6 +85,7 @@ class Evaluation:
             spec=spec,
             modality_names=names,
             target_names=[t.name for t in spec.targets] + list(extra),
+            valid_key=inputs.VALID,
         )
 
     def run(self, variables: Any) -> dict[str, dict[str, Any]]:

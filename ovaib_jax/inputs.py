@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -26,12 +26,14 @@ from ovaib_jax import configs, console, data
 from ovaib_jax.runtime import global_batch
 
 __all__ = [
+    "VALID",
     "InMemorySource",
     "Prefetcher",
     "check_eval_batch",
     "create_data_iterator",
     "data_kwargs",
     "device_batches",
+    "eval_batches",
     "example_nbytes",
 ]
 
@@ -152,6 +154,7 @@ def create_data_iterator(
     train: bool,
     spec: Any = None,
     extra_keys: Sequence[str] = (),
+    drop_remainder: bool = True,
 ) -> Any:
     """This process's grain iterator over ``split`` (global ``batch_size`` / processes).
 
@@ -189,10 +192,54 @@ def create_data_iterator(
         num_epochs=None if train else 1,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        drop_remainder=True,
+        drop_remainder=drop_remainder,
         prefetch=int(config.dataset.prefetch),
         keys=keys,
     )
+
+
+# The boolean key of evaluation batches that marks real rows (the others are padding).
+VALID = "_valid"
+
+
+def eval_batches(
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    spec: Any,
+    extra_keys: Sequence[str] = (),
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of ``split`` exactly once, in order, as this process's share of
+    global batches of ``batch_size``.
+
+    The last partial batch is padded with zeros to the full size and every batch holds a
+    boolean key :data:`VALID` marking its real rows; a process whose share of the split
+    has one batch fewer yields an all-padding one instead, so that every process yields
+    the same number of batches of the same shape (the global arrays stay rectangular).
+    """
+    processes = jax.process_count()
+    local = batch_size // processes
+    n = len(data.make_source(config.dataset.name, split, build=False, **data_kwargs(config)))
+    count = math.ceil(math.ceil(n / local) / processes)
+    it = create_data_iterator(
+        config, split, batch_size=batch_size, train=False, spec=spec,
+        extra_keys=extra_keys, drop_remainder=False,
+    )  # fmt: skip
+    template: dict[str, np.ndarray] | None = None
+    for i, batch in enumerate(it):
+        rows = len(next(iter(batch.values())))
+        template = template or {k: np.zeros((local, *np.shape(v)[1:]), np.asarray(v).dtype)
+                                for k, v in batch.items()}  # fmt: skip
+        padded = {k: np.concatenate([np.asarray(v), template[k][rows:]]) for k, v in batch.items()}
+        padded[VALID] = np.arange(local) < rows
+        yield padded
+        if i + 1 == count:
+            return
+    for _ in range(count - (i + 1 if template is not None else 0)):
+        if template is None:  # this process holds no example at all (n < processes)
+            raise ValueError(f"The split {split!r} has {n} examples, fewer than {processes}.")
+        yield {**template, VALID: np.zeros(local, bool)}
 
 
 def check_eval_batch(config: ml_collections.ConfigDict) -> None:

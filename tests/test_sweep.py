@@ -186,7 +186,8 @@ def test_each_objective_keeps_its_defaults_and_overrides_apply_where_they_apply(
     assert all(c.num_train_steps == 7 and c.dataset.config.M == 4 for c in out.values())
     assert out["ova_ib"].objective.tau == 0.5 and out["ova_ib"].objective.beta == 0.0
     assert out["pairwise_clip"].objective.tau == 0.5
-    assert "tau" not in out["symile"].objective and out["symile"].objective.logit_scale == 1.0
+    assert "tau" not in out["symile"].objective
+    assert out["symile"].objective.logit_scale == pytest.approx(1 / 0.07)  # its own default
     assert notes == ["`--config.objective.tau` does not apply to symile."]
     with pytest.raises(ValueError, match=r"'triangle'.*exactly 3 modalities"):
         sweep.objective_configs(config, ["ova_ib", "triangle"], {})

@@ -323,3 +323,19 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
         # (not ova_ib's default 0.01). L_m: retrieve each tuple's projection from z_m.
         bound = np.log(64) - ref._ce_rows(scores.T / config.objective.tau)
         assert results["mi_bounds"][f"mi_bound/m{m}"] == pytest.approx(bound, abs=1e-3)
+
+
+def test_evaluation_embeds_every_test_example(data_dir, tmp_path):
+    """The eval split (64 examples) in batches of 24: 24 + 24 + 16, the last one padded
+    and its padding dropped; retrieval ranks all 64 candidates, in split order."""
+    config = tiny_config(data_dir, eval_batch_size=24)
+    run = train.build(config, with_data=False)
+    emb = run.evaluation([]).embed(run.state.variables(), config.dataset.eval_split)
+    assert emb.num_examples == 64
+    kw = configs.dataset_kwargs(config)
+    src = data.make_source("ovaib_parity", "test", data_dir=data_dir, build=False, **kw)
+    labels = np.array([src[i]["label"] for i in range(64)])
+    np.testing.assert_array_equal(emb.targets["label"], labels)
+    batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
+    z, _ = run.model.apply(run.state.variables(), batch)
+    np.testing.assert_allclose(emb.z, np.asarray(z), rtol=1e-5, atol=1e-6)
