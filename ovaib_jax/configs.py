@@ -365,7 +365,9 @@ def evaluation_setup(
     The light evaluators (``heldout_loss``, ``inbatch_retrieval``) run every
     ``eval_every_steps``; the heavy ones (``downstream`` probes on all modalities,
     ``modality_subsets``, split-level ``retrieval``, ``mi_bounds``) once, after the last
-    step (``final_evaluators``).
+    step (``final_evaluators``). ``downstream`` also fits a linear probe beside the main
+    one, on all train labels and on 10 per class (issue 13: a saturated MLP probe hides
+    differences): results ``linear/{target}/...`` and ``linear_few10/{target}/...``.
 
     Args:
       config: the experiment config (changed in place and returned).
@@ -373,7 +375,8 @@ def evaluation_setup(
         probe's own defaults, the paper's 4-layer MLP with 100 epochs, patience 10).
       targets: the targets probed by ``downstream`` and ``modality_subsets`` (None:
         every target of the dataset).
-      downstream: extra ``downstream`` keys (e.g. ``per_modality_targets``).
+      downstream: extra ``downstream`` keys (e.g. ``per_modality_targets``; or
+        ``extra_probes=()``, ``few_label_per_class=0`` to turn the linear probes off).
       retrieval: ``retrieval`` keys (e.g. ``pairs``, ``relevance``).
     """
     from ovaib_jax import evaluators
@@ -384,6 +387,7 @@ def evaluation_setup(
         defaults = dataclasses.asdict(evaluators.get(name).Config())
         return {**{k: v for k, v in defaults.items() if v is not None}, **given}
 
+    extra_probes = {"extra_probes": ("linear",), "few_label_per_class": 10}
     config.evaluators = "heldout_loss,inbatch_retrieval"
     config.final_evaluators = HEAVY_EVALUATORS
     probe = dict(probe or {})
@@ -391,7 +395,7 @@ def evaluation_setup(
         probe["targets"] = tuple(targets)
     config.evaluator_kwargs = ml_collections.ConfigDict(
         {
-            "downstream": keys("downstream", {**probe, **(downstream or {})}),
+            "downstream": keys("downstream", {**extra_probes, **probe, **(downstream or {})}),
             "modality_subsets": keys("modality_subsets", probe),
             "retrieval": keys("retrieval", dict(retrieval or {})),
             "mi_bounds": keys("mi_bounds", {}),

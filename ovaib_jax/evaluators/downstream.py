@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, TargetInfo
-from ovaib_jax.evaluators.probe import ProbeConfig, fit_probes
+from ovaib_jax.evaluators.probe import (
+    PROBES,
+    ProbeConfig,
+    few_label_config,
+    few_label_indices,
+    fit_probes,
+)
 from ovaib_jax.reporting import report
 
 
@@ -100,18 +106,52 @@ class DownstreamConfig(ProbeConfig):
         paper's protocol) or ``"embedding"`` (each modality's projection-head embedding
         z_m, which the objectives act on directly; e.g. the minimality term's effect on
         what z_m keeps). With ``"embedding"`` every result key is prefixed ``embedding/``.
+      extra_probes: probe kinds (of ``probe``'s values, e.g. ``("linear",)``) also fitted
+        on the same features and targets, with the same hyper-parameters and seed; results
+        under ``{probe}/{target}/{metric}`` (the main probe's keys are unchanged). A
+        linear probe beside the MLP shows differences that a saturated MLP hides.
+      few_label_per_class: when > 0, each extra probe is also fitted on
+        ``few_label_per_class`` train examples per class
+        (:func:`~ovaib_jax.evaluators.probe.few_label_indices`, seeded by the run's seed)
+        of every classification target (regression targets: skipped, no key), without a
+        validation hold-out (``val_loss`` is NaN) and with at least
+        ``probe.FEW_LABEL_MIN_STEPS`` steps; results under
+        ``{probe}_few{k}/{target}/{metric}``. 0: off.
     """
 
     modalities: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
     per_modality_targets: tuple[str, ...] = ()
     features: str = "representation"
+    extra_probes: tuple[str, ...] = ()
+    few_label_per_class: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         if self.features not in FEATURES:
             raise ValueError(
                 f"downstream: features must be one of {FEATURES}, got {self.features!r}."
+            )
+        extra = self.extra_probes
+        extra = tuple(p for p in extra.split(",") if p) if isinstance(extra, str) else tuple(extra)
+        object.__setattr__(self, "extra_probes", extra)
+        bad = [p for p in extra if p not in PROBES]
+        if bad:
+            raise ValueError(
+                f"downstream: extra_probes has unknown probe(s) {bad}; valid probes: {PROBES}."
+            )
+        if len(set(extra)) != len(extra):
+            raise ValueError(f"downstream: extra_probes has duplicate entries: {extra}.")
+        k = self.few_label_per_class
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(
+                f"downstream: few_label_per_class must be an integer >= 0 (0: off), got {k!r}."
+            )
+        object.__setattr__(self, "few_label_per_class", int(k))
+        if k and not extra:
+            raise ValueError(
+                f"downstream: few_label_per_class={k} needs extra_probes (the probes it "
+                "fits on few labels), e.g. extra_probes=('linear',); or set it to 0."
             )
 
 
@@ -120,7 +160,10 @@ class Downstream(Evaluator):
 
     Results (per target ``t``): classification ``t/accuracy`` (fraction in [0, 1]),
     ``t/loss`` (test cross-entropy); regression ``t/mse`` (target units), ``t/r2``; and
-    ``t/val_loss``, ``t/best_epoch``, ``t/epochs``. ``objective`` is ignored.
+    ``t/val_loss``, ``t/best_epoch``, ``t/epochs``. ``objective`` is ignored. Each of
+    ``extra_probes`` ``p`` adds the same metrics as ``p/t/...``, and with
+    ``few_label_per_class = k`` the few-label fit of each classification target as
+    ``p_few{k}/t/...`` (e.g. ``linear/label/accuracy``, ``linear_few10/label/accuracy``).
 
     Per-modality targets ``t`` (``per_modality_targets``; how much of a modality's
     private factor its representation keeps, i.e. how far from *minimal* it is):
@@ -146,11 +189,21 @@ class Downstream(Evaluator):
         mods = _probe_modalities(self.name, cfg.modalities, train, test)
         x_tr, x_te = train.features(mods), test.features(mods)
         out: dict[str, Any] = {}
+        extra = [dataclasses.replace(cfg.probe_only(), probe=p) for p in cfg.extra_probes]
+        k = cfg.few_label_per_class
         for info in _targets(cfg.targets, train, test):
-            (r,) = fit_probes(
-                x_tr, train.targets[info.name], x_te, test.targets[info.name], info, cfg, seed
-            )
-            out.update({f"{info.name}/{k}": v for k, v in r.items()})
+            y_tr, y_te = train.targets[info.name], test.targets[info.name]
+            (r,) = fit_probes(x_tr, y_tr, x_te, y_te, info, cfg, seed)
+            out.update({f"{info.name}/{m}": v for m, v in r.items()})
+            for pcfg in extra:
+                (r,) = fit_probes(x_tr, y_tr, x_te, y_te, info, pcfg, seed)
+                out.update({f"{pcfg.probe}/{info.name}/{m}": v for m, v in r.items()})
+            if k and info.kind == "classification":
+                idx = few_label_indices(y_tr, k, seed)
+                for pcfg in extra:
+                    fcfg = few_label_config(pcfg, len(idx))
+                    (r,) = fit_probes(x_tr[idx], y_tr[idx], x_te, y_te, info, fcfg, seed)
+                    out.update({f"{pcfg.probe}_few{k}/{info.name}/{m}": v for m, v in r.items()})
         for name in cfg.per_modality_targets:
             out.update(per_modality_probes(name, mods, train, test, cfg, seed))
         prefix = "embedding/" if cfg.features == "embedding" else ""

@@ -25,6 +25,12 @@ Protocol (SPEC section 5, paper appendix B):
   ``val_fraction = 0`` the probe trains ``max_epochs`` epochs and keeps the last ones.
 * The MLP is the paper's 4-layer MLP by default: ``hidden = (256, 256, 256)`` ReLU layers
   then a linear output layer (He-normal weights, zero biases).
+* Few-label probes (``downstream``'s ``few_label_per_class``): the probe is fitted on
+  the train examples chosen by :func:`few_label_indices` only, with the config of
+  :func:`few_label_config`: no validation hold-out (too few examples; every epoch
+  trains on all of them and the last parameters are kept) and at least
+  ``FEW_LABEL_MIN_STEPS`` optimizer steps (``max_epochs`` raised: an epoch of a few
+  examples is one step). The test split is unchanged.
 """
 
 from __future__ import annotations
@@ -210,6 +216,31 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def few_label_indices(y: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``per_class`` examples of each class in ``y`` (N,) class ids,
+    drawn without replacement with ``numpy.random.default_rng([seed, 2])`` (classes in
+    increasing order, one permutation each): a function of ``y``, ``per_class`` and the
+    seed alone. A class with fewer examples keeps all of them."""
+    if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
+        raise ValueError(f"few_label_indices: per_class must be >= 1, got {per_class!r}.")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"few_label_indices: y must be (N,) class ids, got {y.shape}.")
+    rng = np.random.default_rng([seed, 2])
+    picked = [rng.permutation(np.flatnonzero(y == c))[: int(per_class)] for c in np.unique(y)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros((0,), np.int64)
+
+
+FEW_LABEL_MIN_STEPS = 500
+
+
+def few_label_config(config: ProbeConfig, n: int) -> ProbeConfig:
+    """The probe config of a few-label fit on ``n`` examples (see the module protocol)."""
+    steps = max(1, n // max(1, min(config.batch_size, n)))
+    epochs = max(config.max_epochs, math.ceil(FEW_LABEL_MIN_STEPS / steps))
+    return dataclasses.replace(config.probe_only(), val_fraction=0.0, max_epochs=epochs)
 
 
 def fit_probes(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -246,12 +247,37 @@ def _task_column(target: str, metric: str) -> tuple[str, float, int, str]:
     return f"{target} MSE", 1.0, 4, "min"
 
 
-def downstream_table(per_obj: PerObjective, evaluator: str = "downstream") -> str | None:
+# ``downstream``'s extra probes (``extra_probes``, ``few_label_per_class``) prefix their
+# keys with the probe's name: ``linear/{target}/...``, ``linear_few10/{target}/...``.
+_EXTRA_PROBE = re.compile(r"(mlp|linear)(_few\d+)?")
+
+
+def extra_probes(per_obj: PerObjective, evaluator: str = "downstream") -> list[str]:
+    """The extra probe families (``linear``, ``linear_few10``) found in the results."""
+    found = (k.split("/") for k in _keys(per_obj))
+    return list(
+        dict.fromkeys(
+            p[1]
+            for p in found
+            if len(p) == 4 and p[0] == evaluator and _EXTRA_PROBE.fullmatch(p[1])
+        )
+    )
+
+
+def downstream_table(
+    per_obj: PerObjective, evaluator: str = "downstream", probe: str | None = None
+) -> str | None:
     """Rows objectives, columns the probed targets (accuracy % or MSE), best in bold:
-    the layout of the paper's main tables. None without downstream results."""
+    the layout of the paper's main tables. ``probe``: the table of that extra probe
+    (keys ``{evaluator}/{probe}/{target}/...``) instead of the main one. None without
+    such results."""
     cells, scale, digits, best = {}, {}, {}, {}
     for key in _keys(per_obj):
         parts = key.split("/")
+        if probe is not None:
+            if len(parts) != 4 or parts[1] != probe:
+                continue
+            parts = [parts[0], *parts[2:]]
         if len(parts) == 3 and parts[0] == evaluator and parts[2] in ("accuracy", "mse"):
             header, scale[header], digits[header], best[header] = _task_column(*parts[1:])
             cells[header] = key
@@ -270,7 +296,12 @@ def per_modality_tables(per_obj: PerObjective, evaluator: str = "downstream") ->
     cells: dict[str, dict[str, str]] = {}
     for key in _keys(per_obj):
         parts = key.split("/")
-        if len(parts) == 4 and parts[0] == evaluator and parts[3] == "r2":
+        if (
+            len(parts) == 4
+            and parts[0] == evaluator
+            and parts[3] == "r2"
+            and not _EXTRA_PROBE.fullmatch(parts[1])
+        ):
             cells.setdefault(parts[1], {})[parts[2]] = key
     out = {}
     for target, cols in cells.items():
@@ -393,6 +424,12 @@ def sweep_tables(runs: Sequence[RunRecord]) -> dict[str, str]:
     main = downstream_table(per_obj)
     if main is not None:
         tables["Downstream probe on all modalities (test split)"] = main
+    for probe in extra_probes(per_obj):
+        name, _, few = probe.partition("_few")
+        label = name.capitalize() + (f" probe, {few} labels per class," if few else " probe")
+        table = downstream_table(per_obj, probe=probe)
+        if table is not None:
+            tables[f"{label} on all modalities (test split)"] = table
     for target, table in per_modality_tables(per_obj).items():
         tables[f"Decoding each modality's own `{target}` from its representation (R²)"] = table
     for header, table in subsets_tables(per_obj).items():

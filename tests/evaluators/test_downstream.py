@@ -157,3 +157,63 @@ def test_features_embedding_probes_z_instead_of_the_representations():
         evaluators.get("downstream")(features="z")
     with pytest.raises(ValueError, match="needs the split's embeddings z"):
         evaluators.get("downstream")(features="embedding", **FAST).run(TRAIN, TEST, RunInfo())
+
+
+def test_extra_linear_probe_and_few_label_probe(monkeypatch):
+    from ovaib_jax.evaluators import downstream
+    from ovaib_jax.evaluators.probe import few_label_indices
+
+    seen = []
+    real = downstream.fit_probes
+
+    def spy(x_tr, y_tr, x_te, y_te, info, cfg, seed=0):
+        seen.append((info.name, cfg.probe, np.asarray(y_tr).copy()))
+        return real(x_tr, y_tr, x_te, y_te, info, cfg, seed)
+
+    monkeypatch.setattr(downstream, "fit_probes", spy)
+    kw = dict(FAST, probe="linear", targets=["label", "reg"])
+    ev = evaluators.get("downstream")(extra_probes=("linear",), few_label_per_class=2, **kw)
+    r = ev.run(TRAIN, TEST, RunInfo(seed=0))
+    main = evaluators.get("downstream")(**kw).run(TRAIN, TEST, RunInfo(seed=0))
+    assert {k: r[k] for k in main} == main  # the main probe's keys are unchanged
+    assert r["linear/label/accuracy"] >= 0.99 and "linear/reg/mse" in r
+    assert r["linear/label/accuracy"] == main["label/accuracy"]  # same probe, same seed
+    # 6 examples in 12 dims, 8 of them noise: well above chance (1/3), not perfect.
+    assert r["linear_few2/label/accuracy"] >= 0.6 and "linear_few2/label/loss" in r
+    assert r["linear_few2/label/epochs"] >= 500  # one step per epoch: at least 500 steps
+    assert not any(k.startswith("linear_few2/reg") for k in r)  # regression: no few-label
+    # The few-label fit saw exactly 2 train examples per class, the ones the function picks.
+    y = TRAIN.targets["label"]
+    idx = few_label_indices(y, 2, seed=0)
+    assert np.array_equal(np.bincount(y[idx], minlength=3), [2, 2, 2])
+    assert np.array_equal(idx, few_label_indices(y, 2, seed=0))  # deterministic
+    assert not np.array_equal(idx, few_label_indices(y, 2, seed=1))  # seeded
+    few = [yt for name, _, yt in seen if len(yt) < N_TRAIN]
+    assert len(few) == 1 and np.array_equal(few[0], y[idx])
+    assert len(seen) == 2 * 3 + 1  # main and extra probe on both targets, 1 few-label fit
+
+
+def test_few_label_indices_per_class():
+    from ovaib_jax.evaluators.probe import few_label_indices
+
+    y = np.array([0] * 5 + [1] * 3 + [3] * 1)
+    idx = few_label_indices(y, 2, seed=4)
+    assert np.array_equal(idx, np.sort(idx)) and len(set(idx)) == len(idx)
+    assert np.array_equal(np.bincount(y[idx]), [2, 2, 0, 1])  # a rarer class keeps all
+    with pytest.raises(ValueError, match="per_class must be >= 1"):
+        few_label_indices(y, 0)
+
+
+def test_extra_probe_config_errors():
+    with pytest.raises(ValueError, match=r"extra_probes.*'ridge'.*\('mlp', 'linear'\)"):
+        evaluators.get("downstream")(extra_probes=("ridge",))
+    with pytest.raises(ValueError, match="few_label_per_class must be an integer >= 0"):
+        evaluators.get("downstream")(extra_probes=("linear",), few_label_per_class=-1)
+    with pytest.raises(ValueError, match="few_label_per_class must be an integer >= 0"):
+        evaluators.get("downstream")(extra_probes=("linear",), few_label_per_class=2.5)
+    with pytest.raises(ValueError, match="few_label_per_class=10 needs extra_probes"):
+        evaluators.get("downstream")(few_label_per_class=10)
+    with pytest.raises(ValueError, match="duplicate"):
+        evaluators.get("downstream")(extra_probes=("linear", "linear"))
+    ev = evaluators.get("downstream")(extra_probes=["linear"], few_label_per_class=10)
+    assert ev.config.extra_probes == ("linear",)  # lists from config.json become tuples

@@ -138,6 +138,10 @@ def _fake_results(obj_shift: float, k: int) -> dict:
             "nuis/a/r2": 0.3 + s,
             "nuis/b/r2": 0.1,
             "nuis/mean/r2": 0.2 + s / 2,
+            "linear/label/accuracy": 0.7 + s,
+            "linear/pos/mse": 0.2,
+            "linear/pos/r2": 0.5,  # not a per-modality target
+            "linear_few10/label/accuracy": 0.4 + s,
         },
         "modality_subsets": {
             "a/label/accuracy": 0.6 + s,
@@ -198,6 +202,13 @@ def test_sweep_tables_layout_and_numbers():
     assert main[3] == "| clip | 80.50 ± 0.71 | 0.0995 ± 0.0007 |"
     assert main[4] == "| gram | - | - |"
 
+    linear = report.downstream_table(per_obj, probe="linear").splitlines()
+    assert linear[0] == "| objective | label acc. (%) | pos MSE |"
+    assert linear[2].startswith("| ova_ib | **80.50 ± 0.71** |")
+    few = report.downstream_table(per_obj, probe="linear_few10").splitlines()
+    assert few[0] == "| objective | label acc. (%) |" and few[3] == "| clip | 40.50 ± 0.71 |"
+    assert report.extra_probes(per_obj) == ["linear", "linear_few10"]
+
     (nuis,) = report.per_modality_tables(per_obj).values()
     assert nuis.splitlines()[0] == "| objective | a | b | mean |" and "**" not in nuis
 
@@ -235,6 +246,8 @@ def test_sweep_report_markdown_and_json():
     assert "python -m ovaib_jax.sweep --config=experiments/x.py" in md
     for section in (
         "## Downstream probe on all modalities (test split)",
+        "## Linear probe on all modalities (test split)",
+        "## Linear probe, 10 labels per class, on all modalities (test split)",
         "## Decoding each modality's own `nuis` from its representation (R²)",
         "## Modality subsets: label acc. (%)",
         "## Modality subsets: pos MSE",
