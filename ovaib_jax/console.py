@@ -5,8 +5,10 @@
   loss, steps/s, ETA), through the ``ovaib_jax`` logger.
 * :func:`summary_table`: the final metrics of a run as a short text table, with the
   chance level (or the bound) of each metric where it is known.
-* :func:`install_log_filters`: drops the start-up noise of libraries (the one line
-  ``Unable to initialize backend 'tpu'`` of every CPU start), nothing else.
+* :func:`install_log_filters`: drops the noise of libraries, nothing else: the one line
+  ``Unable to initialize backend 'tpu'`` of every CPU start, and the ``Event loop is
+  closed`` traceback each of orbax's still-running background writes prints when a
+  checkpoint save fails (a full disk), which would bury the one error that says so.
 * :func:`parse_flags` (``app.run(main, flags_parser=...)``) and
   :func:`unknown_key_message`: a mistyped ``--config.KEY`` (or a key the objective does
   not take) is one line with the closest valid key, and exit status 2, not a traceback.
@@ -324,8 +326,39 @@ NOISE = (
 )
 
 
+def _late_asyncio_callback(unraisable: Any) -> bool:
+    """True for the unraisable ``RuntimeError('Event loop is closed')`` raised in
+    ``loop.call_soon_threadsafe``: a background write (tensorstore under orbax) finished
+    after the event loop that awaited it had ended, because a sibling write failed first.
+    The failure itself is reported once, by the checkpoint manager."""
+    if unraisable.exc_type is not RuntimeError or str(unraisable.exc_value) != (
+        "Event loop is closed"
+    ):
+        return False
+    tb, names = unraisable.exc_traceback, set()
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "call_soon_threadsafe" in names
+
+
+class _UnraisableFilter:
+    """``sys.unraisablehook`` that drops :func:`_late_asyncio_callback` and passes every
+    other unraisable exception on to the hook it replaced."""
+
+    def __init__(self, previous: Callable[[Any], Any]):
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not _late_asyncio_callback(unraisable):
+            self.previous(unraisable)
+
+
 def install_log_filters() -> None:
-    """Installs the filters of :data:`NOISE` (once; idempotent)."""
+    """Installs the filters of :data:`NOISE` and the ``sys.unraisablehook`` filter of
+    :func:`_late_asyncio_callback` (once; idempotent)."""
+    if not isinstance(sys.unraisablehook, _UnraisableFilter):
+        sys.unraisablehook = _UnraisableFilter(sys.unraisablehook)
     for name, prefix, needle in NOISE:
         logger = logging.getLogger(name)
         if not any(

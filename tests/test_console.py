@@ -3,12 +3,14 @@ levels, the start-up noise filter, the batch-size check, and config errors as on
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -133,6 +135,7 @@ def test_the_tpu_message_is_dropped_and_other_warnings_kept():
     noise = ("Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so: "
              "libtpu.so: cannot open shared object file: No such file or directory")  # fmt: skip
     busy = "Unable to initialize backend 'tpu': ABORTED: The TPU is already in use."
+    saved_hook = sys.unraisablehook
     try:
         logger.info(noise)  # control: without the filter it is shown
         console.install_log_filters()
@@ -143,8 +146,47 @@ def test_the_tpu_message_is_dropped_and_other_warnings_kept():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+        sys.unraisablehook = saved_hook
     assert seen == [noise, "An NVIDIA GPU may be present on this machine.", busy]
     assert sum(isinstance(f, logging.Filter) for f in logger.filters) == 1
+
+
+def _unraisable(call):
+    """The ``sys.unraisablehook`` argument for the exception ``call()`` raises."""
+    try:
+        call()
+    except Exception as e:
+        return types.SimpleNamespace(exc_type=type(e), exc_value=e,
+                                     exc_traceback=e.__traceback__, err_msg=None,
+                                     object=None)  # fmt: skip
+    raise AssertionError("call() raised nothing")
+
+
+def test_late_callbacks_of_a_closed_event_loop_are_dropped_and_others_kept():
+    """A failed checkpoint save (full disk) leaves orbax's other background writes to
+    finish after their event loop closed; each printed an ``Event loop is closed``
+    traceback through sys.unraisablehook (200+ lines burying the one error)."""
+    loop = asyncio.new_event_loop()
+    loop.close()
+    late = _unraisable(lambda: loop.call_soon_threadsafe(print))
+    other = _unraisable(lambda: (_ for _ in ()).throw(RuntimeError("Event loop is closed")))
+    also_other = _unraisable(lambda: {}["x"])
+    seen = []
+
+    def hook(u):
+        seen.append(u)
+
+    saved = sys.unraisablehook
+    try:
+        sys.unraisablehook = hook
+        console.install_log_filters()
+        console.install_log_filters()  # idempotent: one filter
+        for u in (late, other, also_other):
+            sys.unraisablehook(u)
+        assert sys.unraisablehook.previous is hook
+    finally:
+        sys.unraisablehook = saved
+    assert seen == [other, also_other]
 
 
 def test_batch_sizes_larger_than_the_splits_fail_before_training(tmp_path):
