@@ -12,8 +12,10 @@ Sections (SPEC section 1, "Efficient forms"):
 
 1. Ratio to the floor: forward+backward of each registered objective divided by that of a
    trivial loss on the Gram matrix ``K = Z Z^T`` of all M*N embeddings (mean row-wise
-   logsumexp), plain and chunked. Target for ``ova_ib``: <= 1.3. Then where ova_ib's
-   time goes (sub-parts, same floor).
+   logsumexp), plain and chunked. Target for ``ova_ib``: <= 1.3. Then the M sweep:
+   ``ova_ib`` / floor at every M from 2 to 8 (target <= 1.0, <= 0.9 at M = 4), next to the
+   implementation it replaced (``_ova_ib_before``, kept here for that comparison). Then
+   where ova_ib's time goes (sub-parts, same floor).
 2. ``ova_ib`` against the literal pair-by-pair form of the paper's eq. 11 (one regularised
    solve per (sample, candidate) pair). Target: >= 20x faster.
 3. Compiled temporary memory of forward+backward, plain against chunked.
@@ -57,11 +59,18 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ovaib_jax import losses  # noqa: E402
-from ovaib_jax.losses._basis import projected_sq_norm, span_basis  # noqa: E402
+from ovaib_jax.losses import _core  # noqa: E402
+from ovaib_jax.losses._basis import (  # noqa: E402
+    leave_one_out_bases,
+    projected_sq_norm,
+    span_basis,
+)
 from ovaib_jax.losses._core import l2_normalize, safe_sqrt  # noqa: E402
 from ovaib_jax.losses.ova import remaining  # noqa: E402
 
 RATIO_TARGET = 1.3  # ova_ib forward+backward / floor, N=1024, M=4, d=256
+SWEEP_TARGET = 1.0  # ova_ib / floor at every M of the sweep (issue 15)
+SWEEP_STRETCH = (4, 0.9)  # (M, ratio): the stretch target of the sweep
 SPEEDUP_TARGET = 20.0  # literal eq. 11 / ova_ib, N=128, M=4, d=256
 TAU = 0.01
 NOISE = 2.0  # z[m] = shared + NOISE * noise: a loss well away from 0 and from log N
@@ -86,6 +95,7 @@ class Sizes:
     scale_base: tuple[int, int, int]  # (M, N, d) held fixed while one varies
     symile: tuple[int, int, int]
     breakdown: bool = True  # section 1's sub-part timing of ova_ib
+    sweep_m: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # section 1's M sweep (N, d of `ratio`)
     chunk_all: bool = True  # chunked column for every objective (else ova_ib only)
     fast_compile: bool = False  # XLA backend optimisation level 0 (quick: compile time)
 
@@ -121,6 +131,7 @@ QUICK = Sizes(
     scale_base=(3, 32, 16),
     symile=(3, 8, 16),
     breakdown=False,
+    sweep_m=(2, 3),
     chunk_all=False,
     fast_compile=True,
 )
@@ -401,13 +412,14 @@ def _suff_parts(z: jax.Array, part: str) -> jax.Array:
     """Sub-parts of ova_sufficiency's computation, each a complete scalar loss."""
     m_count = z.shape[0]
     q = l2_normalize(z)
+    shared = None if part == "matmul" else leave_one_out_bases(list(q))  # as the library
     total = 0.0
     for m in range(m_count):
         rest = jnp.moveaxis(remaining(z, m), 0, 1)  # (N, M-1, d)
         if part == "matmul":  # normalised stacked rest vectors instead of a basis
             basis = l2_normalize(rest)
         else:
-            basis = span_basis(rest)[0]
+            basis = jnp.moveaxis(shared[m], 0, 1)
         s = safe_sqrt(projected_sq_norm(q[m], basis))
         logits = s / TAU
         total = total + jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
@@ -416,10 +428,7 @@ def _suff_parts(z: jax.Array, part: str) -> jax.Array:
 
 def _bases_only(z: jax.Array) -> jax.Array:
     """The M Gram-Schmidt bases of ova_sufficiency, reduced to a scalar."""
-    total = 0.0
-    for m in range(z.shape[0]):
-        total = total + jnp.sum(jnp.square(span_basis(jnp.moveaxis(remaining(z, m), 0, 1))[0]))
-    return total
+    return sum(jnp.sum(jnp.square(b)) for b in leave_one_out_bases(list(l2_normalize(z))))
 
 
 def section_breakdown(rep: Report, s: Sizes) -> None:
@@ -456,6 +465,96 @@ def section_breakdown(rep: Report, s: Sizes) -> None:
     res = time_paired(cases, s.rounds)
     rows = [[k, v.ratio] for k, v in res.items()]
     rep.add(table(["computation (forward+backward)", "/ floor"], rows))
+    rep.add()
+
+
+# --------------------------------------------------------------------------- 1b. M sweep
+
+
+def _ova_ib_before(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
+    """``ova_ib`` (beta = 1, batch negatives, plain) as the library computed it before
+    issue 15 (commit adb415f), for the side-by-side timing of the M sweep: for each m a
+    separate guarded Gram-Schmidt of the M-1 remaining unit embeddings in (N, M-1, d)
+    layout (``span_basis``), the score matmul against the (N, M-1, d) bases, the masked
+    single-block InfoNCE statistics of ``_core.contrast`` and the einsum minimality. The
+    same values as the library (up to float32 rounding); only its speed is of interest.
+    """
+    m_count, n, _ = z.shape
+    scale = 1.0 / tau
+    queries = l2_normalize(z)
+    row_ids = jnp.arange(n, dtype=jnp.int32)
+    results = []
+    for m in range(m_count):
+        rest = remaining(queries, m)
+        basis = span_basis(jnp.moveaxis(rest, 0, 1), lam, normalized=True)[0]
+        s = safe_sqrt(projected_sq_norm(queries[m], basis)).astype(jnp.float32)
+        # _core.contrast's block statistics (then) for its single block.
+        cols = jnp.arange(n, dtype=jnp.int32)
+        valid = cols >= 0
+        is_pos = (cols[None, :] == row_ids[:, None]) & valid[None, :]
+        logits = s * scale
+        masked = jnp.where(valid[None, :], logits, -jnp.inf)
+        is_neg = valid[None, :] & ~is_pos
+        r_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
+        r_max = jnp.where(jnp.isfinite(r_max), r_max, float(jnp.finfo(jnp.float32).min))
+        rows = _core.RowStats(
+            lse=r_max + jnp.log(jnp.sum(jnp.exp(masked - r_max[:, None]), axis=1)),
+            pos=jnp.sum(jnp.where(is_pos, s, 0.0), axis=1),
+            logit_sum=jnp.zeros_like(r_max),
+            neg_max=jax.lax.stop_gradient(jnp.max(jnp.where(is_neg, s, -jnp.inf), axis=1)),
+            score_sum=jax.lax.stop_gradient(jnp.sum(jnp.where(valid[None, :], s, 0.0), axis=1)),
+        )
+        stats = _core.Contrast(rows, None, n, n, False)
+        results.append(_core.infonce(stats, scale=scale))
+    loss_s, aux = _core.mean_of_terms(results, "sufficiency", math.log(n))
+    mu = queries
+    total = sum(mu[m] for m in range(m_count))
+    per_sample = (
+        m_count**2 * jnp.sum(mu * mu, axis=-1)
+        - 2 * m_count * jnp.einsum("mnd,nd->mn", mu, total)
+        + jnp.sum(total * total, axis=-1)[None]
+    ) / (m_count - 1) ** 2
+    terms = jnp.sum(jnp.maximum(per_sample, 0.0), axis=1) / n
+    aux.update({f"minimality/m{m}": terms[m] for m in range(m_count)})
+    aux["minimality"] = jnp.mean(terms)
+    return loss_s + jnp.mean(terms), aux
+
+
+def section_m_sweep(rep: Report, s: Sizes) -> None:
+    _, n, d = s.ratio
+    lo, hi = min(s.sweep_m), max(s.sweep_m)
+    rep.add(f"### ova_ib / floor for M = {lo} to {hi} (N={n}, d={d}, float32)")
+    rep.add()
+    stretch_m, stretch = SWEEP_STRETCH
+    rep.add(
+        "Forward+backward with the aux dict returned, each against the floor of the same M "
+        "(one jitted function per M, so every floor is compiled for its own shape). "
+        "'before': the implementation this one replaced, `_ova_ib_before` in this file "
+        "(per-modality Gram-Schmidt, masked InfoNCE statistics), timed in the same rounds; "
+        "'after / before' is timed head to head. Every M of every column is measured in each "
+        f"of the {s.rounds} interleaved rounds (order alternating), medians of the per-round "
+        f"ratios. Target: <= {SWEEP_TARGET:g} at every M, <= {stretch:g} at M = {stretch_m}."
+    )
+    rep.add()
+    fn = objective_fwd_bwd("ova_ib", tau=TAU)
+    before = fwd_bwd(_ova_ib_before, has_aux=True)
+    floor = floor_fwd_bwd()
+    cases = {}
+    for m in s.sweep_m:
+        z = make_z(m, n, d)
+        after_t, before_t, floor_t = block(fn, z), block(before, z), block(floor, z)
+        cases[(m, "after")] = (after_t, floor_t)
+        cases[(m, "before")] = (before_t, floor_t)
+        cases[(m, "head to head")] = (after_t, before_t)
+    res = time_paired(cases, s.rounds)
+    rows = []
+    for m in s.sweep_m:
+        ratio = res[(m, "after")].ratio
+        target = f"<= {SWEEP_TARGET:g}: {'PASS' if ratio <= SWEEP_TARGET else 'MISS'}"
+        if m == stretch_m:
+            target += f"; stretch <= {stretch:g}: {'PASS' if ratio <= stretch else 'MISS'}"
+        rows.append([m, ratio, res[(m, "before")].ratio, res[(m, "head to head")].ratio, target])
+    rep.add(table(["M", "ova_ib / floor", "before / floor", "after / before", "target"], rows))
     rep.add()
 
 
@@ -750,6 +849,7 @@ def main(argv: list[str] | None = None) -> Path:
     rep.add()
     if "1" in sections:
         section_floor(rep, sizes)
+        section_m_sweep(rep, sizes)
         if sizes.breakdown:
             section_breakdown(rep, sizes)
     if "2" in sections:

@@ -6,14 +6,56 @@ vectors. With an orthonormal basis Q (K x d) of that span, ``||P z||^2 = ||Q z||
 for a whole batch it is one matmul of the queries with all stacked bases. The basis is
 built by modified Gram-Schmidt with explicit arithmetic (batched LAPACK factorisations and
 their gradients are very slow on CPU in JAX), with a soft rank guard ``lam``.
+
+OVA-IB needs the basis of every leave-one-out set of the M embeddings of a candidate:
+:func:`leave_one_out_bases` builds all M of them from one shared Gram-Schmidt pass (the
+leave-one-out sets that keep modalities 0..m-1 share those first basis vectors, and every
+later vector starts from where the shared pass left it), with exactly the arithmetic of
+:func:`span_basis` on each set: about M^3/6 vector projections instead of M^3/2.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from ovaib_jax.losses._core import l2_normalize
+
+
+def _project_out(q: jax.Array, v: jax.Array) -> jax.Array:
+    """``v - (q . v) q`` along the last axis (one modified Gram-Schmidt step)."""
+    return v - jnp.sum(q * v, axis=-1, keepdims=True) * q
+
+
+def _guarded_unit(v: jax.Array, lam) -> tuple[jax.Array, jax.Array]:
+    """``(v / sqrt(|v|^2 + lam), |v|^2)``: the guarded normalisation of a residual."""
+    r = jnp.sum(v * v, axis=-1)
+    return v * jax.lax.rsqrt(r + lam)[..., None], r
+
+
+def guarded_gram_schmidt(
+    vectors: Sequence[jax.Array], lam=1e-8
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Modified Gram-Schmidt with the soft rank guard, on a list of K arrays (..., d).
+
+    ``v_k = a_k - sum_{j<k} (q_j . v) q_j`` (sequentially), ``r_k = |v_k|^2``,
+    ``q_k = v_k / sqrt(r_k + lam)``: see :func:`span_basis` for the meaning of the guard.
+
+    Returns:
+      ``(qs, rs)``: K arrays (..., d) and K arrays (...).
+    """
+    qs, rs = [], []
+    for a in vectors:
+        v = a
+        for q in qs:
+            v = _project_out(q, v)
+        q, r = _guarded_unit(v, lam)
+        qs.append(q)
+        rs.append(r)
+    return qs, rs
 
 
 def span_basis(
@@ -45,16 +87,156 @@ def span_basis(
         determinant of the normalised vectors (squared K-volume).
     """
     a = a.astype(jnp.float32) if normalized else l2_normalize(a.astype(jnp.float32))
-    k = a.shape[-2]
-    qs, rs = [], []
-    for i in range(k):
-        v = a[..., i, :]
-        for q in qs:
-            v = v - jnp.sum(q * v, axis=-1, keepdims=True) * q
-        r = jnp.sum(v * v, axis=-1)
-        qs.append(v * jax.lax.rsqrt(r + lam)[..., None])
-        rs.append(r)
+    qs, rs = guarded_gram_schmidt([a[..., i, :] for i in range(a.shape[-2])], lam)
     return jnp.stack(qs, axis=-2), jnp.stack(rs, axis=-1)
+
+
+def leave_one_out_bases(vectors: Sequence[jax.Array], lam=1e-8) -> list[jax.Array]:
+    """The guarded bases of all M leave-one-out sets of M vectors, from one shared pass.
+
+    Basis m spans every vector but vector m, in order: it equals (same operations, same
+    rounding) :func:`span_basis` of ``[vectors[k] for k != m]`` with ``normalized=True``.
+    The sets that keep vectors 0..m-1 share their first m basis vectors (the guarded
+    Gram-Schmidt basis ``q_0..q_{m-1}`` of those vectors), and a later vector k > m enters
+    set m's Gram-Schmidt already orthogonalised against them: that partial residual is an
+    intermediate of the shared pass. Only the remaining projections, among the vectors
+    after m, are done per set. Cost: C(M, 2) + C(M, 3) vector projections (9 at M = 4, 83
+    at M = 8) instead of M C(M-1, 2) (12 and 168).
+
+    Differentiable in reverse mode (``grad``, ``vjp``) through a hand-written VJP that
+    replays the projections backwards from the saved residuals (XLA's fusion of the
+    automatic one was 2-3 times slower on CPU). Forward-mode differentiation (``jvp``,
+    ``jacfwd``, ``hessian``) of it is not supported.
+
+    Args:
+      vectors: M >= 2 arrays (..., d) (the caller normalises them: the guard is relative).
+      lam: rank guard, as in :func:`span_basis` (may be traced; it gets a gradient).
+
+    Returns:
+      M arrays (M-1, ..., d): basis m, basis vectors first (stacked for one matmul).
+    """
+    vectors = tuple(jnp.asarray(v, jnp.float32) for v in vectors)
+    return list(_loo_bases(vectors, jnp.asarray(lam, jnp.float32)))
+
+
+@functools.cache
+def _loo_tape(m_count: int) -> tuple[tuple, int, tuple]:
+    """The operations of :func:`leave_one_out_bases` for M vectors, on value ids.
+
+    Ids 0..M-1 are the inputs. An operation is ``("proj", q, v_in, v_out)``
+    (``v_out = v_in - (q . v_in) q``) or ``("unit", v, q)`` (``q = v / sqrt(|v|^2 +
+    lam)``). Returns (operations, number of values, ids of the M bases' vectors).
+    """
+    ops: list[tuple] = []
+    count = [m_count]
+
+    def new() -> int:
+        count[0] += 1
+        return count[0] - 1
+
+    prefix: list[int] = []  # guarded basis of vectors[:j], shared by the sets m >= j
+    partial = [[k] for k in range(m_count)]  # partial[k][j]: vector k minus its part on prefix[:j]
+    for k in range(m_count):
+        v = k
+        # Vector k needs k projections for its own prefix vector (k <= M-2); the last vector
+        # only needs the residuals that start the sets m <= M-2.
+        for j in range(min(k, m_count - 2)):
+            out = new()
+            ops.append(("proj", prefix[j], v, out))
+            v = out
+            partial[k].append(v)
+        if k < m_count - 1:
+            q = new()
+            ops.append(("unit", v, q))
+            prefix.append(q)
+    bases = []
+    for m in range(m_count):
+        tail: list[int] = []
+        for k in range(m + 1, m_count):
+            v = partial[k][m]
+            for b in tail:
+                out = new()
+                ops.append(("proj", b, v, out))
+                v = out
+            q = new()
+            ops.append(("unit", v, q))
+            tail.append(q)
+        bases.append(tuple(prefix[:m] + tail))
+    return tuple(ops), count[0], tuple(bases)
+
+
+def _loo_run(vectors: tuple, lam: jax.Array) -> tuple[list, dict]:
+    """Forward pass of the tape: every value, and each operation's scalar factor (the
+    projection coefficient ``t`` of a "proj", ``1 / sqrt(|v|^2 + lam)`` of a "unit")."""
+    ops, count, _ = _loo_tape(len(vectors))
+    val = list(vectors) + [None] * (count - len(vectors))
+    factor = {}
+    for op in ops:
+        if op[0] == "proj":
+            _, q, v_in, v_out = op
+            t = jnp.sum(val[q] * val[v_in], axis=-1, keepdims=True)
+            val[v_out] = val[v_in] - t * val[q]
+            factor[v_out] = t
+        else:
+            _, v, q = op
+            s = jax.lax.rsqrt(jnp.sum(val[v] * val[v], axis=-1) + lam)[..., None]
+            val[q] = val[v] * s
+            factor[q] = s
+    return val, factor
+
+
+@jax.custom_vjp
+def _loo_bases(vectors: tuple, lam: jax.Array) -> tuple:
+    val, _ = _loo_run(vectors, lam)
+    return tuple(jnp.stack([val[i] for i in ids]) for ids in _loo_tape(len(vectors))[2])
+
+
+def _loo_bases_fwd(vectors: tuple, lam: jax.Array):
+    val, factor = _loo_run(vectors, lam)
+    bases = tuple(jnp.stack([val[i] for i in ids]) for ids in _loo_tape(len(vectors))[2])
+    return bases, (tuple(val), factor, lam)
+
+
+def _loo_bases_bwd(res, cotangents):
+    val, factor, lam = res
+    m_count = len(cotangents)
+    ops, count, bases = _loo_tape(m_count)
+    grad: list[jax.Array | None] = [None] * count
+
+    def add(i: int, g: jax.Array) -> None:
+        grad[i] = g if grad[i] is None else grad[i] + g
+
+    for ids, ct in zip(bases, cotangents):
+        for j, i in enumerate(ids):
+            add(i, ct[j])
+    d_lam = jnp.zeros((), jnp.float32)
+    for op in reversed(ops):
+        if op[0] == "proj":  # v_out = v_in - t q with t = q . v_in
+            _, q, v_in, v_out = op
+            g = grad[v_out]
+            c = jnp.sum(val[q] * g, axis=-1, keepdims=True)
+            add(v_in, g - c * val[q])
+            add(q, -factor[v_out] * g - c * val[v_in])
+        else:  # q = v s with s = (|v|^2 + lam)^(-1/2)
+            _, v, q = op
+            g, s = grad[q], factor[q]
+            vg = jnp.sum(val[v] * g, axis=-1, keepdims=True)
+            add(v, s * g - (s * s * s * vg) * val[v])
+            d_lam = d_lam - 0.5 * jnp.sum(s * s * s * vg)
+    # Inside shard_map a replicated lam's cotangent is the sum of every device's part.
+    extra = tuple(sorted(_varying_axes(d_lam) - _varying_axes(lam)))
+    if extra:
+        d_lam = jax.lax.psum(d_lam, extra)
+    return tuple(grad[:m_count]), d_lam
+
+
+def _varying_axes(x: jax.Array) -> frozenset:
+    """The mesh axes ``x`` varies over inside ``jax.shard_map`` (empty elsewhere)."""
+    axis_type = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset(getattr(axis_type, "varying", ()) or ())
+
+
+_loo_bases.defvjp(_loo_bases_fwd, _loo_bases_bwd)
 
 
 def projected_sq_norm(x: jax.Array, basis: jax.Array) -> jax.Array:

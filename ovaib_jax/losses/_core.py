@@ -174,11 +174,12 @@ def axis_size(axis_name: AxisName | None) -> int:
     return 1 if axis_name is None else jax.lax.axis_size(axis_name)
 
 
-def all_gather(x: Any, axis_name: AxisName | None) -> Any:
-    """Concatenates the leading axis of every leaf across devices (identity unsharded)."""
+def all_gather(x: Any, axis_name: AxisName | None, *, axis: int = 0) -> Any:
+    """Concatenates axis ``axis`` (default the leading one) of every leaf across devices
+    (identity unsharded)."""
     if axis_name is None:
         return x
-    return jax.tree.map(lambda a: jax.lax.all_gather(a, axis_name, axis=0, tiled=True), x)
+    return jax.tree.map(lambda a: jax.lax.all_gather(a, axis_name, axis=axis, tiled=True), x)
 
 
 def psum(x: Any, axis_name: AxisName | None) -> Any:
@@ -281,6 +282,19 @@ def contrast(
     n_blocks = -(-n_cols // block)
     row_ids = offset + jnp.arange(n_rows, dtype=jnp.int32)
     neg_inf = jnp.float32(-jnp.inf)
+    if n_blocks == 1:
+        s = score_block(jnp.arange(n_cols, dtype=jnp.int32)).astype(jnp.float32)
+        rows, cols = _whole_matrix_stats(
+            s,
+            row_ids=row_ids,
+            scale=scale,
+            axis_name=axis_name,
+            exclude_positive=exclude_positive,
+            positive=positive,
+            symmetric=symmetric,
+            smoothing=smoothing,
+        )
+        return Contrast(rows, cols, n_rows * n_dev, n_cols, smoothing)
 
     def block_stats(b):
         # Block b covers the new columns [b * block, ...). The last block is shifted back
@@ -341,37 +355,96 @@ def contrast(
             t0 + t1,
         )
 
-    if n_blocks == 1:
-        rows, cols = block_stats(0)
-    else:
-        # The first block initialises the carry (so that carries have the same
-        # device-varying type inside shard_map), the scan folds in the others.
-        stats_fn = jax.checkpoint(block_stats)
-        rows, cols0 = stats_fn(0)
+    # Several blocks (one block is handled above, without masks): the first block
+    # initialises the carry (so that carries have the same device-varying type inside
+    # shard_map), the scan folds in the others.
+    stats_fn = jax.checkpoint(block_stats)
+    rows, cols0 = stats_fn(0)
 
-        def body(carry, b):
-            new_rows, new_cols = stats_fn(b)
-            return merge(carry, new_rows), new_cols
+    def body(carry, b):
+        new_rows, new_cols = stats_fn(b)
+        return merge(carry, new_rows), new_cols
 
-        rows, cols_rest = jax.lax.scan(body, rows, jnp.arange(1, n_blocks))
-        cols = None
-        if symmetric:
-            # Column j's statistics come from the one block where j is valid: a static
-            # index into the blocks' concatenated outputs.
-            owner = np.empty(n_cols, np.int64)
-            for b in range(n_blocks):
-                start = min(b * block, n_cols - block)
-                for c in range(block):
-                    if start + c >= b * block:
-                        owner[start + c] = b * block + c
-            cols = jax.tree.map(
-                lambda a, r: jnp.concatenate([a, r.reshape(-1)])[owner], cols0, cols_rest
-            )
+    rows, cols_rest = jax.lax.scan(body, rows, jnp.arange(1, n_blocks))
+    cols = None
+    if symmetric:
+        # Column j's statistics come from the one block where j is valid: a static
+        # index into the blocks' concatenated outputs.
+        owner = np.empty(n_cols, np.int64)
+        for b in range(n_blocks):
+            start = min(b * block, n_cols - block)
+            for c in range(block):
+                if start + c >= b * block:
+                    owner[start + c] = b * block + c
+        cols = jax.tree.map(
+            lambda a, r: jnp.concatenate([a, r.reshape(-1)])[owner], cols0, cols_rest
+        )
     m, s, pos, logit_sum, neg_max, score_sum = rows
     row_stats = RowStats(
         lse=m + jnp.log(s), pos=pos, logit_sum=logit_sum, neg_max=neg_max, score_sum=score_sum
     )
     return Contrast(row_stats, cols, n_rows * n_dev, n_cols, smoothing)
+
+
+def _whole_matrix_stats(
+    s: jax.Array,
+    *,
+    row_ids: jax.Array,
+    scale: jax.Array | float,
+    axis_name: AxisName | None,
+    exclude_positive: bool,
+    positive: jax.Array | None,
+    symmetric: bool,
+    smoothing: bool,
+) -> tuple[RowStats, ColStats | None]:
+    """:func:`contrast`'s statistics when all candidate columns form one block.
+
+    The same values as the blocked path, with fewer passes over the score matrix ``s``
+    (rows x all columns): no validity masks, and the positive of each row read with a
+    gather (its transpose scatters into the gradient) instead of a masked row sum.
+    """
+    n_cols = s.shape[1]
+    is_pos = jnp.arange(n_cols, dtype=jnp.int32)[None, :] == row_ids[:, None]
+    if positive is None:
+        pos = jnp.take_along_axis(s, row_ids[:, None], axis=1)[:, 0]
+    else:
+        s = jnp.where(is_pos, positive[:, None], s)
+        pos = positive
+    neg_inf = jnp.float32(-jnp.inf)
+    logits = s * scale
+    masked = jnp.where(is_pos, neg_inf, logits) if exclude_positive else logits
+    negatives = jnp.where(is_pos, neg_inf, s)
+    neg_max = jax.lax.stop_gradient(jnp.max(negatives, axis=1))
+    if isinstance(scale, (int, float)) and scale > 0:
+        # A positive constant scale keeps the order: the row max of the logits is the
+        # scaled max of the scores (exactly, in float32), so no pass of its own.
+        r_max = jax.lax.stop_gradient(
+            scale * (neg_max if exclude_positive else jnp.maximum(neg_max, pos))
+        )
+    else:
+        r_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
+    r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
+    lse = r_max + jnp.log(jnp.sum(jnp.exp(masked - r_max[:, None]), axis=1))
+    rows = RowStats(
+        lse=lse,
+        pos=pos,
+        logit_sum=jnp.sum(logits, axis=1) if smoothing else jnp.zeros_like(lse),
+        neg_max=neg_max,
+        score_sum=jax.lax.stop_gradient(jnp.sum(s, axis=1)),
+    )
+    if not symmetric:
+        return rows, None
+    c_max = pmax(jax.lax.stop_gradient(jnp.max(masked, axis=0)), axis_name)
+    c_max = jnp.where(jnp.isfinite(c_max), c_max, _LOWEST)
+    c_sum = psum(jnp.sum(jnp.exp(masked - c_max[None, :]), axis=0), axis_name)
+    c_lse = c_max + jnp.log(c_sum)
+    cols = ColStats(
+        lse=c_lse,
+        pos=jax.lax.stop_gradient(psum(jnp.sum(jnp.where(is_pos, s, 0.0), axis=0), axis_name)),
+        logit_sum=psum(jnp.sum(logits, axis=0), axis_name) if smoothing else jnp.zeros_like(c_lse),
+        neg_max=pmax(jax.lax.stop_gradient(jnp.max(negatives, axis=0)), axis_name),
+    )
+    return rows, cols
 
 
 class InfoNCE(NamedTuple):
@@ -456,12 +529,13 @@ def mean_of_terms(
     return loss, aux
 
 
-def block_rows(x: Any, cols: jax.Array) -> Any:
-    """Rows ``cols`` (consecutive indices, as given to a ``score_block``) of every leaf of
-    ``x``: a dynamic slice, i.e. the identity for a single block and no scatter in the
-    backward pass (a gather's transpose)."""
+def block_rows(x: Any, cols: jax.Array, *, axis: int = 0) -> Any:
+    """Rows ``cols`` (consecutive indices, as given to a ``score_block``) along axis
+    ``axis`` (default the leading one) of every leaf of ``x``: a dynamic slice, i.e. the
+    identity for a single block and no scatter in the backward pass (a gather's
+    transpose)."""
     return jax.tree.map(
-        lambda a: jax.lax.dynamic_slice_in_dim(a, cols[0], cols.shape[0], axis=0), x
+        lambda a: jax.lax.dynamic_slice_in_dim(a, cols[0], cols.shape[0], axis=axis), x
     )
 
 

@@ -8,6 +8,7 @@ onto the span of the candidate's remaining embeddings.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ovaib_jax.losses import _core
-from ovaib_jax.losses._basis import projected_sq_norm, span_basis
+from ovaib_jax.losses._basis import guarded_gram_schmidt, leave_one_out_bases
 
 Projector = Callable[[jax.Array, int], jax.Array]
 
@@ -81,10 +82,15 @@ def ova_sufficiency(
     orthonormal basis of the span of candidate n''s remaining embeddings and ``z^`` is
     the unit query. For M = 2 the score is ``|cos(z_1, z_2)|``.
 
-    Efficient form (SPEC "Efficient forms" (a)): each candidate's basis is computed once
-    (by guarded Gram-Schmidt, see :func:`span_basis`), and each modality's N x N score
-    matrix is one matmul of the unit queries with all stacked bases followed by a sum of
-    squares over each group of M-1 columns. No N x N x d tensor, no per-pair solve.
+    Efficient form (SPEC "Efficient forms" (a)): each candidate's bases are computed once
+    (by guarded Gram-Schmidt, see :func:`~ovaib_jax.losses._basis.span_basis`; all M
+    leave-one-out bases of a candidate share one pass,
+    :func:`~ovaib_jax.losses._basis.leave_one_out_bases`), and each modality's N x N
+    score matrix is one matmul of the unit queries with all stacked basis vectors followed
+    by a sum of squares over the M-1 blocks of N columns. No N x N x d tensor, no per-pair
+    solve. The score is ``sqrt(||Q z^||^2 + 1e-12)`` (within 1e-6 of the norm, finite
+    gradient at 0). Reverse-mode differentiation only (the shared bases carry a
+    hand-written VJP): ``jax.grad`` / ``jax.vjp``, not ``jax.jvp`` / ``jax.jacfwd``.
 
     Decisions (SPEC):
       * ``lam`` is the paper's ridge term (1e-8). The basis form uses it as a relative rank
@@ -143,6 +149,28 @@ def ova_sufficiency(
       >>> float(aux["accuracy"]), sorted(k for k in aux if k.startswith("mi_bound"))
       (1.0, ['mi_bound/m0', 'mi_bound/m1', 'mi_bound/m2'])
     """
+    z = _check_sufficiency_args(
+        z, tau, lam, exclude_positive, projector, product_weight, negatives, axis_name, chunk_size
+    )
+    return _sufficiency(
+        z,
+        [_core.l2_normalize(x) for x in _modalities(z)],
+        tau=tau,
+        lam=lam,
+        exclude_positive=exclude_positive,
+        projector=projector,
+        product_weight=float(product_weight),
+        negatives=negatives,
+        key=key,
+        axis_name=axis_name,
+        chunk_size=chunk_size,
+    )
+
+
+def _check_sufficiency_args(
+    z, tau, lam, exclude_positive, projector, product_weight, negatives, axis_name, chunk_size
+) -> jax.Array:
+    """Validates :func:`ova_sufficiency`'s arguments (errors name it); returns z as float32."""
     name = "ova_sufficiency"
     _core.check_hyperparameter(tau, "tau", name, "positive")
     _core.check_hyperparameter(lam, "lam", name, "positive")
@@ -151,8 +179,7 @@ def ova_sufficiency(
         raise ValueError(f"{name}: negatives must be one of {NEGATIVE_MODES}, got {negatives!r}.")
     z = _core.check_embeddings(z, name)
     _core.check_chunk_size(chunk_size, name)
-    m_count, n, d = z.shape
-    n_global = n * _core.axis_size(axis_name)
+    n_global = z.shape[1] * _core.axis_size(axis_name)
     if exclude_positive and n_global < 2:
         raise ValueError(f"{name}: exclude_positive=True needs a batch of N >= 2, got {n_global}.")
     if product_weight < 0 or (product_weight and projector is not None):
@@ -160,21 +187,77 @@ def ova_sufficiency(
             f"{name}: product_weight must be >= 0 and cannot be combined with a projector; "
             f"got {product_weight} (projector {'set' if projector is not None else 'None'})."
         )
-    scale = 1.0 / tau
-    queries = _core.l2_normalize(z)
-    keys = None if key is None else jax.random.split(key, m_count)
-    w = float(product_weight)
+    return z
 
-    def per_candidate(rest, m):
-        """(M-1, K, d) tuples -> per-tuple quantity: a basis (K, M-1, d) (with
-        ``product_weight``: the unit product appended, (K, M, d)) or a unit (K, d)."""
-        if projector is None:
-            # ``rest`` comes from the unit queries: normalised once for all m.
-            basis = span_basis(jnp.moveaxis(rest, 0, 1), lam, normalized=True)[0]
-            if not w:
-                return basis
-            prod = _core.l2_normalize(jnp.prod(rest, axis=0))  # (K, d)
-            return jnp.concatenate([basis, prod[:, None, :]], axis=1)
+
+def _modalities(z: jax.Array) -> list[jax.Array]:
+    """The M embeddings (N, d) of ``z`` as a list. A split, whose transpose is one
+    concatenation (slicing z[m] would pad each modality's gradient back to (M, N, d))."""
+    return [x[0] for x in jnp.split(z, z.shape[0])]
+
+
+def _span_scores(q: jax.Array, cand: jax.Array, w: float) -> jax.Array:
+    """Scores of queries ``q`` (n, d) against candidates ``cand`` (K', C, d): K' = M-1
+    basis vectors of each candidate's span (plus, with ``w``, its unit product last).
+    One matmul against all stacked basis vectors, then a sum of squares over the K'
+    blocks of C columns. Returns (n, C)."""
+    k, c, d = cand.shape
+    proj = (q @ cand.reshape(k * c, d).T).reshape(q.shape[0], k, c)
+    if not w:
+        return _norm_of_squares(jnp.sum(jnp.square(proj), axis=1))
+    span = _norm_of_squares(jnp.sum(jnp.square(proj[:, :-1]), axis=1))
+    return span + w * proj[:, -1]
+
+
+def _paired_span_scores(q: jax.Array, cand: jax.Array, w: float) -> jax.Array:
+    """Score of query row i with candidate i: ``q`` (n, d), ``cand`` (K', n, d) -> (n,)."""
+    proj = jnp.sum(cand * q[None], axis=-1)  # (K', n)
+    if not w:
+        return _norm_of_squares(jnp.sum(jnp.square(proj), axis=0))
+    return _norm_of_squares(jnp.sum(jnp.square(proj[:-1]), axis=0)) + w * proj[-1]
+
+
+def _norm_of_squares(x: jax.Array) -> jax.Array:
+    """``sqrt(x + 1e-12)`` of a sum of squares x >= 0: within 1e-6 of sqrt(x) (equal to
+    ``_core.safe_sqrt`` at 0 and within float32 rounding above 1e-6), with the bounded
+    gradient ``1 / (2 sqrt(x + 1e-12))`` everywhere, so that the backward pass needs no
+    mask of the floored entries (one N x N array fewer per modality)."""
+    return jnp.sqrt(x + _core.SQRT_FLOOR)
+
+
+def _sufficiency(
+    z: jax.Array,
+    queries: list[jax.Array],
+    *,
+    tau,
+    lam,
+    exclude_positive: bool,
+    projector: Projector | None,
+    product_weight: float,
+    negatives: str,
+    key: jax.Array | None,
+    axis_name: _core.AxisName | None,
+    chunk_size: int | None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`ova_sufficiency` on validated inputs: ``z`` (M, N, d) float32 and
+    ``queries`` the unit vectors of its M modalities (a list of (N, d))."""
+    name = "ova_sufficiency"
+    m_count, n, d = z.shape
+    n_global = n * _core.axis_size(axis_name)
+    scale = 1.0 / tau
+    keys = None if key is None else jax.random.split(key, m_count)
+    w = product_weight
+
+    def span_candidates(rest: list[jax.Array]) -> jax.Array:
+        """K unit remaining embeddings (C, d) of C tuples -> (K', C, d): their guarded
+        basis, with the unit product appended when ``w``."""
+        cand, _ = guarded_gram_schmidt(rest, lam)
+        if w:
+            cand.append(_core.l2_normalize(functools.reduce(jnp.multiply, rest)))
+        return jnp.stack(cand)
+
+    def projected(rest: jax.Array, m: int) -> jax.Array:
+        """The MLP-projector ablation: (M-1, K, d) raw tuples -> (K, d) unit predictions."""
         pred = jnp.asarray(projector(rest, m), jnp.float32)
         if pred.shape != (rest.shape[1], d):
             raise ValueError(
@@ -183,42 +266,50 @@ def ova_sufficiency(
             )
         return _core.l2_normalize(pred)
 
-    def block_scores(q, cand):  # (n, d), (C, ...) -> (n, C)
-        if projector is not None:
-            return q @ cand.T
-        if not w:
-            return _core.safe_sqrt(projected_sq_norm(q, cand))
-        c, k, d = cand.shape  # one matmul against the bases and products together
-        proj = (q @ cand.reshape(c * k, d).T).reshape(q.shape[0], c, k)
-        span = _core.safe_sqrt(jnp.sum(jnp.square(proj[..., :-1]), axis=-1))
-        return span + w * proj[..., -1]
-
-    def paired_scores(q, cand):  # (n, d), (n, ...) -> (n,) score of row i with tuple i
-        if projector is not None:
-            return jnp.sum(q * cand, axis=-1)
-        proj = jnp.einsum("nkd,nd->nk", cand, q)
-        if not w:
-            return _core.safe_sqrt(jnp.sum(jnp.square(proj), -1))
-        return _core.safe_sqrt(jnp.sum(jnp.square(proj[:, :-1]), -1)) + w * proj[:, -1]
-
+    if projector is None:
+        # Every leave-one-out basis of the local tuples, from one shared Gram-Schmidt pass
+        # (SPEC "Efficient forms" (a)): the candidates of "batch" negatives, the positives
+        # of "shuffled" ones.
+        local = leave_one_out_bases(queries, lam)
+        if w:
+            local = [
+                jnp.concatenate(
+                    [b, _core.l2_normalize(functools.reduce(jnp.multiply, _rest(queries, m)))[None]]
+                )
+                for m, b in enumerate(local)
+            ]
     results = []
     for m in range(m_count):
-        # The projection score is invariant to the scale of the remaining embeddings
-        # (lam -> 0), and the MLP projector sees the raw ones.
-        rest = remaining(z if projector is not None else queries, m)
+        q = queries[m]
         positive = None
-        if negatives == "batch":
-            cands = _core.all_gather(per_candidate(rest, m), axis_name)
-        else:
-            rest_all = _core.all_gather(jnp.moveaxis(rest, 1, 0), axis_name)  # (N, M-1, d)
-            shuffled = shuffled_rows(
-                jnp.moveaxis(rest_all, 0, 1), None if keys is None else keys[m]
-            )
-            cands = per_candidate(shuffled, m)
-            positive = paired_scores(queries[m], per_candidate(rest, m))
+        if projector is None:
+            # Candidates (K', N_global, d): basis vectors first, the candidate axis second.
+            if negatives == "batch":
+                cands = _core.all_gather(local[m], axis_name, axis=1)
+            else:
+                rest_all = _core.all_gather(jnp.stack(_rest(queries, m)), axis_name, axis=1)
+                shuffled = shuffled_rows(rest_all, None if keys is None else keys[m])
+                cands = span_candidates(list(shuffled))
+                positive = _paired_span_scores(q, local[m], w)
 
-        def score_block(cols, q=queries[m], cands=cands):
-            return block_scores(q, _core.block_rows(cands, cols))
+            def score_block(cols, q=q, cands=cands):
+                return _span_scores(q, _core.block_rows(cands, cols, axis=1), w)
+
+        else:
+            # The projector sees the raw remaining embeddings.
+            rest = remaining(z, m)
+            if negatives == "batch":
+                cands = _core.all_gather(projected(rest, m), axis_name)
+            else:
+                rest_all = _core.all_gather(jnp.moveaxis(rest, 1, 0), axis_name)  # (N, M-1, d)
+                shuffled = shuffled_rows(
+                    jnp.moveaxis(rest_all, 0, 1), None if keys is None else keys[m]
+                )
+                cands = projected(shuffled, m)
+                positive = jnp.sum(q * projected(rest, m), axis=-1)
+
+            def score_block(cols, q=q, cands=cands):
+                return q @ _core.block_rows(cands, cols).T
 
         stats = _core.contrast(
             score_block,
@@ -232,6 +323,11 @@ def ova_sufficiency(
         )
         results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
     return _core.mean_of_terms(results, "sufficiency", math.log(n_global))
+
+
+def _rest(xs: list[jax.Array], m: int) -> list[jax.Array]:
+    """Every modality's array but m's, in modality order."""
+    return xs[:m] + xs[m + 1 :]
 
 
 def ova_minimality(
@@ -265,17 +361,29 @@ def ova_minimality(
     name = "ova_minimality"
     z = _core.check_embeddings(z, name)
     _core.check_chunk_size(chunk_size, name)
-    m_count, n, _ = z.shape
+    zs = _modalities(z)
+    return _minimality([_core.l2_normalize(x) for x in zs] if normalize else zs, axis_name)
+
+
+def _minimality(
+    mu: list[jax.Array], axis_name: _core.AxisName | None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`ova_minimality` of the M arrays ``mu`` (n, d) (unit or raw embeddings)."""
+    m_count, n = len(mu), mu[0].shape[0]
     n_global = n * _core.axis_size(axis_name)
-    mu = _core.l2_normalize(z) if normalize else z
     # ||mu_m - (S - mu_m)/(M-1)||^2 = ||M mu_m - S||^2 / (M-1)^2, expanded into
     # reductions over d only (M^2 |mu_m|^2 - 2M mu_m.S + |S|^2): measured 4x cheaper
-    # forward+backward on CPU than the broadcast difference over the modality axis.
-    total = sum(mu[m] for m in range(m_count))  # S: (n, d)
-    sq = jnp.sum(mu * mu, axis=-1)  # (M, n)
-    dots = jnp.einsum("mnd,nd->mn", mu, total)  # (M, n)
+    # forward+backward on CPU than the broadcast difference over the modality axis, and
+    # written elementwise (an einsum over the stacked modalities added transposes).
+    total = sum(mu)  # S: (n, d)
     total_sq = jnp.sum(total * total, axis=-1)  # (n,)
-    per_sample = (m_count**2 * sq - 2 * m_count * dots + total_sq[None]) / (m_count - 1) ** 2
+    per_sample = jnp.stack(
+        [
+            m_count**2 * jnp.sum(x * x, axis=-1) - 2 * m_count * jnp.sum(x * total, axis=-1)
+            for x in mu
+        ]
+    )
+    per_sample = (per_sample + total_sq[None]) / (m_count - 1) ** 2  # (M, n)
     per_sample = jnp.maximum(per_sample, 0.0)  # rounding of the expansion near 0
     terms = _core.psum(jnp.sum(per_sample, axis=1), axis_name) / n_global  # (M,)
     loss = jnp.mean(terms)
@@ -320,19 +428,25 @@ def ova_ib(
     _core.check_hyperparameter(beta, "beta", name, "non_negative")
     _core.check_hyperparameter(lam, "lam", name, "positive")
     _core.check_hyperparameter(product_weight, "product_weight", name, "non_negative")
-    loss_s, aux = ova_sufficiency(
+    z = _check_sufficiency_args(
+        z, tau, lam, exclude_positive, projector, product_weight, negatives, axis_name, chunk_size
+    )
+    zs = _modalities(z)
+    queries = [_core.l2_normalize(x) for x in zs]  # shared by both terms
+    loss_s, aux = _sufficiency(
         z,
+        queries,
         tau=tau,
         lam=lam,
         exclude_positive=exclude_positive,
         projector=projector,
-        product_weight=product_weight,
+        product_weight=float(product_weight),
         negatives=negatives,
         key=key,
         axis_name=axis_name,
         chunk_size=chunk_size,
     )
     # The regulariser is O(M N d): always computed, so that it is logged with beta = 0 too.
-    loss_m, aux_m = ova_minimality(z, normalize=normalize_minimality, axis_name=axis_name)
+    loss_m, aux_m = _minimality(queries if normalize_minimality else zs, axis_name)
     aux.update(aux_m)
     return loss_s + beta * loss_m, aux
