@@ -2,6 +2,8 @@
 # Every sweep behind the tables of docs/RESULTS.md sections 2-4, in one place.
 #
 #   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent latent_m5 mfeat mnist_views
+#   (also, not in the default list: latent_tau latent_m5_tau mfeat_tau mnist_views_tau, the
+#   beta sweeps again at the paper's tau = 0.01 with 5 seeds)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -12,6 +14,8 @@ ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
 shift
 SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 S="python -m ovaib_jax.sweep --seeds=42,0,1"
+S5="python -m ovaib_jax.sweep --seeds=42,0,1,2,3"
+T001="--config.objective.tau=0.01"
 # Parity and latent: the probes and retrieval only (the subset table is for mfeat).
 F="--config.final_evaluators=downstream,retrieval"
 ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
@@ -91,6 +95,30 @@ for section in $SECTIONS; do
       --config.objective.projector=mlp
     $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_span_product \
       --objectives=ova_ib --config.objective.product_weight=1.0 ;;
+  # The beta sweeps again at the paper's temperature tau = 0.01 (issue 13 section 2: the
+  # sufficiency gradient scales with 1/tau, the minimality term's does not, so beta = 1 at
+  # tau = 0.1 weighs minimality 10x more than the paper's beta = 1). beta = 0 against the
+  # paper's beta = 1, 5 seeds, paired by seed; probes and retrieval only.
+  latent_tau)
+    for b in 0 1; do
+      $S5 --config=experiments/latent.py:beta=$b --workdir=$ROOT/latent_tau0.01_beta$b $F \
+        --objectives=ova_ib $T001
+    done ;;
+  latent_m5_tau)
+    for b in 0 1; do
+      $S5 --config=experiments/latent.py:M=5,beta=$b --workdir=$ROOT/latent_m5_tau0.01_beta$b \
+        $F --objectives=ova_ib $T001
+    done ;;
+  mfeat_tau)
+    for b in 0 1; do
+      $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_beta$b $F \
+        --objectives=ova_ib $T001 --config.objective.beta=$b
+    done ;;
+  mnist_views_tau)
+    for b in 0 1; do
+      $S5 --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_tau0.01_beta$b $F \
+        --objectives=ova_ib $T001 --config.objective.beta=$b
+    done ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

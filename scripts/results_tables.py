@@ -12,6 +12,11 @@ writes every value per seed to ``--json``. A row whose runs are missing is print
 "not run", so a partial set of sweeps still gives the tables it can. ``--update FILE``
 rewrites, in FILE, the text between ``<!-- table: TITLE -->`` and ``<!-- end table -->``
 with the table of that title.
+
+A :class:`Comparison` prints, per metric, "A - B" over the seeds both rows ran, with its
+paired bootstrap 95 % interval (``ovaib_jax.reporting.stats.paired_bootstrap``, exact
+enumeration of the resamples at 5 seeds) and the verdict: "A better", "B better" or "tie"
+when the interval covers 0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ovaib_jax.reporting import stats
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,68 @@ LATENT_METRICS = (
 LATENT_BETAS = ("0", "0.1", "0.5", "1", "2")
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A against B, paired by seed, on each metric (higher is better for all of them)."""
+
+    title: str
+    a: Row
+    b: Row
+    metrics: tuple[tuple[str, str], ...]
+    digits: int = 3
+
+
+# The beta sweeps at the paper's tau = 0.01 (issue 13 section 2): beta = 0 and the paper's
+# beta = 1, 5 seeds (the tau = 0.1 rows are in the earlier tables, 3 seeds).
+TAU_SETTINGS = (
+    # (title prefix, sweep prefix, metrics)
+    (
+        "ovaib_latent M = 3",
+        "latent",
+        LATENT_METRICS[:4] + LATENT_METRICS[5:],
+    ),
+    (
+        "ovaib_latent M = 5",
+        "latent_m5",
+        LATENT_METRICS[:4] + LATENT_METRICS[5:],
+    ),
+    (
+        "mfeat",
+        "mfeat",
+        (
+            ("probe acc. (all views)", "downstream/label/accuracy"),
+            ("retrieval R@1 (mean over views)", "retrieval/R@1"),
+            ("retrieval mAP", "retrieval/mAP"),
+        ),
+    ),
+    (
+        "mnist_views",
+        "mnist_views",
+        (
+            ("probe acc. (all views)", "downstream/label/accuracy"),
+            ("retrieval R@1 (mean over views)", "retrieval/R@1"),
+            ("retrieval mAP", "retrieval/mAP"),
+            ("style R² (representation)", "downstream/nuisance/mean/r2"),
+        ),
+    ),
+)
+
+
+def tau_tables() -> tuple[list[Table], list[Comparison]]:
+    tables, comparisons = [], []
+    for title, prefix, metrics in TAU_SETTINGS:
+        new = {b: Row(f"ova_ib beta = {b}, tau = 0.01 (beta x tau = {0.01 * int(b):g})",
+                      f"{prefix}_tau0.01_beta{b}", "ova_ib") for b in ("0", "1")}  # fmt: skip
+        rows = tuple(new.values())
+        tables.append(Table(f"{title}: beta at the paper's tau = 0.01", rows, metrics))
+        comparisons.append(
+            Comparison(
+                f"{title}, tau = 0.01: beta = 1 against beta = 0", new["1"], new["0"], metrics
+            )
+        )
+    return tables, comparisons
+
+
 def latent_tables() -> list[Table]:
     beta_rows = tuple(Row(f"ova_ib beta = {b}", f"latent_beta{b}", "ova_ib") for b in LATENT_BETAS)
     others = tuple(Row(o, "latent_others", o) for o in OBJECTIVES[1:])
@@ -182,7 +251,9 @@ TABLES: list[Table] = [
     *latent_tables(),
     *mfeat_tables("mfeat", 6, extensions=True),
     *mfeat_tables("mnist_views", 3, nuisance=True),
+    *tau_tables()[0],
 ]
+COMPARISONS: list[Comparison] = tau_tables()[1]
 
 
 def _load(path: str) -> dict:
@@ -256,6 +327,36 @@ def render(table: Table, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
+def render_comparison(comp: Comparison, root: str) -> tuple[str, dict]:
+    """Per metric: A and B (mean ± std over the seeds both ran), A - B with its paired
+    bootstrap 95 % interval, and the verdict."""
+    head = ["metric", comp.a.label, comp.b.label, "A - B [95 % interval]", "verdict", "seeds"]
+    lines = [f"#### {comp.title}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * 3 + [":---", "---:"]) + "|")
+    runs_a = {os.path.basename(d): d for d in _runs(root, comp.a)}
+    runs_b = {os.path.basename(d): d for d in _runs(root, comp.b)}
+    seeds = sorted(set(runs_a) & set(runs_b))
+    raw: dict = {}
+    for col, key in comp.metrics:
+        pairs = [(_lookup(runs_a[s], key), _lookup(runs_b[s], key)) for s in seeds]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if len(pairs) < 2:
+            lines.append(f"| {col} | " + " | ".join(["not run"] * 4) + f" | {len(pairs)} |")
+            continue
+        a, b = (list(v) for v in zip(*pairs))
+        diff = stats.paired_bootstrap(a, b)
+        raw[col] = {"a": a, "b": b, "diff": diff._asdict()}
+        d = comp.digits
+        interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
+        verdict = stats.verdict(diff, "A", "B")
+        cells = [_fmt(a, d), _fmt(b, d), interval, verdict, str(diff.n)]
+        lines.append(f"| {col} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"A = {comp.a.label}; B = {comp.b.label}; paired by seed "
+                 f"({', '.join(s.removeprefix('seed_') for s in seeds) or 'none'}).")  # fmt: skip
+    return "\n".join(lines), raw
+
+
 def update_markdown(path: str, texts: dict[str, str]) -> None:
     """Replaces each marked block of ``path`` whose title is in ``texts``."""
     with open(path) as f:
@@ -286,6 +387,13 @@ def main() -> None:
         text, raw = render(table, args.root)
         everything[table.title] = raw
         texts[table.title] = text
+        print(text, end="\n\n")
+    for comp in COMPARISONS:
+        if args.only and args.only not in comp.title:
+            continue
+        text, raw = render_comparison(comp, args.root)
+        everything[comp.title] = raw
+        texts[comp.title] = text
         print(text, end="\n\n")
     if args.update:
         update_markdown(args.update, texts)
