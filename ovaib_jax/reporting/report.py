@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ovaib_jax.reporting import stats
+
 PM = " ± "
 
 
@@ -402,6 +404,66 @@ def mi_bounds_table(per_obj: PerObjective, evaluator: str = "mi_bounds") -> str 
     return seeds_table(_grid(per_obj, cells), row_header="objective", digits=3, best=best)
 
 
+def headline_keys(per_obj: PerObjective) -> list[str]:
+    """The metrics a comparison of objectives is about: every probe accuracy of
+    ``downstream`` (main and extra probes) and the mean retrieval R@1 and mAP."""
+    keys = []
+    for key in _keys(per_obj):
+        parts = key.split("/")
+        if parts[0] == "downstream" and parts[-1] == "accuracy" and len(parts) in (3, 4):
+            keys.append(key)
+        elif key in ("retrieval/R@1", "retrieval/mAP"):
+            keys.append(key)
+    return keys
+
+
+def paired_table(runs: Sequence[RunRecord], reference: str | None = None) -> str | None:
+    """Each other objective against ``reference`` (default the sweep's first objective)
+    on :func:`headline_keys`, paired by seed: ``reference - objective`` with its paired
+    bootstrap 95 % interval (:func:`ovaib_jax.reporting.stats.paired_bootstrap`) and the
+    verdict ("tie" when the interval covers 0). None with fewer than two objectives or
+    two common seeds."""
+    by_seed: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        if r.results is not None:
+            by_seed.setdefault(r.objective, {})[r.seed] = flatten_results(r.results)
+    objectives = list(by_seed)
+    if len(objectives) < 2:
+        return None
+    reference = objectives[0] if reference is None else reference
+    body = []
+    for key in headline_keys({o: list(v.values()) for o, v in by_seed.items()}):
+        for other in objectives:
+            if other == reference:
+                continue
+            seeds = [
+                s
+                for s in by_seed[reference]
+                if s in by_seed[other] and key in by_seed[reference][s] and key in by_seed[other][s]
+            ]
+            if len(seeds) < 2:
+                continue
+            diff = stats.paired_bootstrap(
+                [by_seed[reference][s][key] for s in seeds],
+                [by_seed[other][s][key] for s in seeds],
+            )
+            body.append(
+                [
+                    key,
+                    other,
+                    f"{diff.mean:+.4f} [{diff.lo:+.4f}, {diff.hi:+.4f}]",
+                    stats.verdict(diff, reference, other),
+                    len(seeds),
+                ]
+            )
+    if not body:
+        return None
+    return markdown_table(
+        ["metric", "objective", f"{reference} - objective [95 % interval]", "verdict", "seeds"],
+        body,
+    )
+
+
 def wall_time_table(runs: Sequence[RunRecord]) -> str:
     """Rows objectives, columns seeds, cells wall-clock minutes of each run, then the
     mean ± std over seeds."""
@@ -439,6 +501,10 @@ def sweep_tables(runs: Sequence[RunRecord]) -> dict[str, str]:
     mi = mi_bounds_table(per_obj)
     if mi is not None:
         tables["Mutual-information lower bounds (nats, test split)"] = mi
+    paired = paired_table(runs)
+    if paired is not None:
+        first = next(r.objective for r in runs if r.results is not None)
+        tables[f"Paired differences against {first} (bootstrap over seeds)"] = paired
     tables["Wall time per run (minutes)"] = wall_time_table(runs)
     return tables
 
