@@ -409,7 +409,7 @@ def _whole_matrix_stats(
         pos = jnp.take_along_axis(s, row_ids[:, None], axis=1)[:, 0]
     else:
         s = jnp.where(is_pos, positive[:, None], s)
-        pos = positive
+        pos = positive.astype(jnp.float32)
     neg_inf = jnp.float32(-jnp.inf)
     logits = s * scale
     masked = jnp.where(is_pos, neg_inf, logits) if exclude_positive else logits
