@@ -142,12 +142,12 @@ TAU_SETTINGS = (
     (
         "ovaib_latent M = 3",
         "latent",
-        LATENT_METRICS[:4] + LATENT_METRICS[5:],
+        LATENT_METRICS,
     ),
     (
         "ovaib_latent M = 5",
         "latent_m5",
-        LATENT_METRICS[:4] + LATENT_METRICS[5:],
+        LATENT_METRICS,
     ),
     (
         "mfeat",
@@ -169,6 +169,45 @@ TAU_SETTINGS = (
         ),
     ),
 )
+
+
+TRIFEATURE_METRICS = (
+    ("shape (R), MLP", "downstream/shape/accuracy"),
+    ("shape (R), linear", "downstream/linear/shape/accuracy"),
+    ("texture_0 (U), MLP", "downstream/texture_0/accuracy"),
+    ("texture_0 (U), linear", "downstream/linear/texture_0/accuracy"),
+    ("own texture R² (U, per view)", "downstream/texture_onehot/mean/r2"),
+    ("XOR colour bit (S), MLP", "downstream/synergy_label/accuracy"),
+    ("XOR colour bit (S), linear", "downstream/linear/synergy_label/accuracy"),
+    ("task label (task S), MLP", "downstream/task_label/accuracy"),
+    ("task label (task S), linear", "downstream/linear/task_label/accuracy"),
+    ("retrieval R@1 (shape relevance)", "retrieval/R@1"),
+    ("retrieval mAP", "retrieval/mAP"),
+)
+TRIFEATURE_FEW = (
+    ("shape, 10 labels/class", "downstream/linear_few10/shape/accuracy"),
+    ("texture_0, 10 labels/class", "downstream/linear_few10/texture_0/accuracy"),
+    ("XOR bit, 10 labels/class", "downstream/linear_few10/synergy_label/accuracy"),
+    ("task label, 10 labels/class", "downstream/linear_few10/task_label/accuracy"),
+)
+
+
+def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
+    """OVA-IB (beta = 0) against CoMM on ovaib_trifeature M = 3 (issue 13 section 4)."""
+    rows = {o: Row(o, "trifeature_m3", o) for o in ("ova_ib", "comm")}
+    metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
+    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0) and CoMM, 1500 steps"
+    return (
+        [
+            Table(title, tuple(rows.values()), TRIFEATURE_METRICS),
+            Table(
+                f"{title}, linear probes on 10 labels per class",
+                tuple(rows.values()),
+                TRIFEATURE_FEW,
+            ),
+        ],
+        [Comparison(f"{title}: ova_ib against comm", rows["ova_ib"], rows["comm"], metrics)],
+    )
 
 
 def tau_tables() -> tuple[list[Table], list[Comparison]]:
@@ -252,8 +291,9 @@ TABLES: list[Table] = [
     *mfeat_tables("mfeat", 6, extensions=True),
     *mfeat_tables("mnist_views", 3, nuisance=True),
     *tau_tables()[0],
+    *trifeature_tables()[0],
 ]
-COMPARISONS: list[Comparison] = tau_tables()[1]
+COMPARISONS: list[Comparison] = tau_tables()[1] + trifeature_tables()[1]
 
 
 def _load(path: str) -> dict:
@@ -341,7 +381,8 @@ def render_comparison(comp: Comparison, root: str) -> tuple[str, dict]:
         pairs = [(_lookup(runs_a[s], key), _lookup(runs_b[s], key)) for s in seeds]
         pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
         if len(pairs) < 2:
-            lines.append(f"| {col} | " + " | ".join(["not run"] * 4) + f" | {len(pairs)} |")
+            cells = ["not run"] * 4 if not pairs else ["-", "-", "-", "needs 2+ paired seeds"]
+            lines.append(f"| {col} | " + " | ".join(cells) + f" | {len(pairs)} |")
             continue
         a, b = (list(v) for v in zip(*pairs))
         diff = stats.paired_bootstrap(a, b)

@@ -72,3 +72,28 @@ def test_tables_are_mean_and_sample_std_over_seeds(tmp_path):
     rt.update_markdown(str(doc), {"t": text})
     new = doc.read_text()
     assert "old" not in new and text in new and "<!-- table: u -->\nx\n" in new
+
+
+def test_comparison_pairs_seeds_and_prints_the_bootstrap_interval(tmp_path):
+    """A beats B by exactly 0.1 on the three seeds both ran (a point interval); B's extra
+    seed is not paired; a metric only one side has is "not run"."""
+    rt = _module()
+    root = str(tmp_path)
+    for seed, (a, b) in zip((42, 0, 1), ((0.9, 0.8), (0.7, 0.6), (0.5, 0.4))):
+        _run(root, "s", "ova_ib", seed, {"downstream": {"label/accuracy": a}})
+        _run(root, "s", "comm", seed, {"downstream": {"label/accuracy": b}})
+    _run(root, "s", "comm", 7, {"downstream": {"label/accuracy": 0.0}})
+    comp = rt.Comparison(
+        "t",
+        rt.Row("ova_ib", "s", "ova_ib"),
+        rt.Row("comm", "s", "comm"),
+        (("acc", "downstream/label/accuracy"), ("R@1", "retrieval/R@1")),
+    )
+    text, raw = rt.render_comparison(comp, root)
+    lines = text.splitlines()
+    assert lines[4] == (
+        "| acc | 0.700 ± 0.200 | 0.600 ± 0.200 | +0.100 [+0.100, +0.100] | A better | 3 |"
+    )
+    assert lines[5] == "| R@1 | not run | not run | not run | not run | 0 |"
+    assert raw["acc"]["a"] == [0.7, 0.5, 0.9]  # seeds 0, 1, 42 (sorted directory names)
+    assert lines[-1].endswith("paired by seed (0, 1, 42).")
