@@ -208,7 +208,11 @@ def _evaluator_rows(
         c = metrics.get("num_candidates")
         for k, v in items:
             if k.startswith("R@") and k[2:].isdigit():
-                rows.append((f"{name}/{k}", v, _ratio(int(k[2:]), int(c)) if c else ""))
+                chance = metrics.get(f"chance/{k}")  # label relevance: not k / N
+                if _num(chance):
+                    rows.append((f"{name}/{k}", v, f"{chance:.4g}"))
+                else:
+                    rows.append((f"{name}/{k}", v, _ratio(int(k[2:]), int(c)) if c else ""))
             elif k in ("mAP", "median_rank"):
                 rows.append((f"{name}/{k}", v, ""))
     elif name in ("downstream", "modality_subsets"):
@@ -250,8 +254,9 @@ def summary_table(
         share bit patterns, so several candidates of a batch are equally right).
 
     Chance levels: in-batch top-k ``k/N``, the objective's accuracy ``1/N``, an InfoNCE MI
-    bound at most ``log N`` (N: the batch); whole-split retrieval R@k ``k/num_candidates``;
-    probe accuracy ``1/num_classes``; probe R² 0.
+    bound at most ``log N`` (N: the batch); whole-split retrieval R@k ``k/num_candidates``
+    (with label relevance the evaluator's ``chance/R@k``: a random ranking finds one of
+    the query's class far more often); probe accuracy ``1/num_classes``; probe R² 0.
     """
     n_eval, n_train = int(eval_batch_size or batch_size), int(batch_size)
     rows: list[tuple[str, float, str]] = []

@@ -286,3 +286,14 @@ def test_missing_raw_files_and_config_errors_found_by_the_trainer(tmp_path, caps
         main.train_main(config, str(tmp_path / "w"))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "objective.tau" in err[0], err
+
+
+def test_label_relevance_retrieval_shows_the_evaluators_chance_level():
+    """With label relevance a random ranking finds a same-class candidate far more often
+    than k/N: the summary shows the evaluator's chance/R@k instead."""
+    results = {"step": 10, "retrieval": {"R@1": 0.3, "R@5": 0.6, "num_candidates": 1000,
+                                         "chance/R@1": 0.1, "chance/R@5": 0.41}}  # fmt: skip
+    text = console.summary_table(results, None, eval_batch_size=8, batch_size=8)
+    rows = {c[0]: c[1:] for c in (re.split(r"\s{2,}", ln.strip()) for ln in text.splitlines()[2:])}
+    assert rows["retrieval/R@1"] == ["0.3", "0.1"] and rows["retrieval/R@5"] == ["0.6", "0.41"]
+    assert not any(k.startswith("retrieval/chance") for k in rows)

@@ -196,6 +196,25 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
     return jax.jit(fn)
 
 
+def chance_recall(n: int, k: int, labels: np.ndarray | None = None) -> float:
+    """R@k of a uniformly random ranking of the n candidates (the chance level).
+
+    Index relevance (``labels`` None): one relevant candidate, ``min(k / n, 1)``. Label
+    relevance: query i has ``R_i`` relevant candidates (those of its class, itself
+    included), and misses the top k with probability ``prod_{j<k} (n - R_i - j) / (n -
+    j)``; the chance level is the mean over queries of one minus that.
+    """
+    if labels is None:
+        return min(k / n, 1.0)
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    rel = counts[inverse.reshape(-1)].astype(np.float64)  # R_i per query
+    miss = np.ones_like(rel)
+    for j in range(min(k, n)):
+        miss *= np.clip(n - rel - j, 0, None) / (n - j)
+    return float(np.mean(1.0 - miss))
+
+
 def retrieve(
     z: np.ndarray,
     pair: Pair,
@@ -362,6 +381,8 @@ class Retrieval(Evaluator):
         for k in metrics:
             out[k] = float(np.mean([r[k] for r in per_pair.values()]))
         out["num_candidates"] = test.num_examples
+        for k in cfg.ks:  # the R@k of a random ranking, for the summary's chance column
+            out[f"chance/R@{k}"] = chance_recall(test.num_examples, k, labels)
         d = cfg.table_digits
         out["table"] = report.markdown_table(
             ["query -> candidate", *metrics],

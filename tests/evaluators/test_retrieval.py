@@ -66,7 +66,8 @@ def test_random_embeddings_are_at_chance(objective):
     assert abs(r["median_rank"] - (n + 1) / 2) < 40
     harmonic = sum(1.0 / i for i in range(1, n + 1))
     assert abs(r["mAP"] - harmonic / n) < 4 * math.sqrt((math.pi**2 / 6) / n / n)
-    assert set(k.split("/")[0] for k in r if "/" in k) == {"b+c->a", "a+c->b", "a+b->c"}
+    assert set(k.split("/")[0] for k in r if "->" in k) == {"b+c->a", "a+c->b", "a+b->c"}
+    assert r["chance/R@1"] == pytest.approx(1 / n)
 
 
 def _reference(scores, relevance, labels, ks):
@@ -293,3 +294,31 @@ def test_projector_run_is_scored_with_its_projector():
         evaluators.get("retrieval")(pairs=["b+a->c"]).run(
             None, emb, RunInfo(objective="ova_ib", projector=losses.product_projector)
         )
+
+
+def test_chance_recall_hand_values_and_a_random_ranking():
+    """Index relevance: k/n. Label relevance, n = 4, labels 0 0 1 1 (R = 2 per query):
+    R@1 = 2/4, R@2 = 1 - (2/4)(1/3) = 5/6; and a Monte-Carlo of random rankings."""
+    from ovaib_jax.evaluators.retrieval import chance_recall
+
+    assert chance_recall(400, 5) == pytest.approx(5 / 400) and chance_recall(3, 5) == 1.0
+    labels = np.array([0, 0, 1, 1])
+    assert chance_recall(4, 1, labels) == pytest.approx(0.5)
+    assert chance_recall(4, 2, labels) == pytest.approx(5 / 6)
+    assert chance_recall(4, 3, labels) == pytest.approx(1.0)  # only 2 misses exist
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, size=60)
+    ranks = np.argsort(rng.random((4000, 60)), axis=1)[:, :5]  # random top 5 per trial
+    queries = rng.integers(0, 60, size=4000)
+    hits = np.mean([np.any(labels[r] == labels[q]) for r, q in zip(ranks, queries)])
+    assert chance_recall(60, 5, labels) == pytest.approx(hits, abs=0.02)
+
+
+def test_label_relevance_reports_its_chance_level():
+    z = np.random.default_rng(2).normal(size=(3, 40, 8))
+    emb = _emb(z, labels=np.arange(40) % 4)
+    ev = evaluators.get("retrieval")(relevance="label", label_target="label", ks=(1, 5))
+    r = ev.run(None, emb, RunInfo(objective="pairwise_clip"))
+    # 10 of each class among 40: R@1 = 10/40; R@5 = 1 - C(30,5)/C(40,5)
+    assert r["chance/R@1"] == pytest.approx(0.25)
+    assert r["chance/R@5"] == pytest.approx(1 - math.comb(30, 5) / math.comb(40, 5))
