@@ -193,10 +193,12 @@ TRIFEATURE_FEW = (
 
 
 def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
-    """OVA-IB (beta = 0) against CoMM on ovaib_trifeature M = 3 (issue 13 section 4)."""
+    """OVA-IB (beta = 0) against CoMM and Symile on ovaib_trifeature M = 3 (issue 13
+    section 4)."""
     rows = {o: Row(o, "trifeature_m3", o) for o in ("ova_ib", "comm")}
+    rows["symile"] = Row("symile", "trifeature_m3_symile", "symile")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
-    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0) and CoMM, 1500 steps"
+    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0), CoMM and Symile, 1500 steps"
     return (
         [
             Table(title, tuple(rows.values()), TRIFEATURE_METRICS),
@@ -206,7 +208,10 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
                 TRIFEATURE_FEW,
             ),
         ],
-        [Comparison(f"{title}: ova_ib against comm", rows["ova_ib"], rows["comm"], metrics)],
+        [
+            Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
+            for o in ("comm", "symile")
+        ],
     )
 
 
