@@ -427,19 +427,13 @@ def main() -> None:
     parser.add_argument("--update", default="", help="markdown file whose marked tables to rewrite")
     args = parser.parse_args()
     everything, texts = {}, {}
-    for table in TABLES:
-        if args.only and args.only not in table.title:
+    items = [(t, render) for t in TABLES] + [(c, render_comparison) for c in COMPARISONS]
+    for item, render_item in items:
+        if args.only and args.only not in item.title:
             continue
-        text, raw = render(table, args.root)
-        everything[table.title] = raw
-        texts[table.title] = text
-        print(text, end="\n\n")
-    for comp in COMPARISONS:
-        if args.only and args.only not in comp.title:
-            continue
-        text, raw = render_comparison(comp, args.root)
-        everything[comp.title] = raw
-        texts[comp.title] = text
+        text, raw = render_item(item, args.root)
+        everything[item.title] = raw
+        texts[item.title] = text
         print(text, end="\n\n")
     if args.update:
         update_markdown(args.update, texts)
