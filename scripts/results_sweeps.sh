@@ -127,8 +127,10 @@ for section in $SECTIONS; do
     # Held-out loss every 300 steps, so the last fifth (steps 1200-1500) shows convergence.
     $S5 --config=experiments/trifeature.py:M=3,beta=0 --workdir=$ROOT/trifeature_m3 \
       --objectives=ova_ib,comm --config.eval_every_steps=300
-    $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_symile \
-      --objectives=symile --config.eval_every_steps=300 ;;
+    for o in symile confu; do
+      $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_$o \
+        --objectives=$o --config.eval_every_steps=300
+    done ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

@@ -193,12 +193,13 @@ TRIFEATURE_FEW = (
 
 
 def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
-    """OVA-IB (beta = 0) against CoMM and Symile on ovaib_trifeature M = 3 (issue 13
-    section 4)."""
+    """OVA-IB (beta = 0) against CoMM, Symile and ConFu on ovaib_trifeature M = 3 (issue
+    13 section 4)."""
     rows = {o: Row(o, "trifeature_m3", o) for o in ("ova_ib", "comm")}
     rows["symile"] = Row("symile", "trifeature_m3_symile", "symile")
+    rows["confu"] = Row("confu", "trifeature_m3_confu", "confu")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
-    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0), CoMM and Symile, 1500 steps"
+    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0), CoMM, Symile and ConFu, 1500 steps"
     return (
         [
             Table(title, tuple(rows.values()), TRIFEATURE_METRICS),
@@ -210,7 +211,7 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
         ],
         [
             Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
-            for o in ("comm", "symile")
+            for o in ("comm", "symile", "confu")
         ],
     )
 
