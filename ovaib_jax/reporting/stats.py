@@ -15,6 +15,7 @@ interval that barely excludes 0 as weak evidence.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -100,11 +101,9 @@ def _compositions(total: int, parts: int):
 
 def _multinomial(counts: np.ndarray) -> float:
     """Number of ordered resamples with these counts: n! / prod(c_i!)."""
-    from math import factorial
-
-    out = factorial(int(counts.sum()))
+    out = math.factorial(int(counts.sum()))
     for c in counts:
-        out //= factorial(int(c))
+        out //= math.factorial(int(c))
     return float(out)
 
 
