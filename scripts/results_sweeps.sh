@@ -4,7 +4,8 @@
 #   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent latent_m5 mfeat mnist_views
 #   (also, not in the default list: latent_tau latent_m5_tau mfeat_tau mnist_views_tau, the
 #   beta sweeps again at the paper's tau = 0.01 with 5 seeds; trifeature_m3, OVA-IB against
-#   CoMM on ovaib_trifeature, 5 seeds)
+#   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
+#   pairwise CLIP, anchor CLIP and the span + product score there)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -131,6 +132,12 @@ for section in $SECTIONS; do
       $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_$o \
         --objectives=$o --config.eval_every_steps=300
     done ;;
+  trifeature_m3_rest)  # the other baselines on the same data and budget, then the span +
+    # product score (product_weight = 1, beta = 0): a first candidate for section 6.
+    $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_baselines \
+      --objectives=gram,triangle,pairwise_clip,anchor_clip --config.eval_every_steps=300
+    $S5 --config=experiments/trifeature.py:M=3,beta=0 --workdir=$ROOT/trifeature_m3_span_product \
+      --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300 ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done
