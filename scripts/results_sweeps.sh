@@ -5,7 +5,8 @@
 #   (also, not in the default list: latent_tau latent_m5_tau mfeat_tau mnist_views_tau, the
 #   beta sweeps again at the paper's tau = 0.01 with 5 seeds; trifeature_m3, OVA-IB against
 #   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
-#   pairwise CLIP, anchor CLIP and the span + product score there)
+#   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
+#   colour-bit retrieval of every trifeature run already there)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -28,6 +29,18 @@ embedding_probes() {
     [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
     python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
       --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
+      > /dev/null
+  done
+}
+
+# The trifeature retrieval again with the colour bit joined to the shape (a candidate view
+# is relevant when it has the query's shape and the colour bit the query's views imply):
+# the higher-order test shape-only relevance cannot make. Writes eval/results.json.
+colour_retrieval() {
+  for run in "$ROOT"/trifeature_*/*/seed_*; do
+    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
+    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
+      --set=final_evaluators=retrieval --set=evaluator_kwargs.retrieval.candidate_targets=color_bits \
       > /dev/null
   done
 }
@@ -131,13 +144,16 @@ for section in $SECTIONS; do
     for o in symile confu; do
       $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_$o \
         --objectives=$o --config.eval_every_steps=300
-    done ;;
+    done
+    colour_retrieval ;;
   trifeature_m3_rest)  # the other baselines on the same data and budget, then the span +
     # product score (product_weight = 1, beta = 0): a first candidate for section 6.
     $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_baselines \
       --objectives=gram,triangle,pairwise_clip,anchor_clip --config.eval_every_steps=300
     $S5 --config=experiments/trifeature.py:M=3,beta=0 --workdir=$ROOT/trifeature_m3_span_product \
-      --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300 ;;
+      --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_colour) colour_retrieval ;;  # for trifeature runs made before it was added
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

@@ -135,6 +135,19 @@ class Comparison:
     digits: int = 3
 
 
+@dataclass(frozen=True)
+class AgainstBest:
+    """A candidate against, per metric, the best of ``others`` (the highest mean over the
+    seeds it shares with the candidate): is it best or statistically tied with the best
+    (issue 13 section 6's criterion)?"""
+
+    title: str
+    candidate: Row
+    others: tuple[Row, ...]
+    metrics: tuple[tuple[str, str], ...]
+    digits: int = 3
+
+
 # The beta sweeps at the paper's tau = 0.01 (issue 13 section 2): beta = 0 and the paper's
 # beta = 1, 5 seeds (the tau = 0.1 rows are in the earlier tables, 3 seeds).
 TAU_SETTINGS = (
@@ -183,6 +196,8 @@ TRIFEATURE_METRICS = (
     ("task label (task S), linear", "downstream/linear/task_label/accuracy"),
     ("retrieval R@1 (shape relevance)", "retrieval/R@1"),
     ("retrieval mAP", "retrieval/mAP"),
+    ("retrieval R@1 (shape + colour bit)", "eval:retrieval/R@1"),
+    ("colour bit right given shape right (top 1)", "ratio:eval:retrieval/R@1|retrieval/R@1"),
 )
 TRIFEATURE_FEW = (
     ("shape, 10 labels/class", "downstream/linear_few10/shape/accuracy"),
@@ -192,14 +207,22 @@ TRIFEATURE_FEW = (
 )
 
 
-def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
-    """OVA-IB (beta = 0) against CoMM, Symile and ConFu on ovaib_trifeature M = 3 (issue
-    13 section 4)."""
+SPAN_PRODUCT = "ova_ib span + product (w = 1)"
+
+
+def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest]]:
+    """Every objective on ovaib_trifeature M = 3 (issue 13 section 4), OVA-IB (beta = 0)
+    against each, and the span + product score against the best of the others (section
+    6)."""
     rows = {o: Row(o, "trifeature_m3", o) for o in ("ova_ib", "comm")}
     rows["symile"] = Row("symile", "trifeature_m3_symile", "symile")
     rows["confu"] = Row("confu", "trifeature_m3_confu", "confu")
+    for o in ("gram", "triangle", "pairwise_clip", "anchor_clip"):
+        rows[o] = Row(o, "trifeature_m3_baselines", o)
+    rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, "trifeature_m3_span_product", "ova_ib")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
-    title = "ovaib_trifeature M = 3: OVA-IB (beta = 0), CoMM, Symile and ConFu, 1500 steps"
+    title = "ovaib_trifeature M = 3: every objective, 1500 steps"
+    others = tuple(r for k, r in rows.items() if k != SPAN_PRODUCT)
     return (
         [
             Table(title, tuple(rows.values()), TRIFEATURE_METRICS),
@@ -211,8 +234,10 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison]]:
         ],
         [
             Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
-            for o in ("comm", "symile", "confu")
+            for o in rows
+            if o != "ova_ib"
         ],
+        [AgainstBest(f"{title}: {SPAN_PRODUCT} vs the best", rows[SPAN_PRODUCT], others, metrics)],
     )
 
 
@@ -300,6 +325,7 @@ TABLES: list[Table] = [
     *trifeature_tables()[0],
 ]
 COMPARISONS: list[Comparison] = tau_tables()[1] + trifeature_tables()[1]
+AGAINST_BEST: list[AgainstBest] = trifeature_tables()[2]
 
 
 def _load(path: str) -> dict:
@@ -309,7 +335,11 @@ def _load(path: str) -> dict:
 
 def _lookup(run_dir: str, key: str) -> float | None:
     """A metric of one run: ``evaluator/metric`` from results.json, ``eval:...`` from
-    eval/results.json, ``subset_size:k`` the mean label accuracy of the size-k subsets."""
+    eval/results.json, ``subset_size:k`` the mean label accuracy of the size-k subsets,
+    ``ratio:KEY_A|KEY_B`` the quotient of two such metrics."""
+    if key.startswith("ratio:"):
+        num, den = (_lookup(run_dir, k) for k in key[len("ratio:") :].split("|"))
+        return None if num is None or not den else num / den
     source = "results.json"
     if key.startswith("eval:"):
         source, key = os.path.join("eval", "results.json"), key[len("eval:") :]
@@ -404,6 +434,42 @@ def render_comparison(comp: Comparison, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
+def render_against_best(item: AgainstBest, root: str) -> tuple[str, dict]:
+    """Per metric: the best of the others (highest mean over the seeds it shares with the
+    candidate), candidate - best with its paired bootstrap 95 % interval, and the
+    verdict: "best" (candidate above, interval above 0), "tie with the best" or "below
+    the best"."""
+    head = ["metric", "best other", "best", item.candidate.label, "cand. - best [95 %]",
+            "verdict", "seeds"]  # fmt: skip
+    lines = [f"#### {item.title}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join([":---", ":---"] + ["---:"] * 3 + [":---", "---:"]) + "|")
+    cand = {os.path.basename(d): d for d in _runs(root, item.candidate)}
+    others = [(row, {os.path.basename(d): d for d in _runs(root, row)}) for row in item.others]
+    raw: dict = {}
+    d = item.digits
+    for col, key in item.metrics:
+        best = None  # (mean of the other, row, candidate values, other values)
+        for row, runs in others:
+            pairs = [(_lookup(cand[s], key), _lookup(runs[s], key)) for s in cand if s in runs]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            if len(pairs) >= 2 and (best is None or np.mean([y for _, y in pairs]) > best[0]):
+                a, b = (list(v) for v in zip(*pairs))
+                best = (float(np.mean(b)), row, a, b)
+        if best is None:
+            lines.append(f"| {col} | " + " | ".join(["not run"] * 5) + " | 0 |")
+            continue
+        _, row, a, b = best
+        diff = stats.paired_bootstrap(a, b)
+        verdict = {"A better": "best", "B better": "below the best"}.get(
+            stats.verdict(diff, "A", "B"), "tie with the best"
+        )
+        raw[col] = {"best": row.label, "candidate": a, "other": b, "diff": diff._asdict()}
+        interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
+        cells = [row.label, _fmt(b, d), _fmt(a, d), interval, verdict, str(diff.n)]
+        lines.append(f"| {col} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), raw
+
+
 def update_markdown(path: str, texts: dict[str, str]) -> None:
     """Replaces each marked block of ``path`` whose title is in ``texts``."""
     with open(path) as f:
@@ -429,6 +495,7 @@ def main() -> None:
     args = parser.parse_args()
     everything, texts = {}, {}
     items = [(t, render) for t in TABLES] + [(c, render_comparison) for c in COMPARISONS]
+    items += [(c, render_against_best) for c in AGAINST_BEST]
     for item, render_item in items:
         if args.only and args.only not in item.title:
             continue

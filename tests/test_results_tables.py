@@ -54,13 +54,15 @@ def test_tables_are_mean_and_sample_std_over_seeds(tmp_path):
             ("one view", "subset_size:1"),
             ("two", "subset_size:2"),
             ("later", "eval:downstream/x"),
+            ("ratio", "ratio:eval:downstream/x|retrieval/R@1"),
         ),
     )
     text, raw = rt.render(table, root)
     lines = text.splitlines()
     std = np.std([0.2, 0.6], ddof=1)
     assert f"| ova | 0.400 ± {std:.3f} | 0.600 ± 0.000 | 0.900 ± 0.000 |" in lines[4]
-    assert "1.000 ± 0.000 (1 seeds)" in lines[4] and lines[4].endswith("| 0,1 | 20 |")
+    assert "| 1.000 ± 0.000 (1 seeds) |" in lines[4] and lines[4].endswith("| 0,1 | 20 |")
+    assert "| 5.000 ± 0.000 (1 seeds) |" in lines[4]  # 1.0 / 0.2, seed 0 only
     assert lines[5].startswith("| sym | not run")
     assert raw["ova"]["R@1"] == [0.2, 0.6]
 
@@ -97,3 +99,31 @@ def test_comparison_pairs_seeds_and_prints_the_bootstrap_interval(tmp_path):
     assert lines[5] == "| R@1 | not run | not run | not run | not run | 0 |"
     assert raw["acc"]["a"] == [0.7, 0.5, 0.9]  # seeds 0, 1, 42 (sorted directory names)
     assert lines[-1].endswith("paired by seed (0, 1, 42).")
+
+
+def test_against_best_picks_the_best_other_per_metric(tmp_path):
+    """Per metric the other with the highest mean is the reference: on "acc" B (0.8 mean)
+    beats C and the candidate is exactly 0.1 below it; on "r" C is best and the
+    candidate ties it (differences +0.1, -0.1, 0)."""
+    rt = _module()
+    root = str(tmp_path)
+    cand = {"acc": (0.7, 0.6, 0.8), "r": (0.5, 0.3, 0.4)}
+    b = {"acc": (0.8, 0.7, 0.9), "r": (0.1, 0.1, 0.1)}
+    c = {"acc": (0.1, 0.1, 0.1), "r": (0.4, 0.4, 0.4)}
+    for i, seed in enumerate((0, 1, 2)):
+        for obj, vals in (("cand", cand), ("b", b), ("c", c)):
+            _run(root, "s", obj, seed, {"downstream": {k: v[i] for k, v in vals.items()}})
+    item = rt.AgainstBest(
+        "t",
+        rt.Row("cand", "s", "cand"),
+        (rt.Row("B", "s", "b"), rt.Row("C", "s", "c")),
+        (("acc", "downstream/acc"), ("r", "downstream/r"), ("none", "downstream/none")),
+    )
+    text, raw = rt.render_against_best(item, root)
+    lines = text.splitlines()
+    assert lines[4].startswith("| acc | B | 0.800 ± 0.100 | 0.700 ± 0.100 | -0.100 [-0.100, -0.100")
+    assert lines[4].endswith("| below the best | 3 |")
+    assert lines[5].startswith("| r | C | 0.400 ± 0.000 | 0.400 ± 0.100 |")
+    assert lines[5].endswith("| tie with the best | 3 |")
+    assert lines[6] == "| none | not run | not run | not run | not run | not run | 0 |"
+    assert raw["r"]["best"] == "C" and np.isclose(raw["acc"]["diff"]["mean"], -0.1)

@@ -18,6 +18,11 @@ Relevance:
   included). R@k = fraction of queries with at least one relevant candidate in the top
   k (hit rate), median rank = median rank of the first relevant candidate, and mAP the
   mean over queries of the average precision ``(1/R) sum_{relevant j} precision@rank(j)``.
+  ``candidate_targets`` adds per-modality targets ((N, M) arrays) to the label: for the
+  pair ``Q -> c`` a candidate must also match the query's sample in column c, e.g. on
+  ``ovaib_trifeature`` ``label_target="shape", candidate_targets=("color_bits",)``: the
+  same shape *and* the colour bit the query's views imply for view c (their XOR), a
+  test of the higher-order dependence that shape-only relevance cannot see.
 
 Ties (equal scores; rank counts from 1):
 
@@ -66,6 +71,9 @@ class RetrievalConfig:
       relevance: ``"index"`` or ``"label"`` (see the module docstring).
       label_target: the class-label target for ``relevance="label"`` (None: the first
         classification target).
+      candidate_targets: per-modality targets ((N, M) integer arrays, e.g.
+        ``"color_bits"``) whose column of the candidate modality joins the label of
+        ``relevance="label"`` (see the module docstring); default none.
       ties: ``"pessimistic"``, ``"optimistic"`` or ``"random"``.
       scorer_kwargs: extra keyword arguments of the scorer (e.g. ``{"lam": 1e-8}``).
       table_digits: decimals in the markdown table.
@@ -76,6 +84,7 @@ class RetrievalConfig:
     chunk_size: int | None = 1024
     relevance: str = "index"
     label_target: str | None = None
+    candidate_targets: tuple[str, ...] = ()
     ties: str = "pessimistic"
     scorer_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     table_digits: int = 4
@@ -91,6 +100,14 @@ class RetrievalConfig:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive ints, got {self.ks}.")
         object.__setattr__(self, "scorer_kwargs", dict(self.scorer_kwargs or {}))
+        cand = self.candidate_targets
+        cand = (cand,) if isinstance(cand, str) else tuple(cand or ())
+        object.__setattr__(self, "candidate_targets", cand)
+        if cand and self.relevance != "label":
+            raise ValueError(
+                f"candidate_targets {cand} join the label of relevance='label'; set "
+                f"relevance='label' (got {self.relevance!r})."
+            )
 
 
 def parse_pair(pair: Any, emb: Embedded) -> Pair:
@@ -194,6 +211,14 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
         return label_stats(s, rows, labels_q, labels_c, seed)
 
     return jax.jit(fn)
+
+
+def joint_labels(*columns: np.ndarray) -> np.ndarray:
+    """(N,) int ids of the distinct rows of the stacked (N,) label columns: two samples
+    share an id iff they agree in every column."""
+    rows = np.stack([np.asarray(c).reshape(len(c), -1) for c in columns], 1)
+    _, ids = np.unique(rows.reshape(len(rows), -1), axis=0, return_inverse=True)
+    return ids.reshape(-1)
 
 
 def chance_recall(n: int, k: int, labels: np.ndarray | None = None) -> float:
@@ -313,6 +338,29 @@ class Retrieval(Evaluator):
     Config = RetrievalConfig
     needs_train = False
 
+    def extra_keys(self) -> tuple[str, ...]:
+        return self.config.candidate_targets
+
+    def _pair_labels(self, labels: np.ndarray | None, test: Embedded, c: int) -> Any:
+        """The label of relevance for candidate modality ``c``: ``labels`` joined with
+        column c of each of ``candidate_targets``."""
+        if not self.config.candidate_targets:
+            return labels
+        cols = [labels]
+        for name in self.config.candidate_targets:
+            if name not in test.targets:
+                raise ValueError(
+                    f"retrieval: no candidate target {name!r}; have {sorted(test.targets)}."
+                )
+            t = test.targets[name]
+            if t.ndim != 2 or t.shape[1] != test.num_modalities:
+                raise ValueError(
+                    f"retrieval: candidate target {name!r} must be (N, M={test.num_modalities})"
+                    f" (one column per modality), got {t.shape}."
+                )
+            cols.append(t[:, c])
+        return joint_labels(*cols)
+
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         from ovaib_jax import losses
 
@@ -347,6 +395,7 @@ class Retrieval(Evaluator):
             labels = test.targets[name]
         out: dict[str, Any] = {}
         per_pair: dict[str, dict[str, float]] = {}
+        chance: dict[str, dict[int, float]] = {}
         for pair in pairs:
             pname = pair_name(pair, test.modality_names)
             kwargs = {} if projector is not None else dict(scorer_kwargs or {})
@@ -363,6 +412,7 @@ class Retrieval(Evaluator):
                         f"{pair_name((others, pair[1]), test.modality_names)!r}."
                     )
                 kwargs.update(projector=projector, m=pair[1])
+            pair_labels = self._pair_labels(labels, test, pair[1])
             r = retrieve(
                 test.z,
                 pair,
@@ -370,19 +420,20 @@ class Retrieval(Evaluator):
                 ks=cfg.ks,
                 chunk_size=cfg.chunk_size,
                 relevance=cfg.relevance,
-                labels=labels,
+                labels=pair_labels,
                 ties=cfg.ties,
                 scorer_kwargs=kwargs,
                 seed=seed,
             )
             per_pair[pname] = r
+            chance[pname] = {k: chance_recall(test.num_examples, k, pair_labels) for k in cfg.ks}
             out.update({f"{pname}/{k}": v for k, v in r.items()})
         metrics = list(next(iter(per_pair.values())))
         for k in metrics:
             out[k] = float(np.mean([r[k] for r in per_pair.values()]))
         out["num_candidates"] = test.num_examples
         for k in cfg.ks:  # the R@k of a random ranking, for the summary's chance column
-            out[f"chance/R@{k}"] = chance_recall(test.num_examples, k, labels)
+            out[f"chance/R@{k}"] = float(np.mean([c[k] for c in chance.values()]))
         d = cfg.table_digits
         out["table"] = report.markdown_table(
             ["query -> candidate", *metrics],

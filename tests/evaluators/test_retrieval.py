@@ -322,3 +322,50 @@ def test_label_relevance_reports_its_chance_level():
     # 10 of each class among 40: R@1 = 10/40; R@5 = 1 - C(30,5)/C(40,5)
     assert r["chance/R@1"] == pytest.approx(0.25)
     assert r["chance/R@5"] == pytest.approx(1 - math.comb(30, 5) / math.comb(40, 5))
+
+
+def test_candidate_targets_join_the_candidate_column_to_the_label():
+    """Pair Q -> c: relevant iff same label AND same bit in column c; checked against the
+    literal per-query loop on the joint label ``2 * label + bits[:, c]``, for every c."""
+    n, ks = 60, (1, 5)
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, n)
+    bits = rng.integers(0, 2, (n, 3))
+    z = rng.normal(size=(3, n, 8)) + 1.5 * rng.normal(size=(3, 8))[labels][None]
+    z[2] += 2.0 * bits[:, 2:3]  # the candidate of a+b->c shows its bit, the queries do not
+    emb = Embedded(z.astype(np.float32), {}, {"label": labels, "bits": bits}, NAMES)
+    ev = evaluators.get("retrieval")(
+        relevance="label", label_target="label", candidate_targets="bits", ks=ks
+    )
+    assert ev.extra_keys() == ("bits",)
+    r = ev.run(None, emb, RunInfo(objective="pairwise_clip"))
+    scorer = losses.get_scorer("pairwise_clip")
+    chances = []
+    for pair, c in (("b+c->a", 0), ("a+c->b", 1), ("a+b->c", 2)):
+        q = tuple(i for i in range(3) if i != c)
+        scores = np.asarray(scorer(z[list(q)].astype(np.float32), z[c].astype(np.float32)))
+        joint = 2 * labels + bits[:, c]
+        ref = _reference(scores, "label", joint, ks)
+        for k, v in ref.items():
+            assert r[f"{pair}/{k}"] == pytest.approx(v, rel=1e-5), (pair, k)
+        sizes = np.bincount(joint)[joint]  # R_i: samples sharing query i's joint label
+        chances.append(np.mean(sizes / n))  # chance R@1 = mean R_i / n
+    assert r["chance/R@1"] == pytest.approx(np.mean(chances))
+    # a bit column joined: strictly fewer relevant candidates than the label alone
+    plain = evaluators.get("retrieval")(relevance="label", label_target="label", ks=ks)
+    assert r["chance/R@1"] < plain.run(None, emb, RunInfo(objective="pairwise_clip"))["chance/R@1"]
+
+
+def test_candidate_targets_errors_name_the_fix():
+    with pytest.raises(ValueError, match="relevance='label'"):
+        evaluators.get("retrieval")(candidate_targets=("bits",))
+    z = np.random.default_rng(0).normal(size=(3, 10, 4))
+    emb = Embedded(
+        z.astype(np.float32), {}, {"label": np.arange(10) % 2, "flat": np.arange(10)}, NAMES
+    )
+    for name, match in (("nope", "no candidate target 'nope'"), ("flat", r"\(N, M=3\)")):
+        ev = evaluators.get("retrieval")(
+            relevance="label", label_target="label", candidate_targets=(name,)
+        )
+        with pytest.raises(ValueError, match=match):
+            ev.run(None, emb, RunInfo(objective="pairwise_clip"))
