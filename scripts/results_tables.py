@@ -208,6 +208,7 @@ TRIFEATURE_FEW = (
 
 
 SPAN_PRODUCT = "ova_ib span + product (w = 1)"
+HELDOUT_FALL = "fifth:eval/heldout_loss/loss"  # relative; > 0: still falling
 
 
 def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest]]:
@@ -222,10 +223,11 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, "trifeature_m3_span_product", "ova_ib")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
     title = "ovaib_trifeature M = 3: every objective, 1500 steps"
+    convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     others = tuple(r for k, r in rows.items() if k != SPAN_PRODUCT)
     return (
         [
-            Table(title, tuple(rows.values()), TRIFEATURE_METRICS),
+            Table(title, tuple(rows.values()), TRIFEATURE_METRICS + convergence),
             Table(
                 f"{title}, linear probes on 10 labels per class",
                 tuple(rows.values()),
@@ -336,7 +338,10 @@ def _load(path: str) -> dict:
 def _lookup(run_dir: str, key: str) -> float | None:
     """A metric of one run: ``evaluator/metric`` from results.json, ``eval:...`` from
     eval/results.json, ``subset_size:k`` the mean label accuracy of the size-k subsets,
-    ``ratio:KEY_A|KEY_B`` the quotient of two such metrics."""
+    ``ratio:KEY_A|KEY_B`` the quotient of two such metrics, ``fifth:METRIC`` the relative
+    fall of a logged metric over the last fifth of training (:func:`_last_fifth_fall`)."""
+    if key.startswith("fifth:"):
+        return _last_fifth_fall(run_dir, key[len("fifth:") :])
     if key.startswith("ratio:"):
         num, den = (_lookup(run_dir, k) for k in key[len("ratio:") :].split("|"))
         return None if num is None or not den else num / den
@@ -359,6 +364,30 @@ def _lookup(run_dir: str, key: str) -> float | None:
     evaluator, _, metric = key.partition("/")
     value = results.get(evaluator, {}).get(metric)
     return None if value is None else float(value)
+
+
+def _last_fifth_fall(run_dir: str, metric: str) -> float | None:
+    """``(v(s0) - v(S)) / |v(s0)|`` of ``metric`` in the run's metrics.jsonl: S its last
+    logged step, s0 the last step it was logged at or before 0.8 S (positive: still
+    falling over the last fifth). A step logged twice (a resumed run) counts its last
+    value. None when the metric was logged at fewer than two such steps."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    values: dict[int, float] = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if metric in record:
+                values[int(record["step"])] = float(record[metric])
+    if not values:
+        return None
+    last = max(values)
+    before = [s for s in values if s <= 0.8 * last]
+    if not before:
+        return None
+    v0 = values[max(before)]
+    return (v0 - values[last]) / abs(v0) if v0 else None
 
 
 def _runs(root: str, row: Row) -> list[str]:

@@ -127,3 +127,23 @@ def test_against_best_picks_the_best_other_per_metric(tmp_path):
     assert lines[5].endswith("| tie with the best | 3 |")
     assert lines[6] == "| none | not run | not run | not run | not run | not run | 0 |"
     assert raw["r"]["best"] == "C" and np.isclose(raw["acc"]["diff"]["mean"], -0.1)
+
+
+def test_last_fifth_fall_reads_the_logged_curve(tmp_path):
+    """Held-out loss 4.0 at step 1200 (0.8 of 1500) and 3.0 at 1500: a fall of 0.25; a
+    step logged twice (a resume) counts its last value; too short a curve gives None."""
+    rt = _module()
+    run = tmp_path / "run"
+    run.mkdir()
+    key = "eval/heldout_loss/loss"
+    lines = [
+        {"step": 300, key: 5.0},
+        {"step": 1200, key: 9.0},
+        {"step": 1300, "train/loss": 1.0},
+        {"step": 1200, key: 4.0},
+        {"step": 1500, key: 3.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert rt._lookup(str(run), "fifth:" + key) == 0.25
+    assert rt._lookup(str(run), "fifth:train/loss") is None  # one step only
+    assert rt._lookup(str(tmp_path), "fifth:" + key) is None  # no metrics.jsonl
