@@ -6,7 +6,7 @@
 #   beta sweeps again at the paper's tau = 0.01 with 5 seeds; trifeature_m3, OVA-IB against
 #   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
-#   colour-bit retrieval of every trifeature run already there)
+#   colour-bit retrieval of every trifeature run already there; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -154,6 +154,21 @@ for section in $SECTIONS; do
       --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300
     colour_retrieval ;;
   trifeature_colour) colour_retrieval ;;  # for trifeature runs made before it was added
+  trifeature_m45)  # the moonshot's M = 4 and 5 (not yet run): the projection score, the span
+    # + product score and the best baselines of M = 3 (build m4 and m5 first:
+    # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5).
+    for M in 4 5; do
+      $S5 --config=experiments/trifeature.py:M=$M,beta=0 --workdir=$ROOT/trifeature_m$M \
+        --objectives=ova_ib,comm --config.eval_every_steps=300
+      $S5 --config=experiments/trifeature.py:M=$M,beta=0 \
+        --workdir=$ROOT/trifeature_m${M}_span_product --objectives=ova_ib \
+        --config.objective.product_weight=1.0 --config.eval_every_steps=300
+      for o in symile confu; do
+        $S5 --config=experiments/trifeature.py:M=$M --workdir=$ROOT/trifeature_m${M}_$o \
+          --objectives=$o --config.eval_every_steps=300
+      done
+    done
+    colour_retrieval ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done
