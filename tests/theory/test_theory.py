@@ -461,3 +461,34 @@ def test_character_embeddings_make_the_product_score_exact_on_xor():
     chi = np.array([[np.prod(x[s]) for s in subsets] for x in bits])
     mip = np.einsum("ad,bd,cd->abc", chi, chi, chi)
     np.testing.assert_array_equal(mip, np.where(nets.xor_table(k), 2**k, 0))
+
+
+# ---- section 6: unique information ------------------------------------------------
+
+
+def test_one_vs_all_target_ignores_unique_information():
+    """Trifeature in miniature: shape s in 0..2 shared, a private bit u_m per view,
+    colour bits c_0, c_1 uniform and c_2 = c_0 xor c_1; view m is x_m = (s, u_m, c_m).
+    z_0 = x_0 keeps u_0, z_0' = (s, c_0) drops it. Variables: x_0, x_1, x_2, z_0', and the
+    task label t = (u_0 + c_1) mod 2."""
+
+    def sample(s, u0, u1, u2, c0, c1):
+        c2 = c0 ^ c1
+        view = lambda u, c: 4 * s + 2 * u + c  # noqa: E731
+        return view(u0, c0), view(u1, c1), view(u2, c2), 2 * s + c0, (u0 + c1) % 2
+
+    p = info.joint(sample, [range(3)] + [range(2)] * 5)
+    x0, rest, z0_drop, task = [0], [1, 2], [3], [4]
+    target = math.log2(3) + 1  # the shape and the colour bit c_0 = c_1 xor c_2
+    # one-vs-all target: the same with or without u_0
+    assert info.mutual_information(p, x0, rest) == pytest.approx(target, abs=1e-12)
+    assert info.mutual_information(p, z0_drop, rest) == pytest.approx(target, abs=1e-12)
+    # a self-contrast target H(z_0) rewards u_0 by exactly its one bit
+    assert info.entropy(p, x0) == pytest.approx(math.log2(3) + 2, abs=1e-12)
+    assert info.entropy(p, z0_drop) == pytest.approx(math.log2(3) + 1, abs=1e-12)
+    # the minimality target I(z_0; x_0 | x_-0): 1 bit when u_0 is kept, 0 when dropped
+    assert info.conditional_mi(p, x0, x0, rest) == pytest.approx(1.0, abs=1e-12)
+    assert info.conditional_mi(p, z0_drop, x0, rest) == pytest.approx(0.0, abs=1e-12)
+    # the task label: 1 bit from (x_0, x_1, x_2), nothing once z_0 drops u_0
+    assert info.mutual_information(p, task, [0, 1, 2]) == pytest.approx(1.0, abs=1e-12)
+    assert info.mutual_information(p, task, [3, 1, 2]) == pytest.approx(0.0, abs=1e-12)
