@@ -11,7 +11,8 @@ whose XOR over the M views is 0 (a dependence of order M only) and a task label
 at batch 128 (38 epochs of the 5000 training examples): about ten minutes per objective
 and seed on a busy 2-core CPU at M = 3 (2.4 steps/s measured), plus the final probes.
 
-Config arguments: ``M`` (3, 4 or 5), ``beta`` (OVA-IB's minimality weight; default 1,
+Config arguments: ``M`` (3, 4 or 5), ``beta`` (the minimality weight of OVA-IB and of
+``ova_ib_comm``, OVA-IB plus CoMM's self-contrast; default 1,
 the paper's: the benchmark shows what minimality costs in unique information),
 ``objective=NAME``, ``runlocal``. Temperatures 0.1.
 
@@ -53,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if "tau" in config.objective:
         config.objective.tau = 0.1
-    if arg.objective == "ova_ib":
+    if arg.objective in ("ova_ib", "ova_ib_comm"):
         config.objective.beta = arg.beta
     config.model.encoders = ""  # small_cnn for every view (the dataset's suggestion)
     config.model.small_cnn.features = (16, 32)

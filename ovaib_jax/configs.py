@@ -319,8 +319,6 @@ def changed_keys(recorded: Mapping[str, Any], config: ml_collections.ConfigDict)
     return [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
 
 
-
-
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The run config as recorded in ``WORKDIR/config.json``."""
     return config.to_json_best_effort(indent=2)

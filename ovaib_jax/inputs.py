@@ -302,9 +302,7 @@ class _OnDemand:
         pass
 
 
-def device_batches(
-    iterator: Any, mesh: jax.sharding.Mesh, keys: Sequence[str], ahead: int
-) -> Any:
+def device_batches(iterator: Any, mesh: jax.sharding.Mesh, keys: Sequence[str], ahead: int) -> Any:
     """Global device batches (``keys`` only) of ``iterator``'s host batches.
 
     With ``ahead > 0`` a :class:`Prefetcher` thread converts that many batches ahead of

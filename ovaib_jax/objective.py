@@ -128,7 +128,11 @@ def run_info(
         loss_kwargs=loss_kwargs(config, resolved, model, variables),
         scorer_kwargs={k: v for k, v in resolved.hparams.items() if k in shared},
         projector=projector(resolved, model, variables),
-        fuse=_kwargs(resolved, model, variables["params"]).get("fuse"),
+        fuse=(
+            _kwargs(resolved, model, variables["params"]).get("fuse")
+            if resolved.objective_name in losses.FUSION_SCORED
+            else None
+        ),
         batch_size=int(config.eval_batch_size or config.batch_size),
         num_batches=int(config.eval_num_batches),
     )

@@ -109,8 +109,9 @@ def write_eval_results(workdir: str, results: Mapping[str, Any], latest: bool) -
     if _primary():
         write_json(path, dict(results), indent=2, sort_keys=True)
         if latest:
-            write_json(paths.join(workdir, EVAL_DIR, RESULTS_FILE), dict(results), indent=2,
-                       sort_keys=True)
+            write_json(
+                paths.join(workdir, EVAL_DIR, RESULTS_FILE), dict(results), indent=2, sort_keys=True
+            )
     return path
 
 

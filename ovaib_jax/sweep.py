@@ -217,9 +217,7 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
         # Runs of one objective differ only in the seed (data, not code): with a persistent
         # compilation cache the later seeds skip compiling (minutes for ResNet on CPU).
-        jax.config.update(
-            "jax_compilation_cache_dir", paths.join(flags.FLAGS.workdir, "jax_cache")
-        )
+        jax.config.update("jax_compilation_cache_dir", paths.join(flags.FLAGS.workdir, "jax_cache"))
     flag = flags.FLAGS["config"]
     command = " ".join(shlex.quote(a) for a in ["python", "-m", "ovaib_jax.sweep", *sys.argv[1:]])
     try:

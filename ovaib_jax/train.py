@@ -362,8 +362,10 @@ def _loop(
             is_last = s == total
             log_now = s % config.log_every_steps == 0 or is_last
             ckpt_now = ckpt is not None and (s % config.checkpoint_every_steps == 0 or is_last)
-            eval_now = evaluation is not None and bool(evaluation.evaluators) and (
-                s % config.eval_every_steps == 0 or is_last
+            eval_now = (
+                evaluation is not None
+                and bool(evaluation.evaluators)
+                and (s % config.eval_every_steps == 0 or is_last)
             )
             preempted = preemption.reached(s)
             if log_now or ckpt_now or eval_now or preempted:

@@ -191,7 +191,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
         lines = [f"  {k}: {flat.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in fixed]
         raise ResumeError(
             f"{workdir} holds a run trained with another config; a rerun may change only "
-            f"{', '.join(configs.RESUMABLE_FIELDS)}. Differs in:\n" + "\n".join(lines)
+            f"{', '.join(configs.RESUMABLE_FIELDS)}. Differs in:\n"
+            + "\n".join(lines)
             + "\nUse another --workdir for a new run (nothing was changed in this one)."
         )
     total, was = int(config.num_train_steps), int(recorded.get("num_train_steps", 0))

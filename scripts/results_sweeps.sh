@@ -6,7 +6,8 @@
 #   beta sweeps again at the paper's tau = 0.01 with 5 seeds; trifeature_m3, OVA-IB against
 #   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
-#   colour-bit retrieval of every trifeature run already there; trifeature_m45, M = 4 and 5)
+#   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
+#   span + product score plus CoMM's self-contrast; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -154,6 +155,12 @@ for section in $SECTIONS; do
       --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300
     colour_retrieval ;;
   trifeature_colour) colour_retrieval ;;  # for trifeature runs made before it was added
+  trifeature_m3_ova_comm)  # section 6's second candidate: the span + product score plus
+    # CoMM's self-contrast (the term that rewards a view's unique factors, THEORY section 6)
+    $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_comm \
+      --workdir=$ROOT/trifeature_m3_ova_comm --objectives=ova_ib_comm \
+      --config.objective.product_weight=1.0 --config.eval_every_steps=300
+    colour_retrieval ;;
   trifeature_m45)  # the moonshot's M = 4 and 5 (not yet run): the projection score, the span
     # + product score and the best baselines of M = 3 (build m4 and m5 first:
     # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5).

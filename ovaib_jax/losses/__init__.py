@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ovaib_jax.losses.fusion import comm, confu, fusion_score, mean_fusion
+from ovaib_jax.losses.fusion import comm, confu, fusion_score, mean_fusion, ova_ib_comm
 from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency, product_projector
 from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
 from ovaib_jax.losses.scores import (
@@ -46,6 +46,7 @@ OBJECTIVES: dict[str, Callable] = {
     "triangle": triangle,
     "confu": confu,
     "comm": comm,
+    "ova_ib_comm": ova_ib_comm,
 }
 
 # Each objective's own similarity, for retrieval (SPEC section 4).
@@ -65,25 +66,31 @@ SCORERS: dict[str, Callable] = {
     # the fused candidate modality).
     "confu": clip_score,
     "comm": clip_score,
+    # OVA-IB + CoMM's self-contrast: retrieval by the one-vs-all score it trains.
+    "ova_ib_comm": ova_score,
 }
 
 
 # What the trainer and the evaluators need to know of each objective, stated here rather
 # than read from signatures (tests/losses check these tables against the signatures).
 # Objectives that take a PRNG ``key`` (random negatives): the trainer passes the step's key.
-TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile"})
+TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile", "ova_ib_comm"})
 # Objectives whose ``projector`` is always the model's learned MLP projector (one MLP per
 # held-out modality on the concatenated embeddings of the others): ConFu's fusion heads.
 # The trainer builds it and passes it, as for OVA's ``projector="mlp"``.
 LEARNED_PROJECTOR = frozenset({"confu"})
 # Objectives that take the model's masked fusion ``fuse(parts, subset) -> (N, D)`` (CoMM):
 # the trainer builds it and passes it as ``fuse``.
-TAKES_FUSE = frozenset({"comm"})
+TAKES_FUSE = frozenset({"comm", "ova_ib_comm"})
+# Of those, the ones whose evaluators score retrieval with the fusion
+# (``fusion_score``); the others score with their own scorer (``SCORERS``).
+FUSION_SCORED = frozenset({"comm"})
 # The hyper-parameters an objective shares with its retrieval scorer, so that retrieval
 # scores as training did.
 SCORER_HPARAMS: dict[str, tuple[str, ...]] = {
     "ova_ib": ("lam", "product_weight"),
     "ova_sufficiency": ("lam", "product_weight"),
+    "ova_ib_comm": ("lam", "product_weight"),
 }
 # The temperature of each objective: ``tau`` itself, or Symile's ``logit_scale = 1 / tau``.
 TEMPERATURE: dict[str, str] = {
@@ -97,6 +104,7 @@ TEMPERATURE: dict[str, str] = {
     "triangle": "tau",
     "confu": "tau",
     "comm": "tau",
+    "ova_ib_comm": "tau",
 }
 
 
@@ -141,6 +149,7 @@ def get_scorer(name: str) -> Callable:
 
 
 __all__ = [
+    "FUSION_SCORED",
     "LEARNED_PROJECTOR",
     "OBJECTIVES",
     "SCORERS",
@@ -160,6 +169,7 @@ __all__ = [
     "mean_fusion",
     "names",
     "ova_ib",
+    "ova_ib_comm",
     "ova_minimality",
     "ova_score",
     "ova_sufficiency",

@@ -378,3 +378,70 @@ def fusion_score(
     q = _core.l2_normalize(jnp.asarray(fuse(queries, tuple(subset)), jnp.float32))
     c = _core.l2_normalize(jnp.asarray(fuse(cands[None], (m,)), jnp.float32))
     return q @ c.T
+
+
+def ova_ib_comm(
+    z: jax.Array,
+    *,
+    tau: jax.Array | float = 0.01,
+    beta: float = 1.0,
+    lam: float = 1e-8,
+    exclude_positive: bool = False,
+    normalize_minimality: bool = True,
+    product_weight: float = 0.0,
+    negatives: str = "batch",
+    key: jax.Array | None = None,
+    comm_weight: float = 1.0,
+    comm_tau: float = 0.1,
+    fuse: Fuse | None = None,
+    axis_name: _core.AxisName | None = None,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """OVA-IB plus CoMM's self-contrast on the same embeddings (an extension, not in
+    either paper): ``L = ova_ib(z) + comm_weight * comm(z, tau=comm_tau, fuse=fuse)``.
+
+    Why: a one-vs-all (or pairwise, or Symile-type) objective has no reason to keep what a
+    view does not share with the others (docs/THEORY.md section 6), so it keeps the
+    unique factors of a view only incidentally; CoMM contrasts each view's fusion with
+    the fusion of all views, which contains the view itself, and so rewards them. The sum
+    asks for both: the shared and the higher-order (with ``product_weight > 0``)
+    dependence through the one-vs-all score, the unique information through the fused
+    target. Retrieval and the in-batch accuracy score with OVA's score (the
+    hyper-parameters ``lam`` and ``product_weight``).
+
+    Args:
+      z: (M, N, d) embeddings, M >= 2 (N local when sharded).
+      tau, beta, lam, exclude_positive, normalize_minimality, product_weight, negatives,
+        key: :func:`ovaib_jax.losses.ova_ib`'s (no ``projector``).
+      comm_weight: weight >= 0 of the CoMM term (0: ``ova_ib`` alone, its fusion unused).
+      comm_tau: the CoMM term's temperature > 0 (CoMM's 0.1).
+      fuse: the model's masked fusion, as for :func:`comm`.
+      axis_name: mesh axis the batch is sharded over, inside ``jax.shard_map``.
+      chunk_size: candidates per block (both terms).
+
+    Returns:
+      ``(loss, aux)``: every entry of ``ova_ib``'s aux, ``ova_ib`` (its loss), and CoMM's
+      aux under ``comm`` (its loss), ``comm/m{m}`` and ``comm/<key>`` for its other keys
+      (``comm/accuracy``, ``comm/mi_bound/{m}->fused``, ...).
+    """
+    from ovaib_jax.losses.ova import ova_ib
+
+    _core.check_hyperparameter(comm_weight, "comm_weight", "ova_ib_comm", "non_negative")
+    _core.check_hyperparameter(comm_tau, "comm_tau", "ova_ib_comm", "positive")
+    common = dict(axis_name=axis_name, chunk_size=chunk_size)
+    loss_o, aux = ova_ib(
+        z,
+        tau=tau,
+        beta=beta,
+        lam=lam,
+        exclude_positive=exclude_positive,
+        normalize_minimality=normalize_minimality,
+        product_weight=product_weight,
+        negatives=negatives,
+        key=key,
+        **common,
+    )
+    loss_c, aux_c = comm(z, tau=comm_tau, fuse=fuse, **common)
+    aux = dict(aux, ova_ib=loss_o)
+    aux.update({k if k.startswith("comm") else f"comm/{k}": v for k, v in aux_c.items()})
+    return loss_o + comm_weight * loss_c, aux

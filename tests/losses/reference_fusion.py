@@ -158,3 +158,16 @@ def fusion_score(queries, cands, fuse, subset, m):
     q = fuse(np.asarray(queries, np.float64), tuple(subset))
     c = fuse(np.asarray(cands, np.float64)[None], (m,))
     return np.array([[float(unit(qi) @ unit(cj)) for cj in c] for qi in q])
+
+
+def ova_ib_comm(z, tau=0.01, beta=1.0, product_weight=0.0, comm_weight=1.0, comm_tau=0.1,
+                fuse=None):  # fmt: skip
+    """``ova_ib + comm_weight * comm`` from the two literal references; aux: OVA-IB's,
+    ``ova_ib``, and CoMM's under ``comm`` / ``comm/...``."""
+    from tests.losses import reference
+
+    loss_o, aux = reference.ova_ib(z, tau=tau, beta=beta, product_weight=product_weight)
+    loss_c, aux_c = comm(z, tau=comm_tau, fuse=fuse)
+    aux = dict(aux, ova_ib=loss_o)
+    aux.update({k if k.startswith("comm") else f"comm/{k}": v for k, v in aux_c.items()})
+    return loss_o + comm_weight * loss_c, aux

@@ -71,10 +71,16 @@ def _case(name, fusion_kind, m, d):
         kw = {"tau": TAU, "fusion_weight": 0.3, "projector": lib}
         return functools.partial(losses.confu, **kw), lambda z: ref.confu(z, TAU, 0.3, npy)
     lib, npy = _masked_mlp(m, d, width=4) if fusion_kind == "learned" else (None, None)
+    if name == "ova_ib_comm":  # every hyper-parameter of its own away from its default
+        kw = dict(tau=TAU, beta=0.5, product_weight=0.7, comm_weight=0.6, comm_tau=0.2)
+        return (
+            functools.partial(losses.ova_ib_comm, fuse=lib, **kw),
+            lambda z: ref.ova_ib_comm(z, fuse=npy, **kw),
+        )
     return functools.partial(losses.comm, tau=TAU, fuse=lib), lambda z: ref.comm(z, TAU, npy)
 
 
-OBJECTIVES = ("confu", "comm")
+OBJECTIVES = ("confu", "comm", "ova_ib_comm")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,7 +164,9 @@ def test_degenerate_inputs_and_uninformative_scores():
         "collinear": np.stack([base[0], base[1], -3.0 * base[1]]),
         "all_equal": np.broadcast_to(base[0, 0], base.shape).copy(),
     }
-    for name, want in zip(OBJECTIVES, (math.log(6), math.log(11)), strict=True):
+    # OVA-IB + CoMM at its defaults: OVA's log N (no minimality: all equal) + CoMM's
+    wants = (math.log(6), math.log(11), math.log(6) + math.log(11))
+    for name, want in zip(OBJECTIVES, wants, strict=True):
         value_and_grad = jax.jit(jax.value_and_grad(losses.get(name), has_aux=True))
         for label, z in inputs.items():
             (loss, aux), grad = value_and_grad(jnp.asarray(z))
@@ -191,6 +199,20 @@ def test_tables_state_what_each_objective_takes_from_the_model():
             assert "projector" in params, name
     assert losses.TEMPERATURE["confu"] == losses.TEMPERATURE["comm"] == "tau"
     assert losses.get_scorer("confu") is losses.get_scorer("comm") is losses.clip_score
+    # OVA-IB + CoMM trains with the fusion but retrieves with OVA's score
+    assert losses.FUSION_SCORED <= losses.TAKES_FUSE and "ova_ib_comm" not in losses.FUSION_SCORED
+    assert losses.get_scorer("ova_ib_comm") is losses.ova_score
+
+
+def test_run_info_hands_the_fusion_only_to_fusion_scored_objectives():
+    """CoMM's evaluators score with its fusion; OVA-IB + CoMM's with OVA's score (and its
+    shared hyper-parameters), though its objective still gets the fusion."""
+    for name, fused in (("comm", True), ("ova_ib_comm", False)):
+        config, resolved, model, variables = _run(name, fusion=True)
+        info = objective.run_info(config, resolved, model, variables)
+        assert (info.fuse is not None) == fused, name
+        assert "fuse" in info.loss_kwargs, name
+    assert set(info.scorer_kwargs) == {"lam", "product_weight"}
 
 
 def test_fusion_score_matches_literal_and_retrieves_aligned_samples():
@@ -261,12 +283,12 @@ def test_run_objective_uses_the_models_fusion(name):
     as ``projector``; CoMM: the masked fusion, as ``fuse``), and the trainer's objective
     (under shard_map, with only the model's own parameters) equals the objective called
     with them."""
-    fields = {"fusion": True} if name == "comm" else {}
+    fields = {"fusion": True} if name in losses.TAKES_FUSE else {}
     config, resolved, model, variables = _run(name, **fields)
     params = variables["params"]
     z = jax.random.normal(jax.random.key(3), (3, 8, 4))
     kwargs = objective.loss_kwargs(config, resolved, model, variables)
-    if name == "comm":
+    if name in losses.TAKES_FUSE:
         assert set(params["fusion"]) == {"mlp"}
         got = kwargs["fuse"](z[:2], (0, 2))
         want = model.apply({"params": params}, z[:2], (0, 2), method="fuse")

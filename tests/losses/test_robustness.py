@@ -26,6 +26,7 @@ REFERENCES = {
     "triangle": ref.triangle,
     "confu": ref_fusion.confu,
     "comm": ref_fusion.comm,
+    "ova_ib_comm": ref_fusion.ova_ib_comm,
 }
 # Every objective but Symile normalises the embeddings: its value does not depend on the
 # norms (inside the supported range).
@@ -92,7 +93,10 @@ _TERMS = {"pairwise_clip": 3, "pairwise_clip_ib": 3, "anchor_clip": 2}
 def _tied_loss(name, n):
     """The loss when every score ties: log(#candidates) per InfoNCE term (CoMM's NT-Xent
     has 2N - 1 candidates)."""
-    return np.log(2 * n - 1) if name == "comm" else _TERMS.get(name, 1) * np.log(n)
+    comm = np.log(2 * n - 1)
+    return {"comm": comm, "ova_ib_comm": np.log(n) + comm}.get(
+        name, _TERMS.get(name, 1) * np.log(n)
+    )
 
 
 @pytest.mark.parametrize("name", losses.names())

@@ -57,6 +57,7 @@ OWN_SCORE = {
     "triangle": "triangle",
     "confu": "clip",
     "comm": "clip",
+    "ova_ib_comm": "ova",
 }
 
 
