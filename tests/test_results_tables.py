@@ -110,6 +110,7 @@ def test_against_best_picks_the_best_other_per_metric(tmp_path):
     cand = {"acc": (0.7, 0.6, 0.8), "r": (0.5, 0.3, 0.4)}
     b = {"acc": (0.8, 0.7, 0.9), "r": (0.1, 0.1, 0.1)}
     c = {"acc": (0.1, 0.1, 0.1), "r": (0.4, 0.4, 0.4)}
+    cand["own"] = (1.0, 1.0, 1.0)  # only the candidate has it: nothing to pair with
     for i, seed in enumerate((0, 1, 2)):
         for obj, vals in (("cand", cand), ("b", b), ("c", c)):
             _run(root, "s", obj, seed, {"downstream": {k: v[i] for k, v in vals.items()}})
@@ -117,7 +118,12 @@ def test_against_best_picks_the_best_other_per_metric(tmp_path):
         "t",
         rt.Row("cand", "s", "cand"),
         (rt.Row("B", "s", "b"), rt.Row("C", "s", "c")),
-        (("acc", "downstream/acc"), ("r", "downstream/r"), ("none", "downstream/none")),
+        (
+            ("acc", "downstream/acc"),
+            ("r", "downstream/r"),
+            ("none", "downstream/none"),
+            ("own", "downstream/own"),
+        ),
     )
     text, raw = rt.render_against_best(item, root)
     lines = text.splitlines()
@@ -125,7 +131,8 @@ def test_against_best_picks_the_best_other_per_metric(tmp_path):
     assert lines[4].endswith("| below the best | 3 |")
     assert lines[5].startswith("| r | C | 0.400 ± 0.000 | 0.400 ± 0.100 |")
     assert lines[5].endswith("| tie with the best | 3 |")
-    assert lines[6] == "| none | not run | not run | not run | not run | not run | 0 |"
+    assert lines[6] == "| none | not run | not run | not run | not run | not run | - |"
+    assert lines[7] == "| own | - | - | - | - | needs 2+ paired seeds | - |"
     assert raw["r"]["best"] == "C" and np.isclose(raw["acc"]["diff"]["mean"], -0.1)
 
 

@@ -413,8 +413,11 @@ def ova_ib_comm(
       z: (M, N, d) embeddings, M >= 2 (N local when sharded).
       tau, beta, lam, exclude_positive, normalize_minimality, product_weight, negatives,
         key: :func:`ovaib_jax.losses.ova_ib`'s (no ``projector``).
-      comm_weight: weight >= 0 of the CoMM term (0: ``ova_ib`` alone, its fusion unused).
-      comm_tau: the CoMM term's temperature > 0 (CoMM's 0.1).
+      comm_weight: weight >= 0 of the CoMM term (0: the value and gradient of ``ova_ib``
+        alone; the CoMM term is still computed and logged, and the model still builds the
+        fusion, which then gets no gradient).
+      comm_tau: the CoMM term's temperature > 0 (CoMM's 0.1); fixed even when the model
+        learns the temperature (``model.learnable_temperature`` learns ``tau`` only).
       fuse: the model's masked fusion, as for :func:`comm`.
       axis_name: mesh axis the batch is sharded over, inside ``jax.shard_map``.
       chunk_size: candidates per block (both terms).

@@ -220,6 +220,8 @@ _HPARAMS = [
     (losses.gram, "label_smoothing", "in [0, 1)"),
     (losses.triangle, "tau", "> 0"),
     (losses.triangle, "label_smoothing", "in [0, 1)"),
+    (losses.ova_ib_comm, "comm_weight", ">= 0"),
+    (losses.ova_ib_comm, "comm_tau", "> 0"),
     (losses.ova_score, "lam", "> 0"),
     (losses.ova_score, "product_weight", ">= 0"),
 ]

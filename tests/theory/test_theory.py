@@ -480,9 +480,16 @@ def test_one_vs_all_target_ignores_unique_information():
     p = info.joint(sample, [range(3)] + [range(2)] * 5)
     x0, rest, z0_drop, task = [0], [1, 2], [3], [4]
     target = math.log2(3) + 1  # the shape and the colour bit c_0 = c_1 xor c_2
-    # one-vs-all target: the same with or without u_0
+    # one-vs-all target: the same with or without u_0; so are the pairwise ones and TC
     assert info.mutual_information(p, x0, rest) == pytest.approx(target, abs=1e-12)
     assert info.mutual_information(p, z0_drop, rest) == pytest.approx(target, abs=1e-12)
+    for j in (1, 2):  # the shape only: each colour bit is independent of any other one
+        assert info.mutual_information(p, x0, [j]) == pytest.approx(math.log2(3), abs=1e-12)
+        assert info.mutual_information(p, z0_drop, [j]) == pytest.approx(math.log2(3), abs=1e-12)
+    tc_keep = info.total_correlation(info.marginal(p, [0, 1, 2]))
+    tc_drop = info.total_correlation(info.marginal(p, [1, 2, 3]))
+    assert tc_keep == pytest.approx(tc_drop, abs=1e-12)
+    assert tc_keep == pytest.approx(2 * math.log2(3) + 1, abs=1e-12)  # shape twice + XOR
     # a self-contrast target H(z_0) rewards u_0 by exactly its one bit
     assert info.entropy(p, x0) == pytest.approx(math.log2(3) + 2, abs=1e-12)
     assert info.entropy(p, z0_drop) == pytest.approx(math.log2(3) + 1, abs=1e-12)
