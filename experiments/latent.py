@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if "tau" in config.objective:
         config.objective.tau = 0.1
-    if arg.objective == "ova_ib":
+    if arg.objective in ("ova_ib", "ova_ib_comm"):
         config.objective.beta = arg.beta
     evaluation_setup(
         config,

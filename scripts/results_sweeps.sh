@@ -7,7 +7,8 @@
 #   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
-#   span + product score plus CoMM's self-contrast; trifeature_m45, M = 4 and 5)
+#   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
+#   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -162,6 +163,15 @@ for section in $SECTIONS; do
       --workdir=$ROOT/trifeature_m3_ova_comm --objectives=ova_ib_comm \
       --config.objective.product_weight=1.0 --config.eval_every_steps=300
     colour_retrieval ;;
+  moonshot_retention)  # section 6's other half: the candidates' retrieval on ovaib_latent
+    # M = 3 and uci_mfeat against the projection's (latent_tau / mfeat_tau, beta = 0)
+    for c in "span_product ova_ib" "ova_comm ova_ib_comm"; do
+      set -- $c
+      $S5 --config=experiments/latent.py:beta=0 --workdir=$ROOT/latent_tau0.01_$1 $F \
+        --objectives=$2 $T001 --config.objective.beta=0 --config.objective.product_weight=1.0
+      $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_$1 $F \
+        --objectives=$2 $T001 --config.objective.beta=0 --config.objective.product_weight=1.0
+    done ;;
   trifeature_m45)  # the moonshot's M = 4 and 5 (not yet run): the projection score, the span
     # + product score and the best baselines of M = 3 (build m4 and m5 first:
     # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5).
