@@ -149,6 +149,20 @@ class AgainstBest:
     digits: int = 3
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Does ``candidate`` keep at least ``fraction`` of ``reference``'s value on each
+    metric (issue 13 section 6: 95 % of the projection's retrieval)? Tested on the paired
+    differences candidate - fraction x reference."""
+
+    title: str
+    candidate: Row
+    reference: Row
+    metrics: tuple[tuple[str, str], ...]
+    fraction: float = 0.95
+    digits: int = 3
+
+
 # The beta sweeps at the paper's tau = 0.01 (issue 13 section 2): beta = 0 and the paper's
 # beta = 1, 5 seeds (the tau = 0.1 rows are in the earlier tables, 3 seeds).
 TAU_SETTINGS = (
@@ -330,7 +344,33 @@ TABLES: list[Table] = [
     *tau_tables()[0],
     *trifeature_tables()[0],
 ]
+
+
+def retention_tables() -> list[Retention]:
+    """The moonshot candidates' retrieval on ovaib_latent M = 3 and uci_mfeat against the
+    projection score's (tau = 0.01, beta = 0, 5 seeds; issue 13 section 6)."""
+    metrics = (("retrieval R@1", "retrieval/R@1"), ("retrieval mAP", "retrieval/mAP"))
+    out = []
+    for title, prefix in (("ovaib_latent M = 3", "latent"), ("mfeat", "mfeat")):
+        reference = Row("ova_ib (projection)", f"{prefix}_tau0.01_beta0", "ova_ib")
+        for label, sweep, objective in (
+            (SPAN_PRODUCT, "span_product", "ova_ib"),
+            (OVA_COMM, "ova_comm", "ova_ib_comm"),
+        ):
+            candidate = Row(label, f"{prefix}_tau0.01_{sweep}", objective)
+            out.append(
+                Retention(
+                    f"{title}, tau = 0.01: {label} keeps 95 % of the projection's retrieval?",
+                    candidate,
+                    reference,
+                    metrics,
+                )
+            )
+    return out
+
+
 COMPARISONS: list[Comparison] = tau_tables()[1] + trifeature_tables()[1]
+RETENTION: list[Retention] = retention_tables()
 AGAINST_BEST: list[AgainstBest] = trifeature_tables()[2]
 
 
@@ -505,6 +545,39 @@ def render_against_best(item: AgainstBest, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
+def render_retention(item: Retention, root: str) -> tuple[str, dict]:
+    """Per metric: reference and candidate (mean ± std over the seeds both ran), their
+    ratio of means, candidate - fraction x reference with its paired bootstrap 95 %
+    interval, and the verdict: "keeps" (interval above 0), "fails" (below) or "cannot
+    tell" (it covers 0)."""
+    f = item.fraction
+    head = ["metric", item.reference.label, item.candidate.label, "ratio of means",
+            f"cand. - {f:g} x ref. [95 %]", "verdict", "seeds"]  # fmt: skip
+    lines = [f"#### {item.title}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * 4 + [":---", "---:"]) + "|")
+    runs_c = {os.path.basename(d): d for d in _runs(root, item.candidate)}
+    runs_r = {os.path.basename(d): d for d in _runs(root, item.reference)}
+    raw: dict = {}
+    d = item.digits
+    for col, key in item.metrics:
+        pairs = [(_lookup(runs_c[s], key), _lookup(runs_r[s], key)) for s in runs_c if s in runs_r]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if len(pairs) < 2:
+            lines.append(f"| {col} | " + " | ".join(["not run"] * 5) + f" | {len(pairs)} |")
+            continue
+        c, r = (list(v) for v in zip(*pairs))
+        diff = stats.paired_bootstrap(c, [f * v for v in r])
+        verdict = {"A better": "keeps", "B better": "fails"}.get(
+            stats.verdict(diff, "A", "B"), "cannot tell"
+        )
+        ratio = float(np.mean(c) / np.mean(r)) if np.mean(r) else float("nan")
+        raw[col] = {"candidate": c, "reference": r, "ratio": ratio, "diff": diff._asdict()}
+        interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
+        cells = [_fmt(r, d), _fmt(c, d), f"{ratio:.2f}", interval, verdict, str(diff.n)]
+        lines.append(f"| {col} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), raw
+
+
 def update_markdown(path: str, texts: dict[str, str]) -> None:
     """Replaces each marked block of ``path`` whose title is in ``texts``."""
     with open(path) as f:
@@ -531,6 +604,7 @@ def main() -> None:
     everything, texts = {}, {}
     items = [(t, render) for t in TABLES] + [(c, render_comparison) for c in COMPARISONS]
     items += [(c, render_against_best) for c in AGAINST_BEST]
+    items += [(c, render_retention) for c in RETENTION]
     for item, render_item in items:
         if args.only and args.only not in item.title:
             continue

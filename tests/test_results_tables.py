@@ -154,3 +154,27 @@ def test_last_fifth_fall_reads_the_logged_curve(tmp_path):
     assert rt._lookup(str(run), "fifth:" + key) == 0.25
     assert rt._lookup(str(run), "fifth:train/loss") is None  # one step only
     assert rt._lookup(str(tmp_path), "fifth:" + key) is None  # no metrics.jsonl
+
+
+def test_retention_tests_the_candidate_against_a_fraction_of_the_reference(tmp_path):
+    """Reference 1.0, 0.8, 0.6; candidate exactly 0.5 x it on "low" (fails 95 %), exactly
+    it on "same" (keeps: cand - 0.95 ref = 0.05 x ref > 0 on every seed)."""
+    rt = _module()
+    root = str(tmp_path)
+    for seed, ref in zip((0, 1, 2), (1.0, 0.8, 0.6)):
+        _run(root, "s", "ova_ib", seed, {"retrieval": {"low": ref, "same": ref}})
+        _run(root, "s", "cand", seed, {"retrieval": {"low": 0.5 * ref, "same": ref}})
+    item = rt.Retention(
+        "t",
+        rt.Row("cand", "s", "cand"),
+        rt.Row("ref", "s", "ova_ib"),
+        (("low", "retrieval/low"), ("same", "retrieval/same"), ("x", "retrieval/x")),
+    )
+    text, raw = rt.render_retention(item, root)
+    lines = text.splitlines()
+    assert lines[4].startswith("| low | 0.800 ± 0.200 | 0.400 ± 0.100 | 0.50 | -0.360 [")
+    assert lines[4].endswith("| fails | 3 |")
+    assert lines[5].startswith("| same | 0.800 ± 0.200 | 0.800 ± 0.200 | 1.00 | +0.040 [")
+    assert lines[5].endswith("| keeps | 3 |")
+    assert lines[6] == "| x | not run | not run | not run | not run | not run | 0 |"
+    assert np.isclose(raw["low"]["ratio"], 0.5)
