@@ -25,26 +25,29 @@ T001="--config.objective.tau=0.01"
 F="--config.final_evaluators=downstream,retrieval"
 ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
 
+# Evaluates every finished run matching a glob again from its last checkpoint, with the
+# given evaluate --set flags; writes eval/results.json (runs that have one are skipped).
+evaluate_again() {
+  local pattern=$1
+  shift
+  for run in $pattern; do
+    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
+    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= "$@" > /dev/null
+  done
+}
+
 # The latent probes again on each modality's embedding z (what the minimality term acts on).
 embedding_probes() {
-  for run in "$ROOT"/latent_*/*/seed_*; do
-    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
-    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
-      --set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding \
-      > /dev/null
-  done
+  evaluate_again "$ROOT/latent_*/*/seed_*" --set=final_evaluators=downstream \
+    --set=evaluator_kwargs.downstream.features=embedding
 }
 
 # The trifeature retrieval again with the colour bit joined to the shape (a candidate view
 # is relevant when it has the query's shape and the colour bit the query's views imply):
-# the higher-order test shape-only relevance cannot make. Writes eval/results.json.
+# the higher-order test shape-only relevance cannot make.
 colour_retrieval() {
-  for run in "$ROOT"/trifeature_*/*/seed_*; do
-    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
-    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= \
-      --set=final_evaluators=retrieval --set=evaluator_kwargs.retrieval.candidate_targets=color_bits \
-      > /dev/null
-  done
+  evaluate_again "$ROOT/trifeature_*/*/seed_*" --set=final_evaluators=retrieval \
+    --set=evaluator_kwargs.retrieval.candidate_targets=color_bits
 }
 
 for section in $SECTIONS; do
