@@ -8,7 +8,8 @@
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
-#   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m45, M = 4 and 5)
+#   ovaib_latent and uci_mfeat at tau = 0.01; symile_stable, Symile's rows of sections 3
+#   and 4 at its stable default; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -175,6 +176,12 @@ for section in $SECTIONS; do
       $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_$1 $F \
         --objectives=$2 $T001 --config.objective.beta=0 --config.objective.product_weight=1.0
     done ;;
+  symile_stable)  # Symile at its stable default (normalised, learnable logit scale): the
+    # runs of sections 3 and 4 were made with the previous one (unnormalised, scale 1)
+    $S --config=experiments/latent.py:M=5 --workdir=$ROOT/latent_m5_symile_stable $F \
+      --objectives=symile
+    $S --config=experiments/latent.py --workdir=$ROOT/latent_symile_stable $F --objectives=symile
+    $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_symile_stable --objectives=symile ;;
   trifeature_m45)  # the moonshot's M = 4 and 5 (not yet run): the projection score, the span
     # + product score and the best baselines of M = 3 (build m4 and m5 first:
     # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5).
