@@ -152,11 +152,10 @@ for section in $SECTIONS; do
         --objectives=$o --config.eval_every_steps=300
     done
     colour_retrieval ;;
-  trifeature_m3_rest)  # the other baselines on the same data and budget (anchor_clip not
-    # run yet: add it to the list), then the span +
+  trifeature_m3_rest)  # the other baselines on the same data and budget, then the span +
     # product score (product_weight = 1, beta = 0): a first candidate for section 6.
     $S5 --config=experiments/trifeature.py:M=3 --workdir=$ROOT/trifeature_m3_baselines \
-      --objectives=gram,triangle,pairwise_clip --config.eval_every_steps=300
+      --objectives=gram,triangle,pairwise_clip,anchor_clip --config.eval_every_steps=300
     $S5 --config=experiments/trifeature.py:M=3,beta=0 --workdir=$ROOT/trifeature_m3_span_product \
       --objectives=ova_ib --config.objective.product_weight=1.0 --config.eval_every_steps=300
     colour_retrieval ;;
