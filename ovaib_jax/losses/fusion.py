@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ovaib_jax.losses import _core
+from ovaib_jax.losses.ova import ova_ib
 
 # ``projector(rest (M-1, K, d), m) -> (K, d)``: fuses the remaining modalities of held-out m.
 Projector = Callable[[jax.Array, int], jax.Array]
@@ -427,8 +428,6 @@ def ova_ib_comm(
       aux under ``comm`` (its loss), ``comm/m{m}`` and ``comm/<key>`` for its other keys
       (``comm/accuracy``, ``comm/mi_bound/{m}->fused``, ...).
     """
-    from ovaib_jax.losses.ova import ova_ib
-
     _core.check_hyperparameter(comm_weight, "comm_weight", "ova_ib_comm", "non_negative")
     _core.check_hyperparameter(comm_tau, "comm_tau", "ova_ib_comm", "positive")
     common = dict(axis_name=axis_name, chunk_size=chunk_size)

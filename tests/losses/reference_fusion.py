@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from tests.losses import reference
+
 
 def unit(x: np.ndarray) -> np.ndarray:
     """Each vector (last axis) over its norm; a zero vector stays zero."""
@@ -164,8 +166,6 @@ def ova_ib_comm(z, tau=0.01, beta=1.0, product_weight=0.0, comm_weight=1.0, comm
                 fuse=None):  # fmt: skip
     """``ova_ib + comm_weight * comm`` from the two literal references; aux: OVA-IB's,
     ``ova_ib``, and CoMM's under ``comm`` / ``comm/...``."""
-    from tests.losses import reference
-
     loss_o, aux = reference.ova_ib(z, tau=tau, beta=beta, product_weight=product_weight)
     loss_c, aux_c = comm(z, tau=comm_tau, fuse=fuse)
     aux = dict(aux, ova_ib=loss_o)
