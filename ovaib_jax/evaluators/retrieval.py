@@ -216,8 +216,8 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
 def joint_labels(*columns: np.ndarray) -> np.ndarray:
     """(N,) int ids of the distinct rows of the stacked (N,) label columns: two samples
     share an id iff they agree in every column."""
-    rows = np.stack([np.asarray(c).reshape(len(c), -1) for c in columns], 1)
-    _, ids = np.unique(rows.reshape(len(rows), -1), axis=0, return_inverse=True)
+    rows = np.stack([np.asarray(c).reshape(-1) for c in columns], 1)  # (N, columns)
+    _, ids = np.unique(rows, axis=0, return_inverse=True)
     return ids.reshape(-1)
 
 
