@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # projection score plus w cos(z_m, prod z_-m), an extension; 0 = the paper's score).
     # chunk_size: candidates per block of the blocked (memory-bounded) form, 0 = unblocked.
     config.objective = objective_config(arg.objective)
-    if arg.objective in ("ova_ib", "ova_ib_comm"):
+    if arg.objective.startswith("ova_ib"):  # ova_ib, ova_ib_comm, ova_ib_heads
         # SPEC section 8: at tau = 0.1 and beta = 0 OVA-IB solves small parity problems;
         # the paper's tau = 0.01 / beta = 1 learn much more slowly on this benchmark.
         config.objective.tau = 0.1

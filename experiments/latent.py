@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if "tau" in config.objective:
         config.objective.tau = 0.1
-    if arg.objective in ("ova_ib", "ova_ib_comm"):
+    if arg.objective.startswith("ova_ib"):  # ova_ib, ova_ib_comm, ova_ib_heads
         config.objective.beta = arg.beta
     evaluation_setup(
         config,

@@ -8,7 +8,8 @@
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
-#   ovaib_latent and uci_mfeat at tau = 0.01; symile_stable, Symile's rows of sections 3
+#   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads and
+#   moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable, Symile's rows of sections 3
 #   and 4 at its stable default; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
@@ -175,6 +176,17 @@ for section in $SECTIONS; do
       $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_$1 $F \
         --objectives=$2 $T001 --config.objective.beta=0 --config.objective.product_weight=1.0
     done ;;
+  trifeature_m3_heads)  # section 6's third candidate: OVA-IB on separate heads of one
+    # embedding (span, product and self-contrast heads, each with its own term)
+    $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m3_heads --objectives=ova_ib_heads --config.eval_every_steps=300
+    colour_retrieval ;;
+  moonshot_retention_heads)  # the third candidate's retrieval on ovaib_latent M = 3 and
+    # uci_mfeat against the projection's (as moonshot_retention)
+    $S5 --config=experiments/latent.py:beta=0 --workdir=$ROOT/latent_tau0.01_heads $F \
+      --objectives=ova_ib_heads $T001 --config.objective.beta=0
+    $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_heads $F \
+      --objectives=ova_ib_heads $T001 --config.objective.beta=0 ;;
   symile_stable)  # Symile at its stable default (normalised, learnable logit scale): the
     # runs of sections 3 and 4 were made with the previous one (unnormalised, scale 1)
     $S --config=experiments/latent.py:M=5 --workdir=$ROOT/latent_m5_symile_stable $F \

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ovaib_jax.losses.fusion import comm, confu, fusion_score, mean_fusion, ova_ib_comm
+from ovaib_jax.losses.heads import head_sizes, ova_heads_score, ova_ib_heads
 from ovaib_jax.losses.ova import ova_ib, ova_minimality, ova_sufficiency, product_projector
 from ovaib_jax.losses.pairwise import anchor_clip, pairwise_clip, pairwise_clip_ib
 from ovaib_jax.losses.scores import (
@@ -47,6 +48,7 @@ OBJECTIVES: dict[str, Callable] = {
     "confu": confu,
     "comm": comm,
     "ova_ib_comm": ova_ib_comm,
+    "ova_ib_heads": ova_ib_heads,
 }
 
 # Each objective's own similarity, for retrieval (SPEC section 4).
@@ -68,20 +70,22 @@ SCORERS: dict[str, Callable] = {
     "comm": clip_score,
     # OVA-IB + CoMM's self-contrast: retrieval by the one-vs-all score it trains.
     "ova_ib_comm": ova_score,
+    # OVA-IB on separate heads: the span head's projection score plus its product head's.
+    "ova_ib_heads": ova_heads_score,
 }
 
 
 # What the trainer and the evaluators need to know of each objective, stated here rather
 # than read from signatures (tests/losses check these tables against the signatures).
 # Objectives that take a PRNG ``key`` (random negatives): the trainer passes the step's key.
-TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile", "ova_ib_comm"})
+TAKES_KEY = frozenset({"ova_ib", "ova_sufficiency", "symile", "ova_ib_comm", "ova_ib_heads"})
 # Objectives whose ``projector`` is always the model's learned MLP projector (one MLP per
 # held-out modality on the concatenated embeddings of the others): ConFu's fusion heads.
 # The trainer builds it and passes it, as for OVA's ``projector="mlp"``.
 LEARNED_PROJECTOR = frozenset({"confu"})
 # Objectives that take the model's masked fusion ``fuse(parts, subset) -> (N, D)`` (CoMM):
 # the trainer builds it and passes it as ``fuse``.
-TAKES_FUSE = frozenset({"comm", "ova_ib_comm"})
+TAKES_FUSE = frozenset({"comm", "ova_ib_comm", "ova_ib_heads"})
 # Of those, the ones whose evaluators score retrieval with the fusion
 # (``fusion_score``); the others score with their own scorer (``SCORERS``).
 FUSION_SCORED = frozenset({"comm"})
@@ -91,6 +95,7 @@ SCORER_HPARAMS: dict[str, tuple[str, ...]] = {
     "ova_ib": ("lam", "product_weight"),
     "ova_sufficiency": ("lam", "product_weight"),
     "ova_ib_comm": ("lam", "product_weight"),
+    "ova_ib_heads": ("lam", "product_share", "product_weight", "comm_share"),
 }
 # The temperature of each objective: ``tau`` itself, or Symile's ``logit_scale = 1 / tau``.
 TEMPERATURE: dict[str, str] = {
@@ -105,6 +110,7 @@ TEMPERATURE: dict[str, str] = {
     "confu": "tau",
     "comm": "tau",
     "ova_ib_comm": "tau",
+    "ova_ib_heads": "tau",
 }
 
 
@@ -166,10 +172,13 @@ __all__ = [
     "get_scorer",
     "gram",
     "gram_score",
+    "head_sizes",
     "mean_fusion",
     "names",
+    "ova_heads_score",
     "ova_ib",
     "ova_ib_comm",
+    "ova_ib_heads",
     "ova_minimality",
     "ova_score",
     "ova_sufficiency",

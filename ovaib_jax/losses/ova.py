@@ -35,9 +35,12 @@ def product_projector(rest: jax.Array, m: int) -> jax.Array:
     the sign of one remaining embedding flips the score (the span, and so the projection
     score, does not move), and it can express multiplicative (parity) dependence that a
     span test cannot (docs/RESULTS.md, section 1). Not in the paper: an extension.
+
+    The factors are normalised before the product (the cosine does not change): a raw
+    product of M-1 embeddings of norm 1e-6 (or 1e6) under- (or over-)flows float32.
     """
     del m
-    return jnp.prod(rest, axis=0)
+    return jnp.prod(_core.l2_normalize(rest), axis=0)
 
 
 NEGATIVE_MODES = ("batch", "shuffled")

@@ -171,3 +171,32 @@ def ova_ib_comm(z, tau=0.01, beta=1.0, product_weight=0.0, comm_weight=1.0, comm
     aux = dict(aux, ova_ib=loss_o)
     aux.update({k if k.startswith("comm") else f"comm/{k}": v for k, v in aux_c.items()})
     return loss_o + comm_weight * loss_c, aux
+
+
+def ova_ib_heads(z, tau=0.01, beta=1.0, product_share=0.25, product_weight=1.0,
+                 comm_share=0.25, comm_weight=1.0, comm_tau=0.1, fuse=None):  # fmt: skip
+    """OVA-IB on separate heads from the literal references: the last axis split into
+    [span | product | comm] (a share s > 0: max(1, round(s d)) dimensions, the span head
+    the rest); ``ova_ib`` on the span head, the one-vs-all InfoNCE of
+    cos(z_m, prod of the others) on the product head, CoMM on the comm head's dimensions
+    with every other dimension zero. aux: the span head's, ``ova_ib``, ``product`` and
+    ``product/...``, ``comm`` and ``comm/...``."""
+    z = np.asarray(z, np.float64)
+    d = z.shape[-1]
+    p, c = (max(1, round(s * d)) if s > 0 else 0 for s in (product_share, comm_share))
+    span = d - p - c
+    loss, aux = reference.ova_ib(z[..., :span], tau=tau, beta=beta)
+    aux = dict(aux, ova_ib=loss)
+    if p:
+        loss_p, aux_p = reference.ova_sufficiency(
+            z[..., span : span + p], tau=tau, projector=lambda tup, m: np.prod(tup, axis=0)
+        )
+        aux.update({"product": loss_p, **{f"product/{k}": v for k, v in aux_p.items()}})
+        loss += product_weight * loss_p
+    if c:
+        masked = np.zeros_like(z)
+        masked[..., span + p :] = z[..., span + p :]
+        loss_c, aux_c = comm(masked, tau=comm_tau, fuse=fuse)
+        aux.update({k if k.startswith("comm") else f"comm/{k}": v for k, v in aux_c.items()})
+        loss += comm_weight * loss_c
+    return loss, aux

@@ -77,10 +77,23 @@ def _case(name, fusion_kind, m, d):
             functools.partial(losses.ova_ib_comm, fuse=lib, **kw),
             lambda z: ref.ova_ib_comm(z, fuse=npy, **kw),
         )
+    if name == "ova_ib_heads":  # every hyper-parameter of its own away from its default
+        kw = dict(tau=TAU, beta=0.5, product_share=0.3, product_weight=0.7, comm_share=0.2,
+                  comm_weight=0.6, comm_tau=0.2)  # fmt: skip
+        return (
+            functools.partial(losses.ova_ib_heads, fuse=lib, **kw),
+            lambda z: ref.ova_ib_heads(z, fuse=npy, **kw),
+        )
     return functools.partial(losses.comm, tau=TAU, fuse=lib), lambda z: ref.comm(z, TAU, npy)
 
 
-OBJECTIVES = ("confu", "comm", "ova_ib_comm")
+OBJECTIVES = ("confu", "comm", "ova_ib_comm", "ova_ib_heads")
+
+
+def _width(name):
+    """The embedding width of the value tests: 8 for the heads (4 + 2 + 2 dimensions at
+    the shares of ``_case``), else 3."""
+    return 8 if name == "ova_ib_heads" else 3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,7 +110,7 @@ def test_default_fusion_values_match_literal_reference(name):
     """The loss and EVERY aux entry (the keys too) with the parameter-free fusion, M = 2
     and 4 (M = 3 below, with a learned fusion)."""
     for m in (2, 4):
-        z = _z(m, seed=m)
+        z = _z(m, d=_width(name), seed=m)
         fn, reference = _case(name, "default", m, z.shape[2])
         chex.assert_trees_all_close(
             jax.jit(fn)(z), reference(np.asarray(z)), rtol=2e-5, atol=2e-5,
@@ -130,8 +143,8 @@ def test_value_gradient_chunked_and_sharded_forms(name, mesh):
     of them) against its finite differences; blocks of 3 candidates (the last one shifted
     back) and ``jax.shard_map`` over 4 fake CPU devices (the fusion applied to each
     device's rows) give the same loss, aux and gradient."""
-    z = _z(3, n=8, d=3, seed=11)
-    fn, reference = _case(name, "learned", 3, 3)
+    z = _z(3, n=8, d=_width(name), seed=11)
+    fn, reference = _case(name, "learned", 3, _width(name))
     value_and_grad = jax.value_and_grad(lambda z, chunk=None: fn(z, chunk_size=chunk), has_aux=True)
     (loss, aux), grad = jax.jit(value_and_grad)(z)
     chex.assert_trees_all_close((loss, aux), reference(np.asarray(z)), rtol=2e-5, atol=2e-5)
@@ -165,7 +178,8 @@ def test_degenerate_inputs_and_uninformative_scores():
         "all_equal": np.broadcast_to(base[0, 0], base.shape).copy(),
     }
     # OVA-IB + CoMM at its defaults: OVA's log N (no minimality: all equal) + CoMM's
-    wants = (math.log(6), math.log(11), math.log(6) + math.log(11))
+    # OVA-IB on heads at its defaults: the span and product heads' log N + CoMM's
+    wants = (math.log(6), math.log(11), math.log(6) + math.log(11), 2 * math.log(6) + math.log(11))
     for name, want in zip(OBJECTIVES, wants, strict=True):
         value_and_grad = jax.jit(jax.value_and_grad(losses.get(name), has_aux=True))
         for label, z in inputs.items():
@@ -202,17 +216,68 @@ def test_tables_state_what_each_objective_takes_from_the_model():
     # OVA-IB + CoMM trains with the fusion but retrieves with OVA's score
     assert losses.FUSION_SCORED <= losses.TAKES_FUSE and "ova_ib_comm" not in losses.FUSION_SCORED
     assert losses.get_scorer("ova_ib_comm") is losses.ova_score
+    assert "ova_ib_heads" not in losses.FUSION_SCORED
+    assert losses.get_scorer("ova_ib_heads") is losses.ova_heads_score
 
 
 def test_run_info_hands_the_fusion_only_to_fusion_scored_objectives():
     """CoMM's evaluators score with its fusion; OVA-IB + CoMM's with OVA's score (and its
     shared hyper-parameters), though its objective still gets the fusion."""
-    for name, fused in (("comm", True), ("ova_ib_comm", False)):
+    shared = {
+        "comm": set(),
+        "ova_ib_comm": {"lam", "product_weight"},
+        "ova_ib_heads": {"lam", "product_share", "product_weight", "comm_share"},
+    }
+    for name, want in shared.items():
         config, resolved, model, variables = _run(name, fusion=True)
         info = objective.run_info(config, resolved, model, variables)
-        assert (info.fuse is not None) == fused, name
+        assert (info.fuse is not None) == (name == "comm"), name
         assert "fuse" in info.loss_kwargs, name
-    assert set(info.scorer_kwargs) == {"lam", "product_weight"}
+        assert set(info.scorer_kwargs) == want, name
+
+
+def test_heads_split_the_width_and_each_term_sees_only_its_own():
+    """``head_sizes`` by hand; moving one head's dimensions changes only that head's
+    terms (the others' aux entries stay exactly equal), and the gradient of each term
+    is zero outside its head."""
+    assert losses.head_sizes(32, 0.25, 0.25) == (16, 8, 8)
+    assert losses.head_sizes(5, 0.25, 0.25) == (3, 1, 1)  # a share > 0 keeps >= 1 dimension
+    assert losses.head_sizes(10, 0.0, 0.35) == (6, 0, 4)
+    with pytest.raises(ValueError, match="no dimension of d = 2 to the span head"):
+        losses.head_sizes(2, 0.25, 0.25)
+    fn = jax.jit(functools.partial(losses.ova_ib_heads, tau=TAU, beta=0.5))
+    z = _z(3, n=6, d=8, seed=3)
+    heads = {"span": slice(0, 4), "product": slice(4, 6), "comm": slice(6, 8)}
+
+    def term_of(key):
+        if key.startswith("product"):
+            return "product"
+        return "comm" if key.startswith("comm") else "span"
+
+    _, aux = fn(z)
+    loss_key = {"span": "ova_ib", "product": "product", "comm": "comm"}
+    for head, dims in heads.items():
+        moved = z.at[..., dims].multiply(-1.5).at[0, :, dims].add(0.7)
+        _, aux_moved = fn(moved)
+        assert aux_moved[loss_key[head]] != aux[loss_key[head]], head
+        for key, value in aux.items():
+            if term_of(key) != head:
+                assert value == aux_moved[key], (head, key)
+    weights = {"span": (1.0, 0.0, 0.0), "product": (0.0, 1.0, 0.0), "comm": (0.0, 0.0, 1.0)}
+    for head, (w_span, w_prod, w_comm) in weights.items():
+        grad = jax.grad(
+            lambda z, w_prod=w_prod, w_comm=w_comm, w_span=w_span: (
+                w_span * fn(z)[1]["ova_ib"]
+                + w_prod * fn(z)[1]["product"]
+                + w_comm * fn(z)[1]["comm"]
+            )
+        )(z)
+        outside = np.delete(np.asarray(grad), np.arange(8)[heads[head]], axis=-1)
+        assert np.all(outside == 0.0) and np.any(np.asarray(grad[..., heads[head]]) != 0), head
+    with pytest.raises(ValueError, match="product_share"):
+        losses.ova_ib_heads(z, product_share=1.0)
+    with pytest.raises(ValueError, match=r"lower the shares or raise model\.embedding_dim"):
+        losses.ova_ib_heads(z[..., :2])
 
 
 def test_fusion_score_matches_literal_and_retrieves_aligned_samples():

@@ -276,6 +276,14 @@ def test_product_projector_matches_reference_and_sees_signs():
     cands = np.asarray(c, np.float64) / np.linalg.norm(np.asarray(c), axis=1, keepdims=True)
     got = losses.projector_score(q, c, projector=losses.product_projector, m=3)
     np.testing.assert_allclose(np.asarray(got), want @ cands.T, rtol=1e-5, atol=1e-6)
+    # The score is a cosine, so it cannot depend on the norms: at norms 1e-6 and 1e6 (a
+    # product of three such vectors is 1e-18 or 1e18) the loss is the unit vectors'.
+    unit = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    for scale in (1e-6, 1e6):
+        scaled, _ = losses.ova_sufficiency(
+            scale * unit, tau=TAU, projector=losses.product_projector
+        )
+        np.testing.assert_allclose(float(scaled), float(loss), rtol=1e-5, err_msg=str(scale))
 
 
 @pytest.mark.parametrize("negatives", ["batch", "shuffled"])

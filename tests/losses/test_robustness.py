@@ -27,6 +27,7 @@ REFERENCES = {
     "confu": ref_fusion.confu,
     "comm": ref_fusion.comm,
     "ova_ib_comm": ref_fusion.ova_ib_comm,
+    "ova_ib_heads": ref_fusion.ova_ib_heads,
 }
 # Every objective but Symile normalises the embeddings: its value does not depend on the
 # norms (inside the supported range).
@@ -68,6 +69,11 @@ def _degenerate_inputs():
 _TIED = ("duplicated_modality", "collinear_modalities", "collinear_samples", "zero_embeddings")
 
 
+def _is_accuracy(key):
+    """An in-batch accuracy entry, also a sub-term's (``comm/accuracy/0->fused``)."""
+    return "accuracy" in key.split("/")
+
+
 def _expected(name, label, z):
     """The reference's (loss, aux) for a degenerate input, or None where the library's
     documented value differs from the literal formula."""
@@ -81,8 +87,10 @@ def _expected(name, label, z):
         # absolute ridge lam, so only unit inputs give the library's relative guard).
         x = x / np.linalg.norm(x, axis=-1, keepdims=True)
     loss, aux = REFERENCES[name](x)
-    if label in _TIED:
-        aux = {k: v for k, v in aux.items() if not k.startswith("accuracy")}
+    # (At d = 5, ova_ib_heads' product and self-contrast heads have one dimension each:
+    # unit vectors are +-1 there, so their scores tie on every input.)
+    if label in _TIED or name == "ova_ib_heads":
+        aux = {k: v for k, v in aux.items() if not _is_accuracy(k)}
     return loss, aux
 
 
@@ -94,9 +102,8 @@ def _tied_loss(name, n):
     """The loss when every score ties: log(#candidates) per InfoNCE term (CoMM's NT-Xent
     has 2N - 1 candidates)."""
     comm = np.log(2 * n - 1)
-    return {"comm": comm, "ova_ib_comm": np.log(n) + comm}.get(
-        name, _TERMS.get(name, 1) * np.log(n)
-    )
+    tied = {"comm": comm, "ova_ib_comm": np.log(n) + comm, "ova_ib_heads": 2 * np.log(n) + comm}
+    return tied.get(name, _TERMS.get(name, 1) * np.log(n))
 
 
 @pytest.mark.parametrize("name", losses.names())
@@ -117,7 +124,7 @@ def test_degenerate_inputs_give_finite_gradients_and_reference_values(name):
             # Every score ties: each InfoNCE term is log N, the alignment and minimality
             # terms vanish, and in-batch accuracy is 0: a tie counts as an error
             # (``_core.infonce``), never as a success.
-            accuracies = {k: v for k, v in aux.items() if k.startswith("accuracy")}
+            accuracies = {k: v for k, v in aux.items() if _is_accuracy(k)}
             assert len(accuracies) >= 3, sorted(aux)
             chex.assert_trees_all_close(
                 (loss, accuracies),
@@ -130,7 +137,7 @@ def test_degenerate_inputs_give_finite_gradients_and_reference_values(name):
         if want is None:
             continue
         got = (loss, {k: aux[k] for k in want[1]})
-        assert set(aux) - set(want[1]) <= {k for k in aux if k.startswith("accuracy")}
+        assert set(aux) - set(want[1]) <= {k for k in aux if _is_accuracy(k)}
         chex.assert_trees_all_close(
             got, want, rtol=1e-4, atol=1e-4, custom_message=f"{name} on {label}"
         )
@@ -222,6 +229,15 @@ _HPARAMS = [
     (losses.triangle, "label_smoothing", "in [0, 1)"),
     (losses.ova_ib_comm, "comm_weight", ">= 0"),
     (losses.ova_ib_comm, "comm_tau", "> 0"),
+    (losses.ova_ib_heads, "product_share", "in [0, 1)"),
+    (losses.ova_ib_heads, "comm_share", "in [0, 1)"),
+    (losses.ova_ib_heads, "product_weight", ">= 0"),
+    (losses.ova_ib_heads, "comm_weight", ">= 0"),
+    (losses.ova_ib_heads, "comm_tau", "> 0"),
+    (losses.ova_ib_heads, "tau", "> 0"),
+    (losses.ova_heads_score, "lam", "> 0"),
+    (losses.ova_heads_score, "product_share", "in [0, 1)"),
+    (losses.ova_heads_score, "product_weight", ">= 0"),
     (losses.ova_score, "lam", "> 0"),
     (losses.ova_score, "product_weight", ">= 0"),
 ]
@@ -235,7 +251,7 @@ _WRONG_TYPE = ["1", True, False, None, np.bool_(True), [0.1]]
 
 
 def _call(fn, **kwargs):
-    if fn is losses.ova_score:
+    if fn in (losses.ova_score, losses.ova_heads_score):
         return fn(jnp.ones((2, 3, 4)), jnp.ones((5, 4)), **kwargs)
     return fn(jnp.ones((3, 4, 5)), **kwargs)
 

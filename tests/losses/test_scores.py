@@ -29,6 +29,10 @@ def _literal(name, queries, cands):
                 out[i, j] = -ref.gram_volume([c, *qs])
             elif name == "triangle":
                 out[i, j] = -ref.triangle_area(c, *qs)
+            elif name == "heads":  # default shares 0.25, 0.25 of d = 5: 3 + 1 + 1
+                span = np.stack([q[:3] for q in qs])
+                prod = np.prod(np.stack([_unit(q[3:4]) for q in qs]), axis=0)
+                out[i, j] = ref.ova_score_pair(c[:3], span, 1e-8) + _unit(prod) @ _unit(c[3:4])
     return out
 
 
@@ -58,6 +62,7 @@ OWN_SCORE = {
     "confu": "clip",
     "comm": "clip",
     "ova_ib_comm": "ova",
+    "ova_ib_heads": "heads",
 }
 
 
