@@ -8,9 +8,9 @@
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
-#   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads and
-#   moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable, Symile's rows of sections 3
-#   and 4 at its stable default; trifeature_m45, M = 4 and 5)
+#   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
+#   and moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable,
+#   Symile's rows of sections 3 and 4 at its stable default; trifeature_m45, M = 4 and 5)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -180,6 +180,12 @@ for section in $SECTIONS; do
     # embedding (span, product and self-contrast heads, each with its own term)
     $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
       --workdir=$ROOT/trifeature_m3_heads --objectives=ova_ib_heads --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m3_heads_no_comm)  # the same without the self-contrast head: span and
+    # product heads only (does separating them keep the shape that span + product lost?)
+    $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m3_heads_no_comm --objectives=ova_ib_heads \
+      --config.objective.comm_share=0.0 --config.eval_every_steps=300
     colour_retrieval ;;
   moonshot_retention_heads)  # the third candidate's retrieval on ovaib_latent M = 3 and
     # uci_mfeat against the projection's (as moonshot_retention)

@@ -224,6 +224,8 @@ TRIFEATURE_FEW = (
 
 SPAN_PRODUCT = "ova_ib span + product (w = 1)"
 OVA_COMM = "ova_ib_comm: span + product (w = 1) + CoMM"
+OVA_HEADS = "ova_ib_heads: span, product and CoMM heads"
+OVA_HEADS_NO_COMM = "ova_ib_heads: span and product heads"
 HELDOUT_FALL = "fifth:eval/heldout_loss/loss"  # relative; > 0: still falling
 
 
@@ -238,10 +240,12 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
         rows[o] = Row(o, "trifeature_m3_baselines", o)
     rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, "trifeature_m3_span_product", "ova_ib")
     rows[OVA_COMM] = Row(OVA_COMM, "trifeature_m3_ova_comm", "ova_ib_comm")
+    rows[OVA_HEADS] = Row(OVA_HEADS, "trifeature_m3_heads", "ova_ib_heads")
+    rows[OVA_HEADS_NO_COMM] = Row(OVA_HEADS_NO_COMM, "trifeature_m3_heads_no_comm", "ova_ib_heads")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
     title = "ovaib_trifeature M = 3: every objective, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
-    candidates = (SPAN_PRODUCT, OVA_COMM)
+    candidates = (SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM)
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
         [
@@ -376,6 +380,7 @@ def retention_tables() -> list[Retention]:
         for label, sweep, objective in (
             (SPAN_PRODUCT, "span_product", "ova_ib"),
             (OVA_COMM, "ova_comm", "ova_ib_comm"),
+            (OVA_HEADS, "heads", "ova_ib_heads"),
         ):
             candidate = Row(label, f"{prefix}_tau0.01_{sweep}", objective)
             out.append(
