@@ -10,7 +10,9 @@
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
 #   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
 #   and moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable,
-#   Symile's rows of sections 3 and 4 at its stable default; trifeature_m45, M = 4 and 5)
+#   Symile's rows of sections 3 and 4 at its stable default; trifeature_m4 and
+#   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
+#   the other candidates there)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -199,19 +201,24 @@ for section in $SECTIONS; do
       --objectives=symile
     $S --config=experiments/latent.py --workdir=$ROOT/latent_symile_stable $F --objectives=symile
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_symile_stable --objectives=symile ;;
-  trifeature_m45)  # the moonshot's M = 4 and 5 (not yet run): the projection score, the span
-    # + product score and the best baselines of M = 3 (build m4 and m5 first:
-    # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5).
+  trifeature_m4 | trifeature_m5)  # M = 4 and 5: one objective of each family of M = 3
+    # (the projection score, Symile, CoMM), 5 seeds (build the data first:
+    # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5)
+    M=${section#trifeature_m}
+    $S5 --config=experiments/trifeature.py:M=$M,beta=0 --workdir=$ROOT/trifeature_m$M \
+      --objectives=ova_ib,symile,comm --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m45_rest)  # M = 4 and 5 (not yet run): the span + product score, ConFu and
+    # the separate heads
     for M in 4 5; do
-      $S5 --config=experiments/trifeature.py:M=$M,beta=0 --workdir=$ROOT/trifeature_m$M \
-        --objectives=ova_ib,comm --config.eval_every_steps=300
       $S5 --config=experiments/trifeature.py:M=$M,beta=0 \
         --workdir=$ROOT/trifeature_m${M}_span_product --objectives=ova_ib \
         --config.objective.product_weight=1.0 --config.eval_every_steps=300
-      for o in symile confu; do
-        $S5 --config=experiments/trifeature.py:M=$M --workdir=$ROOT/trifeature_m${M}_$o \
-          --objectives=$o --config.eval_every_steps=300
-      done
+      $S5 --config=experiments/trifeature.py:M=$M --workdir=$ROOT/trifeature_m${M}_confu \
+        --objectives=confu --config.eval_every_steps=300
+      $S5 --config=experiments/trifeature.py:M=$M,beta=0,objective=ova_ib_heads \
+        --workdir=$ROOT/trifeature_m${M}_heads --objectives=ova_ib_heads \
+        --config.eval_every_steps=300
     done
     colour_retrieval ;;
   *) echo "unknown section $section" >&2; exit 2 ;;

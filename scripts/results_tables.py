@@ -265,6 +265,22 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     )
 
 
+def trifeature_many_tables(m: int) -> tuple[list[Table], list[Comparison]]:
+    """ovaib_trifeature at M = 4 or 5: the projection score, Symile and CoMM (one of each
+    family of M = 3), and OVA-IB against the other two."""
+    rows = {o: Row(o, f"trifeature_m{m}", o) for o in ("ova_ib", "symile", "comm")}
+    title = f"ovaib_trifeature M = {m}: one objective of each family, 1500 steps"
+    convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
+    metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
+    return (
+        [Table(title, tuple(rows.values()), TRIFEATURE_METRICS + TRIFEATURE_FEW + convergence)],
+        [
+            Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
+            for o in ("symile", "comm")
+        ],
+    )
+
+
 def tau_tables() -> tuple[list[Table], list[Comparison]]:
     tables, comparisons = [], []
     for title, prefix, metrics in TAU_SETTINGS:
@@ -366,6 +382,8 @@ TABLES: list[Table] = [
     *mfeat_tables("mnist_views", 3, nuisance=True),
     *tau_tables()[0],
     *trifeature_tables()[0],
+    *trifeature_many_tables(4)[0],
+    *trifeature_many_tables(5)[0],
     *symile_stable_tables(),
 ]
 
@@ -394,7 +412,12 @@ def retention_tables() -> list[Retention]:
     return out
 
 
-COMPARISONS: list[Comparison] = tau_tables()[1] + trifeature_tables()[1]
+COMPARISONS: list[Comparison] = (
+    tau_tables()[1]
+    + trifeature_tables()[1]
+    + trifeature_many_tables(4)[1]
+    + trifeature_many_tables(5)[1]
+)
 RETENTION: list[Retention] = retention_tables()
 AGAINST_BEST: list[AgainstBest] = trifeature_tables()[2]
 
