@@ -10,7 +10,8 @@
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
 #   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
 #   and moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable,
-#   Symile's rows of sections 3 and 4 at its stable default; trifeature_m4 and
+#   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
+#   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
 #   the other candidates there)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
@@ -201,6 +202,13 @@ for section in $SECTIONS; do
       --objectives=symile
     $S --config=experiments/latent.py --workdir=$ROOT/latent_symile_stable $F --objectives=symile
     $S --config=experiments/mfeat.py --workdir=$ROOT/mfeat_symile_stable --objectives=symile ;;
+  symile_stable_parity)  # the same for the parity rows of section 2 and mnist_views
+    for M in 5 4 3; do
+      $S --config=experiments/parity.py:M=$M --workdir=$ROOT/parity_m${M}_symile_stable $F \
+        --objectives=symile
+    done
+    $S --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_symile_stable \
+      --objectives=symile ;;
   trifeature_m4 | trifeature_m5)  # M = 4 and 5: one objective of each family of M = 3
     # (the projection score, Symile, CoMM), 5 seeds (build the data first:
     # python -m ovaib_jax.data.build ovaib_trifeature --config=m4, likewise m5)

@@ -362,12 +362,29 @@ def symile_stable_tables() -> list[Table]:
         ("retrieval R@1 (mean over views)", "retrieval/R@1"),
         ("retrieval mAP", "retrieval/mAP"),
     )
+    parity = []
+    for m in (3, 4, 5):
+        pair = "+".join(f"x{i}" for i in range(m - 1)) + f"->x{m - 1}"
+        parity.append(
+            (
+                f"parity M = {m}, p = 1 (chance R@1 = 0.25)",
+                f"parity_m{m}_symile_stable",
+                (
+                    (f"R@1 {pair}", f"retrieval/{pair}/R@1"),
+                    ("mAP", f"retrieval/{pair}/mAP"),
+                    ("probe acc. (all modalities)", "downstream/label/accuracy"),
+                ),
+            )
+        )
+    mnist_metrics = (*mfeat_metrics, ("style R² (representation)", "downstream/nuisance/mean/r2"))
     return [
         Table(f"{title}: Symile at its stable default", (Row(label, sweep, "symile"),), metrics)
         for title, sweep, metrics in (
             ("ovaib_latent M = 3", "latent_symile_stable", LATENT_METRICS),
             ("ovaib_latent M = 5", "latent_m5_symile_stable", LATENT_METRICS),
             ("mfeat", "mfeat_symile_stable", mfeat_metrics),
+            *parity,
+            ("mnist_views", "mnist_views_symile_stable", mnist_metrics),
         )
     ]
 
