@@ -257,9 +257,16 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
             ),
         ],
         [  # the candidates of section 6 are compared with the best baseline instead
-            Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
-            for o in rows
-            if o != "ova_ib" and o not in candidates
+            *(
+                Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
+                for o in rows
+                if o != "ova_ib" and o not in candidates
+            ),
+            # does splitting the embedding into heads help? (the same terms on one embedding)
+            *(
+                Comparison(f"{title}: {a} against {b}", rows[a], rows[b], metrics)
+                for a, b in ((OVA_HEADS_NO_COMM, SPAN_PRODUCT), (OVA_HEADS, OVA_COMM))
+            ),
         ],
         [AgainstBest(f"{title}: {c} vs the best", rows[c], others, metrics) for c in candidates],
     )
