@@ -17,7 +17,10 @@ Run ``(objective, seed)`` lives in ``DIR/<objective>/seed_<seed>/`` (the usual w
 of ``ovaib_jax.main``). Re-running the same command skips finished runs (their
 ``results.json`` is there) and resumes interrupted ones from their last checkpoint; a
 run trained with another config stops the sweep with the differing keys. A run whose
-loss diverges is reported as failed and not retried. The evaluation is the config's
+loss diverges is reported as failed and not retried. Several processes may run one
+sweep directory at once (e.g. one per seed, to use more cores): a run that another
+process is training is skipped with a warning and left out of this process's report
+(run the command again once all are done for the full report). The evaluation is the config's
 ``final_evaluators`` (run once, after the last step) and ``evaluators``.
 
 Then ``DIR/report.md`` and ``DIR/report.json`` (:func:`ovaib_jax.reporting.report.
@@ -47,6 +50,7 @@ import ml_collections
 from ovaib_jax import configs, console, data, evaluation, losses, paths, records, train
 from ovaib_jax.reporting import RunRecord, sweep_figures, sweep_report
 from ovaib_jax.validation import validate_config
+from ovaib_jax.workdir import WorkdirBusyError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,8 @@ def objective_configs(
 
 
 def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> RunRecord:
-    """Trains and evaluates one run (skipped when finished or failed before).
+    """Trains and evaluates one run (skipped when finished or failed before, or when
+    another process is training it: status ``"busy"``, nothing written).
 
     Raises:
       ValueError: ``workdir`` holds a run trained with another config.
@@ -146,15 +151,23 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     paths.makedirs(workdir)
     start = time.perf_counter()
     out: dict[str, Any] = {}
+    busy = None
     try:
         out = train.train_and_evaluate(config, workdir)
         state["status"] = "ok"
+    except WorkdirBusyError as e:  # another process trains it (a sweep split by seeds)
+        busy = e
     except FloatingPointError as e:
         log.error("%s diverged: %s", workdir, e)
         state["status"], state["error"] = "failed", str(e).split(". ")[0]
     finally:
-        state["wall_time_s"] += time.perf_counter() - start
-        records.write_json(state_path, state, indent=2)
+        if busy is None:  # the holder's state is the holder's to write
+            state["wall_time_s"] += time.perf_counter() - start
+            records.write_json(state_path, state, indent=2)
+    if busy is not None:
+        log.warning("Skipping %s: %s", workdir, busy)
+        record.status, record.error = "busy", str(busy)
+        return record
     if out.get("preempted"):
         raise KeyboardInterrupt(f"{workdir} stopped by SIGTERM; rerun the sweep to resume.")
     record.results, record.status, record.error = out.get("final"), state["status"], state["error"]
@@ -191,7 +204,9 @@ def sweep(
             config.seed = int(seed)
             rundir = paths.join(workdir, name, f"seed_{seed}")
             log.info("Run %s, seed %d -> %s", name, seed, rundir)
-            runs.append(run_one(config, name, rundir))
+            record = run_one(config, name, rundir)
+            if record.status != "busy":  # rerun the sweep once it is done to report it
+                runs.append(record)
     embeddings = {}
     for name, config in per_objective.items():
         done = [r for r in runs if r.objective == name and r.results is not None]

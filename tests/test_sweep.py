@@ -228,6 +228,22 @@ def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path
         sweep.run_one(cfg, "ova_ib", str(rundir))
 
 
+def test_a_run_held_by_another_process_is_skipped_not_fatal(tmp_path):
+    """Sweeps of one workdir in several processes (disjoint seeds, to use more cores): a
+    run another process is training is skipped with a note, its files untouched."""
+    from ovaib_jax import workdir as workdir_lib
+
+    config = os.path.join(ROOT, "experiments", "parity.py")
+    cfg = sweep.objective_configs(config, ["ova_ib"], {})[0]["ova_ib"]
+    rundir = tmp_path / "ova_ib" / "seed_42"
+    rundir.mkdir(parents=True)
+    with workdir_lib.Lock(str(rundir)):  # held as a training process holds it
+        record = sweep.run_one(cfg, "ova_ib", str(rundir))
+    assert (record.status, record.results) == ("busy", None)
+    assert "another process" in record.error or str(os.getpid()) in record.error
+    assert not (rundir / sweep.STATE_FILE).exists()
+
+
 def test_final_evaluators_run_once_and_results_are_completed_on_rerun(tmp_path):
     """The heavy evaluators run once after the last step (not at every eval step), the
     light ones periodically; results.json holds both; a finished run called again only
