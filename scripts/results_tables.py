@@ -11,7 +11,8 @@ over seeds (sample std), with the number of seeds and the mean wall time per run
 writes every value per seed to ``--json``. A row whose runs are missing is printed as
 "not run", so a partial set of sweeps still gives the tables it can. ``--update FILE``
 rewrites, in FILE, the text between ``<!-- table: TITLE -->`` and ``<!-- end table -->``
-with the table of that title.
+with the table of that title, for the tables that have at least one run under --root
+(the others keep their text).
 
 A :class:`Comparison` prints, per metric, "A - B" over the seeds both rows ran, with its
 paired bootstrap 95 % interval (``ovaib_jax.reporting.stats.paired_bootstrap``, exact
@@ -650,6 +651,23 @@ def render_retention(item: Retention, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
+def rows_of(item: Table | Comparison | AgainstBest | Retention) -> tuple[Row, ...]:
+    """Every row a table or comparison reads."""
+    if isinstance(item, Table):
+        return item.rows
+    if isinstance(item, Comparison):
+        return (item.a, item.b)
+    if isinstance(item, AgainstBest):
+        return (item.candidate, *item.others)
+    return (item.candidate, item.reference)
+
+
+def has_runs(item: Table | Comparison | AgainstBest | Retention, root: str) -> bool:
+    """Whether any row of ``item`` has a run under ``root`` (``--update`` rewrites only
+    those: a table whose sweeps are elsewhere keeps its published text)."""
+    return any(_runs(root, row) for row in rows_of(item))
+
+
 def update_markdown(path: str, texts: dict[str, str]) -> None:
     """Replaces each marked block of ``path`` whose title is in ``texts``."""
     with open(path) as f:
@@ -682,7 +700,8 @@ def main() -> None:
             continue
         text, raw = render_item(item, args.root)
         everything[item.title] = raw
-        texts[item.title] = text
+        if has_runs(item, args.root):
+            texts[item.title] = text
         print(text, end="\n\n")
     if args.update:
         update_markdown(args.update, texts)

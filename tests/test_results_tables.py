@@ -178,3 +178,24 @@ def test_retention_tests_the_candidate_against_a_fraction_of_the_reference(tmp_p
     assert lines[5].endswith("| keeps | 3 |")
     assert lines[6] == "| x | not run | not run | not run | not run | not run | 0 |"
     assert np.isclose(raw["low"]["ratio"], 0.5)
+
+
+def test_update_leaves_tables_without_any_run_as_they_are(tmp_path, monkeypatch, capsys):
+    """``--update`` with a ``--root`` that lacks a table's runs keeps the published table
+    (it used to overwrite it with "not run"); a table with runs there is rewritten."""
+    rt = _module()
+    title = "parity M = 4, p = 1 (chance R@1 = 0.25)"
+    assert any(t.title == title for t in rt.TABLES)
+    doc = tmp_path / "doc.md"
+    published = f"<!-- table: {title} -->\n| published |\n<!-- end table -->\n"
+    doc.write_text(published)
+    argv = ["results_tables.py", f"--root={tmp_path / 'empty'}", f"--only={title}"]
+    monkeypatch.setattr(sys, "argv", [*argv, f"--update={doc}"])
+    rt.main()
+    assert doc.read_text() == published
+    assert "not run" in capsys.readouterr().out  # still printed
+    _run(str(tmp_path / "runs"), "parity_m4", "ova_ib", 0, {"retrieval": {"R@1": 0.5}})
+    argv[1] = f"--root={tmp_path / 'runs'}"
+    monkeypatch.setattr(sys, "argv", [*argv, f"--update={doc}"])
+    rt.main()
+    assert "| published |" not in doc.read_text() and "| ova_ib |" in doc.read_text()
