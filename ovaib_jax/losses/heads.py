@@ -5,8 +5,10 @@ same dimensions.
 
 docs/RESULTS.md sections 7 and 8 measured the one-embedding sums: the span + product
 score, and that plus CoMM's self-contrast, land between the families on every axis
-(the product term costs the span's shape and retrieval, the self-contrast costs both);
-this is the variant those measurements point to.
+(the product term costs the span's shape and retrieval, the self-contrast costs both).
+Measured in turn (section 8), the heads do not remove that conflict: without the
+self-contrast head they tie span + product on one embedding, so the terms compete in
+the shared encoder, not in the embedding's dimensions.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def ova_ib_heads(
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from ovaib_jax import losses
-      >>> z = jnp.eye(8) + 0.1 * jax.random.normal(jax.random.key(0), (3, 8, 8))  # aligned
+      >>> shared = jax.random.normal(jax.random.key(0), (8, 8))  # 8 samples, d = 8
+      >>> z = shared + 0.01 * jax.random.normal(jax.random.key(1), (3, 8, 8))  # 3 views
       >>> loss, aux = losses.ova_ib_heads(z, tau=0.1, beta=0.0)
       >>> losses.head_sizes(8, 0.25, 0.25), float(aux["accuracy"])  # span, product, comm
       ((4, 2, 2), 1.0)

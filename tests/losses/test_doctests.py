@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["ova", "pairwise", "scores", "symile", "volume"])
+@pytest.mark.parametrize("name", ["heads", "ova", "pairwise", "scores", "symile", "volume"])
 def test_docstring_examples(name):
     module = importlib.import_module(f"ovaib_jax.losses.{name}")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
