@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from ovaib_jax.losses import _core
-from ovaib_jax.losses._basis import projected_sq_norm, span_basis
 from ovaib_jax.losses.fusion import Fuse, comm
 from ovaib_jax.losses.ova import ova_ib, ova_sufficiency, product_projector
+from ovaib_jax.losses.scores import ova_score, projector_score
 
 
 def head_sizes(d: int, product_share: float, comm_share: float) -> tuple[int, int, int]:
@@ -187,11 +187,8 @@ def ova_heads_score(
             f"(Nc, d) with the same d; got {tuple(queries.shape)} and {tuple(cands.shape)}."
         )
     span, prod, _ = head_sizes(cands.shape[-1], product_share, comm_share)
-    basis, _ = span_basis(jnp.moveaxis(queries[..., :span], 0, 1), lam)  # (Nq, Q, span)
-    score = _core.safe_sqrt(projected_sq_norm(_core.l2_normalize(cands[:, :span]), basis).T)
+    score = ova_score(queries[..., :span], cands[:, :span], lam=lam)
     if prod and product_weight:
-        rest = _core.l2_normalize(queries[..., span : span + prod])
-        joint = _core.l2_normalize(jnp.prod(rest, axis=0))
-        unit = _core.l2_normalize(cands[:, span : span + prod])
-        score = score + product_weight * (joint @ unit.T)
+        heads = (queries[..., span : span + prod], cands[:, span : span + prod])
+        score = score + product_weight * projector_score(*heads, projector=product_projector, m=0)
     return score
