@@ -86,6 +86,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.device_prefetch = 2
     # Decode a split into host memory once when it is at most this large (0: never).
     config.dataset.cache_max_mb = 512
+    # Training order: 1 shuffles every example alone; B > 1 shuffles blocks of B
+    # consecutive records, which a split read from its record files (larger than the cache)
+    # reads in runs, for 3-5x less CPU than random reads (see data.make_iterator; examples
+    # stored next to each other then share batches).
+    config.dataset.shuffle_block = 1
 
     config.model = ml_collections.ConfigDict()
     # Per-modality encoder override, e.g. "x0=mlp,x1=cnn1d" ("" = the dataset's suggestion).

@@ -278,6 +278,7 @@ RESUMABLE_FIELDS = (
 # recorded config.json lacking one reads as having that value: it can be evaluated, and a
 # rerun holding that value continues it.
 ADDED_FIELDS: dict[str, Any] = {
+    "dataset.shuffle_block": 1,
     "model.dtype": "float32",
     "model.objective_dtype": "float32",
 }

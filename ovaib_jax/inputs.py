@@ -195,6 +195,7 @@ def create_data_iterator(
         drop_remainder=drop_remainder,
         prefetch=int(config.dataset.prefetch),
         keys=keys,
+        shuffle_block=int(config.dataset.shuffle_block),
     )
 
 

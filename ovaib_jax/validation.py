@@ -27,7 +27,7 @@ REQUIRED_FIELDS = (
     "objective.name", "objective.chunk_size",
     "dataset.name", "dataset.builder_config", "dataset.config", "dataset.modalities",
     "dataset.train_split", "dataset.eval_split", "dataset.data_dir", "dataset.manual_dir",
-    "dataset.prefetch", "dataset.device_prefetch", "dataset.cache_max_mb",
+    "dataset.prefetch", "dataset.device_prefetch", "dataset.cache_max_mb", "dataset.shuffle_block",
     "model.encoders", "model.representation_dim", "model.embedding_dim", "model.head_layers",
     "model.head_hidden", "model.normalize_embeddings", "model.learnable_temperature",
     "model.min_temperature", "model.max_temperature", "model.projector_hidden",
@@ -181,6 +181,7 @@ def _check_schedule(config: ml_collections.ConfigDict, device_count: int, proces
         _positive_int(config, path)
     for path in ("eval_every_steps", "eval_batch_size", "eval_num_batches"):
         _positive_int(config, path, allow_zero=True)
+    _positive_int(config, "dataset.shuffle_block")
     seed = config.seed
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"config.seed must be an integer in [0, 2**32), got {seed!r}.")

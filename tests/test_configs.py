@@ -187,6 +187,14 @@ def test_batch_not_divisible_by_devices():
     _bad(lambda c: setattr(c, "batch_size", 100), r"not divisible by the 8 devices.*96", 8)
 
 
+def test_shuffle_block_is_a_positive_integer():
+    for bad in (0, -4, None):
+        _bad(
+            lambda c, bad=bad: setattr(c.dataset, "shuffle_block", bad),
+            r"config.dataset.shuffle_block must be an integer > 0",
+        )
+
+
 def test_learnable_temperature_bounds():
     def mutate(c):
         c.model.learnable_temperature = True

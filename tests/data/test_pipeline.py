@@ -164,6 +164,9 @@ def test_bad_arguments():
         data.make_iterator(toy_source(4), batch_size=0, seed=0)
     with pytest.raises(ValueError, match="empty"):
         data.make_iterator([], batch_size=1, seed=0)
+    for block in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="shuffle_block must be a positive integer"):
+            data.make_iterator(toy_source(4), batch_size=2, seed=0, shuffle_block=block)
 
 
 def test_load_arrays_stacks_in_source_order():
@@ -661,14 +664,178 @@ def test_trainer_iterators_uncached_equal_cached(tmp_path):
 
     config = tiny_config(str(tmp_path), **{"dataset.config.num_train": 40})
     spec = data_lib.get_spec("ovaib_parity", config="m3", k=2)
-    its = {}
-    for cache_mb in (512, 0):
-        config.dataset.cache_max_mb = cache_mb
-        its[cache_mb] = inputs.create_data_iterator(
-            config, "train", batch_size=16, train=True, spec=spec, extra_keys=("bits",)
+    firsts = []
+    for block in (1, 4):  # config.dataset.shuffle_block reaches the pipeline
+        config.dataset.shuffle_block = block
+        its = {}
+        for cache_mb in (512, 0):
+            config.dataset.cache_max_mb = cache_mb
+            its[cache_mb] = inputs.create_data_iterator(
+                config, "train", batch_size=16, train=True, spec=spec, extra_keys=("bits",)
+            )
+        cached, uncached = take(its[512], 4), take(its[0], 4)  # crosses an epoch boundary
+        assert_same_batches(uncached, cached)
+        assert list(uncached[0]) == ["x0", "x1", "x2", "label", "bits"]
+        its[0].set_state(json.loads(json.dumps(its[512].get_state())))
+        assert_same_batches(take(its[0], 2), take(its[512], 2))
+        firsts.append(cached[0]["bits"])
+    kwargs = inputs.data_kwargs(config)
+    source = data_lib.make_source("ovaib_parity", "train", build=False, **kwargs)
+    bits = data_lib.load_arrays(source, keys=["bits"])["bits"]
+    for block, first in zip((1, 4), firsts):
+        order = literal_block_order(40, config.seed, 0, block)[:16]
+        np.testing.assert_array_equal(first, bits[order])
+
+
+# --------------------------------------------------------------------------- block shuffle
+
+
+def literal_block_order(n: int, seed: int, epoch: int, block: int) -> list[int]:
+    """The block-shuffled order of range(n), written out: the blocks sorted by their
+    random word (ties by block number), each block's indices in increasing order."""
+    blocks = [list(range(b, min(b + block, n))) for b in range(0, n, block)]
+    words = np.random.PCG64(np.random.SeedSequence([seed, epoch])).random_raw(len(blocks))
+    order = sorted(range(len(blocks)), key=lambda b: (int(words[b]), b))
+    return [i for b in order for i in blocks[b]]
+
+
+@pytest.mark.parametrize("n,block", [(20, 1), (20, 4), (23, 4), (23, 5), (3, 8)])
+def test_block_shuffle_orders_whole_blocks(n, block):
+    for seed, epoch in [(0, 0), (7, 3)]:
+        got = pipeline.epoch_permutation(n, seed, epoch, block).tolist()
+        assert got == literal_block_order(n, seed, epoch, block)
+    stream = ids(
+        data.make_iterator(
+            toy_source(n), batch_size=n, seed=7, num_epochs=4, prefetch=0, shuffle_block=block
         )
-    cached, uncached = take(its[512], 4), take(its[0], 4)  # crosses an epoch boundary
-    assert_same_batches(uncached, cached)
-    assert list(uncached[0]) == ["x0", "x1", "x2", "label", "bits"]
-    its[0].set_state(json.loads(json.dumps(its[512].get_state())))
-    assert_same_batches(take(its[0], 2), take(its[512], 2))
+    )
+    assert stream[3 * n :] == literal_block_order(n, 7, 3, block)
+
+
+def test_block_shuffle_is_pinned():
+    it = data.make_iterator(toy_source(10), batch_size=10, seed=0, prefetch=0, shuffle_block=3)
+    assert ids(take(it, 2)) == [*[9, 6, 7, 8, 3, 4, 5, 0, 1, 2], *[3, 4, 5, 6, 7, 8, 0, 1, 2, 9]]
+
+
+@pytest.mark.parametrize("source_kind", sorted(SOURCES))
+@pytest.mark.parametrize(
+    "n,batch_size,num_epochs,drop_remainder",
+    [(13, 4, 3, True), (13, 3, 2, False), (5, 12, None, True)],
+)
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_block_shuffle_batched_path_equals_reference_and_covers_each_epoch(
+    source_kind, n, batch_size, num_epochs, drop_remainder, process_count
+):
+    src = SOURCES[source_kind](n)
+    streams = []
+    for p in range(process_count):
+        kwargs = dict(
+            batch_size=batch_size,
+            seed=3,
+            num_epochs=num_epochs,
+            drop_remainder=drop_remainder,
+            process_index=p,
+            process_count=process_count,
+            shuffle_block=4,
+        )
+        got, want = both_paths(src, k=None if num_epochs else 9, prefetch=0, **kwargs)
+        assert_same_batches(got, want)
+        streams.append(got)
+    merged = [int(i) for group in zip(*streams) for b in group for i in b["id"]]
+    for e in range(len(merged) // n):  # every example once in every whole epoch
+        assert sorted(merged[e * n : (e + 1) * n]) == list(range(n))
+    epochs = range(len(merged) // n + 1)
+    literal = [i for e in epochs for i in literal_block_order(n, 3, e, 4)]
+    assert merged == literal[: len(merged)]
+
+
+def test_block_shuffle_resumes_exactly(tmp_path):
+    src = data.make_source(
+        "ovaib_parity", "train", data_dir=tmp_path, config="m3", k=1, num_train=50, num_test=5
+    )
+    kwargs = dict(batch_size=8, seed=2, prefetch=2, shuffle_block=4)
+    reference = take(data.make_iterator(src, **kwargs), 9)  # crosses the epoch at 50
+    it = data.make_iterator(src, **kwargs)
+    take(it, 5)
+    resumed = data.make_iterator(src, **kwargs)
+    resumed.set_state(json.loads(json.dumps(it.get_state())))
+    assert_same_batches(take(resumed, 4), reference[5:])
+    cached = data.ArraySource(data.load_arrays(src))  # the trainer's cache: the same batches
+    assert_same_batches(take(data.make_iterator(cached, **kwargs), 9), reference)
+
+
+class SpyReader:
+    """An ArrayRecord reader that counts its ``read`` calls and the records they return."""
+
+    def __init__(self, reader, calls):
+        self.reader, self.calls = reader, calls
+
+    def read(self, *args):
+        records = self.reader.read(*args)
+        self.calls.append(len(records))
+        return records
+
+
+def test_records_are_read_in_runs(mixed, monkeypatch):
+    """Each run of consecutive keys of a file is one read, whatever the order of the
+    runs, repeated keys and runs that cross from one record file to the next."""
+    n = len(mixed)
+    calls: list[int] = []
+    file_reader = pipeline._file_reader
+    monkeypatch.setattr(pipeline, "_file_reader", lambda path: SpyReader(file_reader(path), calls))
+    bounds = np.cumsum([ri.num_records for ri in mixed.data_source._read_instructions])
+    edge = int(bounds[0])  # the first key of the second file
+    cases = {
+        "runs": [*range(20, 28), *range(4, 8), 9, *range(n - 3, n)],
+        "across a file boundary": list(range(edge - 3, edge + 4)),
+        "repeats and descents": [5, 5, 6, 3, 2, 1, 30, 31, 31],
+    }
+    for name, keys in cases.items():
+        calls.clear()
+        records = pipeline.read_records(mixed, keys, parallel=False)
+        assert records == list(mixed.data_source.__getitems__(keys)), name
+        runs, length = [], 1  # the runs of consecutive keys of one file, written out
+        for a, b in zip(keys, [*keys[1:], None]):
+            if b is not None and b == a + 1 and b not in bounds:
+                length += 1
+            else:
+                runs.append(length)
+                length = 1
+        assert sorted(calls) == sorted(runs), name
+    assert len(runs) == 7 and max(runs) == 2  # the last case: 7 runs, 31 read twice
+    # A block-shuffled batch is read as whole blocks: batch 12 = 3 blocks of 4.
+    calls.clear()
+    it = data.make_iterator(mixed, batch_size=12, seed=0, shuffle_block=4, prefetch=0)
+    take(it, 3)
+    assert len(calls) <= 3 * 3 + 2 * 3  # a block cut by a file boundary: two reads
+
+
+def test_threads_read_with_their_own_readers(mixed, monkeypatch):
+    """Readers keep a position, so each thread reads through its own (at most
+    _READERS_PER_THREAD of them, the least recently used closed); the records read by
+    threads at once are the records."""
+    import threading
+
+    monkeypatch.setattr(pipeline, "_READERS_PER_THREAD", 2)
+    n = len(mixed)
+    want = list(mixed.data_source.__getitems__(list(range(n))))
+    rng = np.random.default_rng(0)
+    orders = [rng.permutation(n).tolist() for _ in range(4)]
+    results, readers = {}, {}
+
+    def work(t):
+        got = []
+        for start in range(0, n, 7):  # every file, in turn
+            got += pipeline.read_records(mixed, orders[t][start : start + 7], parallel=False)
+        results[t] = got
+        readers[t] = dict(pipeline._LOCAL.readers)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for t in range(4):
+        assert results[t] == [want[i] for i in orders[t]]
+        assert len(readers[t]) == 2
+    assert len({id(r) for rs in readers.values() for r in rs.values()}) == 8
