@@ -859,9 +859,10 @@ def _read_pool() -> Any:
 
 
 def _forget_pool_after_fork() -> None:
-    global _POOL_LOCK
+    global _POOL_LOCK, _LOCAL
     _POOL_LOCK = threading.Lock()
     _POOL.clear()
+    _LOCAL = threading.local()  # the parent's readers (and their buffers) stay its own
 
 
 if hasattr(os, "register_at_fork"):

@@ -839,3 +839,23 @@ def test_threads_read_with_their_own_readers(mixed, monkeypatch):
         assert results[t] == [want[i] for i in orders[t]]
         assert len(readers[t]) == 2
     assert len({id(r) for rs in readers.values() for r in rs.values()}) == 8
+
+
+def _read_in_child(source, keys, queue):
+    queue.put((getattr(pipeline._LOCAL, "readers", None), pipeline.read_records(source, keys)))
+
+
+def test_a_forked_child_opens_its_own_readers(mixed):
+    import multiprocessing
+
+    keys = [3, 4, 5, 17]
+    want = pipeline.read_records(mixed, keys, parallel=False)  # this thread now has readers
+    assert pipeline._LOCAL.readers
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(mixed, keys, queue))
+    child.start()
+    readers, records = queue.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert readers is None and records == want
