@@ -447,6 +447,33 @@ def _whole_matrix_stats(
     return rows, cols
 
 
+def column_stats_as_rows(
+    s: jax.Array, *, scale: jax.Array | float, exclude_positive: bool = False
+) -> RowStats:
+    """The row statistics of ``s.T`` without forming the transpose: every reduction is
+    over axis 0 of ``s`` (N, N). Unsharded, one block, the positive of query j in s[j, j].
+    The same values as :func:`contrast` of ``s.T``; ``scale`` must be positive (a
+    temperature's inverse, constant or traced)."""
+    n = s.shape[0]
+    is_pos = jnp.eye(n, dtype=bool)
+    pos = jnp.diagonal(s)
+    logits = s * scale
+    masked = jnp.where(is_pos, jnp.float32(-jnp.inf), logits) if exclude_positive else logits
+    neg_max = jax.lax.stop_gradient(jnp.max(jnp.where(is_pos, jnp.float32(-jnp.inf), s), axis=0))
+    r_max = jax.lax.stop_gradient(
+        scale * (neg_max if exclude_positive else jnp.maximum(neg_max, pos))
+    )
+    r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
+    lse = r_max + jnp.log(jnp.sum(jnp.exp(masked - r_max[None, :]), axis=0))
+    return RowStats(
+        lse=lse,
+        pos=pos,
+        logit_sum=jnp.zeros_like(lse),
+        neg_max=neg_max,
+        score_sum=jax.lax.stop_gradient(jnp.sum(s, axis=0)),
+    )
+
+
 class InfoNCE(NamedTuple):
     """Losses and diagnostics of one contrast, all global scalars."""
 

@@ -91,9 +91,11 @@ def ova_sufficiency(
     :func:`~ovaib_jax.losses._basis.leave_one_out_bases`), and each modality's N x N
     score matrix is one matmul of the unit queries with all stacked basis vectors followed
     by a sum of squares over the M-1 blocks of N columns. No N x N x d tensor, no per-pair
-    solve. The score is ``sqrt(||Q z^||^2 + 1e-12)`` (within 1e-6 of the norm, finite
-    gradient at 0). Reverse-mode differentiation only (the shared bases carry a
-    hand-written VJP): ``jax.grad`` / ``jax.vjp``, not ``jax.jvp`` / ``jax.jacfwd``.
+    solve. At M = 2 with batch negatives, unsharded and in one block, both directions
+    share one matrix ``U_0 U_1^T`` (the second reduced over its columns): one matmul
+    forward instead of two. The score is ``sqrt(||Q z^||^2 + 1e-12)`` (within 1e-6 of the
+    norm, finite gradient at 0). Reverse-mode differentiation only (the shared bases carry
+    a hand-written VJP): ``jax.grad`` / ``jax.vjp``, not ``jax.jvp`` / ``jax.jacfwd``.
 
     Decisions (SPEC):
       * ``lam`` is the paper's ridge term (1e-8). The basis form uses it as a relative rank
@@ -269,6 +271,15 @@ def _sufficiency(
             )
         return _core.l2_normalize(pred)
 
+    if (
+        m_count == 2
+        and projector is None
+        and not w
+        and negatives == "batch"
+        and axis_name is None
+        and (chunk_size is None or chunk_size >= n)
+    ):
+        return _two_modality_sufficiency(queries, lam, scale, exclude_positive)
     if projector is None:
         # Every leave-one-out basis of the local tuples, from one shared Gram-Schmidt pass
         # (SPEC "Efficient forms" (a)): the candidates of "batch" negatives, the positives
@@ -326,6 +337,35 @@ def _sufficiency(
         )
         results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
     return _core.mean_of_terms(results, "sufficiency", math.log(n_global))
+
+
+def _two_modality_sufficiency(
+    queries: list[jax.Array], lam, scale, exclude_positive: bool
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`_sufficiency` at M = 2 with batch negatives, unsharded, in one block.
+
+    Each modality's span is the other's single vector, whose guarded basis is
+    ``b = u * (|u|^2 + lam)^(-1/2)``; the projections of modality 0's queries onto
+    modality 1's bases and of modality 1's onto modality 0's are then the one matrix
+    ``S = U_0 U_1^T``, scaled by column: ``S * g_1`` and ``S^T * g_0``. One matmul forward
+    and two backward instead of two and four (as symmetric CLIP shares its logits).
+    ``queries``: the two unit embeddings (N, d).
+    """
+    u0, u1 = queries
+    n = u0.shape[0]
+    g0, g1 = (jax.lax.rsqrt(jnp.sum(u * u, axis=-1) + lam) for u in queries)
+    sim = u0 @ u1.T  # (N, N)
+    # Modality 0's scores: rows of S * g1 (candidates are columns). Modality 1's: rows of
+    # S^T * g0, i.e. columns of g0 * S, reduced over axis 0 (no transposed copy).
+    s0 = _norm_of_squares(jnp.square(sim * g1[None, :]))
+    s1 = _norm_of_squares(jnp.square(sim * g0[:, None]))
+    stats0 = _core.contrast(
+        lambda cols: s0, n_rows=n, n_cols=n, scale=scale, exclude_positive=exclude_positive
+    )
+    rows1 = _core.column_stats_as_rows(s1, scale=scale, exclude_positive=exclude_positive)
+    stats1 = _core.Contrast(rows1, None, n, n, False)
+    results = [_core.infonce(st, scale=scale) for st in (stats0, stats1)]
+    return _core.mean_of_terms(results, "sufficiency", math.log(n))
 
 
 def _rest(xs: list[jax.Array], m: int) -> list[jax.Array]:

@@ -184,6 +184,48 @@ def test_ova_score_for_two_modalities_is_abs_cos():
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("exclude_positive", [False, True])
+@pytest.mark.parametrize("lam", [1e-8, 0.5])
+def test_two_modality_shared_matrix_equals_general_path(exclude_positive, lam):
+    """M = 2 unchunked takes its own path (one matrix S = U0 U1^T for both directions, the
+    second reduced over columns): value, every aux entry and the gradients in z and tau
+    (traced, as a learnable temperature) equal the general path's (forced by chunking),
+    which the literal reference checks. Rows of very small norm in modality 1 only (their
+    unit vectors are shorter than 1, so the guard factor of each candidate differs)."""
+    n = 6
+    shared = jax.random.normal(jax.random.key(3), (1, n, 5))
+    z = shared + 0.8 * jax.random.normal(jax.random.key(4), (2, n, 5))
+    z = z.at[1, 2].multiply(1e-13).at[1, 4].multiply(3e-13)  # |u| about 0.3 and 0.8
+
+    def run(z, tau, chunk_size):
+        return losses.ova_ib(
+            z, tau=tau, beta=0.4, lam=lam, exclude_positive=exclude_positive,
+            chunk_size=chunk_size,
+        )  # fmt: skip
+
+    for chunk_size in (None, n):  # a chunk as wide as the batch is one block too
+        fast = jax.jit(
+            jax.value_and_grad(functools.partial(run, chunk_size=chunk_size), (0, 1), has_aux=True)
+        )
+        general = jax.jit(
+            jax.value_and_grad(functools.partial(run, chunk_size=2), (0, 1), has_aux=True)
+        )
+        (loss, aux), grads = fast(z, jnp.float32(TAU))
+        (want_loss, want_aux), want_grads = general(z, jnp.float32(TAU))
+        chex.assert_trees_all_close((loss, aux), (want_loss, want_aux), rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(grads, want_grads, rtol=1e-4, atol=1e-6)
+    # The case tests something: the directions differ, and accuracies are not 0 or 1.
+    assert abs(float(aux["sufficiency/m0"] - aux["sufficiency/m1"])) > 1e-3
+    assert all(0 < float(aux[f"accuracy/m{m}"]) < 1 for m in (0, 1))
+    # One (N, N) matmul forward, where the general path has one per modality.
+    dots = [
+        e
+        for e in jax.make_jaxpr(lambda z: run(z, TAU, None)[0])(z).jaxpr.eqns
+        if e.primitive.name == "dot_general"
+    ]
+    assert len(dots) == 1
+
+
 @pytest.mark.parametrize("lam", [0.5, 3.0])
 def test_lam_is_passed_on_two_modality_closed_form(lam):
     """M = 2: the remaining span is the single vector z_k. Normalised, its Gram-Schmidt
