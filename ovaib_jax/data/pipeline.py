@@ -763,7 +763,7 @@ def read_records(source: Any, keys: Sequence[int], *, parallel: bool = True) -> 
 
     def read(file: int, rows: np.ndarray | None) -> list[bytes]:
         wanted = positions if rows is None else positions[rows]
-        records = _read_positions(_file_reader(instructions[file].filename), wanted)
+        records = _read_positions(_file_reader(inner, instructions[file].filename), wanted)
         if len(records) != len(wanted):
             raise IndexError(f"Requested {len(wanted)} records, got {len(records)}.")
         return records
@@ -819,26 +819,28 @@ _READERS_PER_THREAD = 16
 _LOCAL = threading.local()
 
 
-def _file_reader(path: Any) -> Any:
-    """This thread's ArrayRecord reader of record file ``path``.
+def _file_reader(owner: Any, path: Any) -> Any:
+    """This thread's ArrayRecord reader of record file ``path`` of data source ``owner``.
 
     A reader with a read-ahead buffer keeps a position, so each thread has its own (the
     last ``_READERS_PER_THREAD`` files it read; a thread's readers close when it ends).
+    Readers belong to a data source (kept alive with them): a dataset rebuilt at the same
+    path is a new source, read through new readers, never through a replaced file's.
     """
     readers = getattr(_LOCAL, "readers", None)
     if readers is None:
         readers = _LOCAL.readers = collections.OrderedDict()
-    key = os.fspath(path)
-    reader = readers.get(key)
-    if reader is not None:
+    key = (id(owner), os.fspath(path))
+    entry = readers.get(key)
+    if entry is not None:
         readers.move_to_end(key)
-        return reader
+        return entry[1]
     from array_record.python import array_record_module
 
-    reader = array_record_module.ArrayRecordReader(key, _READER_OPTIONS)
-    readers[key] = reader
+    reader = array_record_module.ArrayRecordReader(key[1], _READER_OPTIONS)
+    readers[key] = (owner, reader)
     while len(readers) > _READERS_PER_THREAD:
-        readers.popitem(last=False)[1].close()
+        readers.popitem(last=False)[1][1].close()
     return reader
 
 

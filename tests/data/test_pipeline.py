@@ -1,6 +1,7 @@
 """The grain pipeline: seeded epochs, exact resume from JSON state, per-process sharding."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -782,7 +783,9 @@ def test_records_are_read_in_runs(mixed, monkeypatch):
     n = len(mixed)
     calls: list[int] = []
     file_reader = pipeline._file_reader
-    monkeypatch.setattr(pipeline, "_file_reader", lambda path: SpyReader(file_reader(path), calls))
+    monkeypatch.setattr(
+        pipeline, "_file_reader", lambda owner, path: SpyReader(file_reader(owner, path), calls)
+    )
     bounds = np.cumsum([ri.num_records for ri in mixed.data_source._read_instructions])
     edge = int(bounds[0])  # the first key of the second file
     cases = {
@@ -838,7 +841,7 @@ def test_threads_read_with_their_own_readers(mixed, monkeypatch):
     for t in range(4):
         assert results[t] == [want[i] for i in orders[t]]
         assert len(readers[t]) == 2
-    assert len({id(r) for rs in readers.values() for r in rs.values()}) == 8
+    assert len({id(r) for rs in readers.values() for _, r in rs.values()}) == 8
 
 
 def _read_in_child(source, keys, queue):
@@ -860,3 +863,23 @@ def test_a_forked_child_opens_its_own_readers(mixed):
     child.join(60)
     assert child.exitcode == 0
     assert fresh and records == want
+
+
+def test_a_rebuilt_record_file_is_read_through_new_readers(tmp_path):
+    """Readers belong to their data source: a file replaced at the same path (a dataset
+    rebuilt in this process) is read as it is now by the new source, not through the
+    reader of the file it replaced."""
+    import shutil
+
+    kwargs = dict(data_dir=tmp_path, config="m3", k=1, num_train=8, num_test=8)
+    old = data.make_source("ovaib_parity", "train", **kwargs)
+    before = pipeline.read_records(old, list(range(8)))
+    (train,) = [ri.filename for ri in old.data_source._read_instructions]
+    test = data.make_source("ovaib_parity", "test", **kwargs)
+    (test_file,) = [ri.filename for ri in test.data_source._read_instructions]
+    shutil.copy(test_file, str(train) + ".new")
+    os.replace(str(train) + ".new", train)  # a new file (inode) at the same path
+    new = data.make_source("ovaib_parity", "train", **kwargs)
+    after = pipeline.read_records(new, list(range(8)))
+    assert after == list(test.data_source.__getitems__(list(range(8))))
+    assert after != before
