@@ -846,9 +846,10 @@ def test_threads_read_with_their_own_readers(mixed, monkeypatch):
 
 def _read_in_child(source, keys, queue):
     fresh = getattr(pipeline._LOCAL, "readers", None) is None
-    queue.put((fresh, pipeline.read_records(source, keys)))
+    queue.put((fresh, pipeline.read_records(source, keys, parallel=False)))
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the child runs no JAX
 def test_a_forked_child_opens_its_own_readers(mixed):
     import multiprocessing
 
