@@ -13,7 +13,7 @@
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
-#   the other candidates there)
+#   the other candidates there; trifeature_m3_d16, OVA-IB at the heads' span width)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -189,6 +189,11 @@ for section in $SECTIONS; do
     $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
       --workdir=$ROOT/trifeature_m3_heads_no_comm --objectives=ova_ib_heads \
       --config.objective.comm_share=0.0 --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m3_d16)  # the control of the heads' span head: OVA-IB alone on a 16-d
+    # embedding (the span head's width at d = 32), is its lower retrieval the width's?
+    $S5 --config=experiments/trifeature.py:M=3,beta=0 --workdir=$ROOT/trifeature_m3_d16 \
+      --objectives=ova_ib --config.model.embedding_dim=16 --config.eval_every_steps=300
     colour_retrieval ;;
   moonshot_retention_heads)  # the third candidate's retrieval on ovaib_latent M = 3 and
     # uci_mfeat against the projection's (as moonshot_retention)

@@ -268,6 +268,13 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
                 Comparison(f"{title}: {a} against {b}", rows[a], rows[b], metrics)
                 for a, b in ((OVA_HEADS_NO_COMM, SPAN_PRODUCT), (OVA_HEADS, OVA_COMM))
             ),
+            # the control of the heads' span head (16 of 32 dimensions): OVA-IB at d = 16
+            Comparison(
+                f"{title}: ova_ib at d = 16 (the span head's width) against d = 32",
+                Row("ova_ib, d = 16", "trifeature_m3_d16", "ova_ib"),
+                rows["ova_ib"],
+                metrics,
+            ),
         ],
         [AgainstBest(f"{title}: {c} vs the best", rows[c], others, metrics) for c in candidates],
     )
