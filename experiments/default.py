@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.cache_max_mb = 512
     # Training order: 1 shuffles every example alone; B > 1 shuffles blocks of B
     # consecutive records, which a split read from its record files (larger than the cache)
-    # reads in runs, for 3-5x less CPU than random reads (see data.make_iterator; examples
+    # reads in runs, for less CPU than random reads (see data.make_iterator; examples
     # stored next to each other then share batches).
     config.dataset.shuffle_block = 1
 

@@ -1162,7 +1162,7 @@ def make_iterator(
       shuffle_block: 1 (the default) shuffles every example alone. ``B > 1`` shuffles
         blocks of ``B`` consecutive examples instead (see :func:`epoch_permutation`), so
         a batch is ``batch_size / B`` random blocks: for record files too large for memory,
-        read in runs of ``B`` records (3-5x less CPU than random reads of small records;
+        read in runs of ``B`` records (about half the CPU of random reads of small records;
         see :func:`_read_positions`). Every example is still seen once per epoch; examples
         stored next to each other (a time series, a class-sorted file) then share batches.
 
