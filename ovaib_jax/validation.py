@@ -176,7 +176,7 @@ def _positive_int(config: ml_collections.ConfigDict, path: str, allow_zero: bool
 
 
 def _check_schedule(config: ml_collections.ConfigDict, device_count: int, process_count: int):
-    """Step counts, intervals, seed and batch sizes."""
+    """Step counts, intervals, seed, batch sizes and the shuffle block."""
     for path in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "batch_size"):
         _positive_int(config, path)
     for path in ("eval_every_steps", "eval_batch_size", "eval_num_batches"):

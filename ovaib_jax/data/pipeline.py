@@ -803,9 +803,9 @@ def _read_positions(reader: Any, positions: np.ndarray) -> list[bytes]:
     """
     if len(positions) == 0:
         return []
-    cuts = (np.flatnonzero(np.diff(positions) != 1) + 1).tolist()
-    starts = positions[[0, *cuts]].tolist()
-    stops = (positions[[c - 1 for c in cuts] + [len(positions) - 1]] + 1).tolist()
+    cuts = np.flatnonzero(np.diff(positions) != 1) + 1  # where a new run starts
+    starts = positions[np.r_[0, cuts]].tolist()
+    stops = (positions[np.r_[cuts, len(positions)] - 1] + 1).tolist()
     out: list[bytes] = []
     for begin, end in zip(starts, stops):
         out.extend(reader.read(begin, end))

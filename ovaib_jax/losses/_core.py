@@ -410,30 +410,14 @@ def _whole_matrix_stats(
     else:
         s = jnp.where(is_pos, positive[:, None], s)
         pos = positive.astype(jnp.float32)
+    rows = _one_block_stats(s, is_pos, pos, scale, exclude_positive, smoothing, axis=1)
+    if not symmetric:
+        return rows, None
+    # Column statistics are reduced across devices (every device holds all columns).
     neg_inf = jnp.float32(-jnp.inf)
     logits = s * scale
     masked = jnp.where(is_pos, neg_inf, logits) if exclude_positive else logits
     negatives = jnp.where(is_pos, neg_inf, s)
-    neg_max = jax.lax.stop_gradient(jnp.max(negatives, axis=1))
-    if isinstance(scale, (int, float)) and scale > 0:
-        # A positive constant scale keeps the order: the row max of the logits is the
-        # scaled max of the scores (exactly, in float32), so no pass of its own.
-        r_max = jax.lax.stop_gradient(
-            scale * (neg_max if exclude_positive else jnp.maximum(neg_max, pos))
-        )
-    else:
-        r_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
-    r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
-    lse = r_max + jnp.log(jnp.sum(jnp.exp(masked - r_max[:, None]), axis=1))
-    rows = RowStats(
-        lse=lse,
-        pos=pos,
-        logit_sum=jnp.sum(logits, axis=1) if smoothing else jnp.zeros_like(lse),
-        neg_max=neg_max,
-        score_sum=jax.lax.stop_gradient(jnp.sum(s, axis=1)),
-    )
-    if not symmetric:
-        return rows, None
     c_max = pmax(jax.lax.stop_gradient(jnp.max(masked, axis=0)), axis_name)
     c_max = jnp.where(jnp.isfinite(c_max), c_max, _LOWEST)
     c_sum = psum(jnp.sum(jnp.exp(masked - c_max[None, :]), axis=0), axis_name)
@@ -447,31 +431,49 @@ def _whole_matrix_stats(
     return rows, cols
 
 
+def _one_block_stats(
+    s: jax.Array,
+    is_pos: jax.Array,
+    pos: jax.Array,
+    scale: jax.Array | float,
+    exclude_positive: bool,
+    smoothing: bool,
+    axis: int,
+) -> RowStats:
+    """The query statistics of one whole block ``s``, reduced over ``axis`` (1: queries are
+    rows, candidates columns; 0: the reverse), ``is_pos`` marking each query's positive
+    (same shape as s) and ``pos`` its raw positive scores."""
+    neg_inf = jnp.float32(-jnp.inf)
+    logits = s * scale
+    masked = jnp.where(is_pos, neg_inf, logits) if exclude_positive else logits
+    neg_max = jax.lax.stop_gradient(jnp.max(jnp.where(is_pos, neg_inf, s), axis=axis))
+    if isinstance(scale, (int, float)) and scale > 0:
+        # A positive constant scale keeps the order: the max of the logits is the scaled
+        # max of the scores (exactly, in float32), so no pass of its own.
+        r_max = jax.lax.stop_gradient(
+            scale * (neg_max if exclude_positive else jnp.maximum(neg_max, pos))
+        )
+    else:
+        r_max = jax.lax.stop_gradient(jnp.max(masked, axis=axis))
+    r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
+    lse = r_max + jnp.log(jnp.sum(jnp.exp(masked - jnp.expand_dims(r_max, axis)), axis=axis))
+    return RowStats(
+        lse=lse,
+        pos=pos,
+        logit_sum=jnp.sum(logits, axis=axis) if smoothing else jnp.zeros_like(lse),
+        neg_max=neg_max,
+        score_sum=jax.lax.stop_gradient(jnp.sum(s, axis=axis)),
+    )
+
+
 def column_stats_as_rows(
     s: jax.Array, *, scale: jax.Array | float, exclude_positive: bool = False
 ) -> RowStats:
     """The row statistics of ``s.T`` without forming the transpose: every reduction is
     over axis 0 of ``s`` (N, N). Unsharded, one block, the positive of query j in s[j, j].
-    The same values as :func:`contrast` of ``s.T``; ``scale`` must be positive (a
-    temperature's inverse, constant or traced)."""
-    n = s.shape[0]
-    is_pos = jnp.eye(n, dtype=bool)
-    pos = jnp.diagonal(s)
-    logits = s * scale
-    masked = jnp.where(is_pos, jnp.float32(-jnp.inf), logits) if exclude_positive else logits
-    neg_max = jax.lax.stop_gradient(jnp.max(jnp.where(is_pos, jnp.float32(-jnp.inf), s), axis=0))
-    r_max = jax.lax.stop_gradient(
-        scale * (neg_max if exclude_positive else jnp.maximum(neg_max, pos))
-    )
-    r_max = jnp.where(jnp.isfinite(r_max), r_max, _LOWEST)
-    lse = r_max + jnp.log(jnp.sum(jnp.exp(masked - r_max[None, :]), axis=0))
-    return RowStats(
-        lse=lse,
-        pos=pos,
-        logit_sum=jnp.zeros_like(lse),
-        neg_max=neg_max,
-        score_sum=jax.lax.stop_gradient(jnp.sum(s, axis=0)),
-    )
+    The same values as :func:`contrast` of ``s.T``."""
+    is_pos = jnp.eye(s.shape[0], dtype=bool)
+    return _one_block_stats(s, is_pos, jnp.diagonal(s), scale, exclude_positive, False, axis=0)
 
 
 class InfoNCE(NamedTuple):
