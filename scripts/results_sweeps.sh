@@ -3,8 +3,8 @@
 #
 #   bash scripts/results_sweeps.sh /tmp/res [SECTION ...]   # SECTION: parity p_sweep latent latent_m5 mfeat mnist_views
 #   (also, not in the default list: latent_tau latent_m5_tau mfeat_tau mnist_views_tau, the
-#   beta sweeps again at the paper's tau = 0.01 with 5 seeds; trifeature_m3, OVA-IB against
-#   CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
+#   beta sweeps again at the paper's tau = 0.01 (beta = 0, 1, 0.1, 0.5) with 5 seeds;
+#   trifeature_m3, OVA-IB against CoMM, Symile and ConFu on ovaib_trifeature, 5 seeds; trifeature_m3_rest, GRAM, TRIANGLE,
 #   pairwise CLIP, anchor CLIP and the span + product score there; trifeature_colour, the
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
@@ -125,24 +125,24 @@ for section in $SECTIONS; do
   # tau = 0.1 weighs minimality 10x more than the paper's beta = 1). beta = 0 against the
   # paper's beta = 1, 5 seeds, paired by seed; probes and retrieval only.
   latent_tau)
-    for b in 0 1; do
+    for b in 0 1 0.1 0.5; do
       $S5 --config=experiments/latent.py:beta=$b --workdir=$ROOT/latent_tau0.01_beta$b $F \
         --objectives=ova_ib $T001
     done
     embedding_probes ;;
   latent_m5_tau)
-    for b in 0 1; do
+    for b in 0 1 0.1 0.5; do
       $S5 --config=experiments/latent.py:M=5,beta=$b --workdir=$ROOT/latent_m5_tau0.01_beta$b \
         $F --objectives=ova_ib $T001
     done
     embedding_probes ;;
   mfeat_tau)
-    for b in 0 1; do
+    for b in 0 1 0.1 0.5; do
       $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_beta$b $F \
         --objectives=ova_ib $T001 --config.objective.beta=$b
     done ;;
   mnist_views_tau)
-    for b in 0 1; do
+    for b in 0 1 0.1 0.5; do
       $S5 --config=experiments/mnist_views.py --workdir=$ROOT/mnist_views_tau0.01_beta$b $F \
         --objectives=ova_ib $T001 --config.objective.beta=$b
     done ;;

@@ -164,8 +164,9 @@ class Retention:
     digits: int = 3
 
 
-# The beta sweeps at the paper's tau = 0.01 (issue 13 section 2): beta = 0 and the paper's
-# beta = 1, 5 seeds (the tau = 0.1 rows are in the earlier tables, 3 seeds).
+# The beta sweeps at the paper's tau = 0.01 (issue 13 section 2): beta = 0, 0.1, 0.5 and the
+# paper's 1, 5 seeds (the tau = 0.1 rows are in the earlier tables, 3 seeds).
+TAU_BETAS = ("0", "0.1", "0.5", "1")
 TAU_SETTINGS = (
     # (title prefix, sweep prefix, metrics)
     (
@@ -280,18 +281,31 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     )
 
 
-def trifeature_many_tables(m: int) -> tuple[list[Table], list[Comparison]]:
-    """ovaib_trifeature at M = 4 or 5: the projection score, Symile and CoMM (one of each
-    family of M = 3), and OVA-IB against the other two."""
+def trifeature_many_tables(
+    m: int,
+) -> tuple[list[Table], list[Comparison], list[AgainstBest]]:
+    """ovaib_trifeature at M = 4 or 5: one objective of each family of M = 3 (the
+    projection score, Symile, CoMM), ConFu, and two of section 6's candidates (span +
+    product, the separate heads); OVA-IB against each baseline, and each candidate against
+    the best of the four baselines run there (GRAM, TRIANGLE and the CLIPs were not)."""
     rows = {o: Row(o, f"trifeature_m{m}", o) for o in ("ova_ib", "symile", "comm")}
-    title = f"ovaib_trifeature M = {m}: one objective of each family, 1500 steps"
+    rows["confu"] = Row("confu", f"trifeature_m{m}_confu", "confu")
+    rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, f"trifeature_m{m}_span_product", "ova_ib")
+    rows[OVA_HEADS] = Row(OVA_HEADS, f"trifeature_m{m}_heads", "ova_ib_heads")
+    title = f"ovaib_trifeature M = {m}, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
+    candidates = (SPAN_PRODUCT, OVA_HEADS)
+    others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
-        [Table(title, tuple(rows.values()), TRIFEATURE_METRICS + TRIFEATURE_FEW + convergence)],
+        [Table(title, tuple(rows.values()), metrics + convergence)],
         [
             Comparison(f"{title}: ova_ib against {o}", rows["ova_ib"], rows[o], metrics)
-            for o in ("symile", "comm")
+            for o in ("symile", "comm", "confu")
+        ],
+        [
+            AgainstBest(f"{title}: {c} vs the best of four", rows[c], others, metrics)
+            for c in candidates
         ],
     )
 
@@ -299,15 +313,16 @@ def trifeature_many_tables(m: int) -> tuple[list[Table], list[Comparison]]:
 def tau_tables() -> tuple[list[Table], list[Comparison]]:
     tables, comparisons = [], []
     for title, prefix, metrics in TAU_SETTINGS:
-        new = {b: Row(f"ova_ib beta = {b}, tau = 0.01 (beta x tau = {0.01 * int(b):g})",
-                      f"{prefix}_tau0.01_beta{b}", "ova_ib") for b in ("0", "1")}  # fmt: skip
+        new = {b: Row(f"ova_ib beta = {b}, tau = 0.01 (beta x tau = {0.01 * float(b):g})",
+                      f"{prefix}_tau0.01_beta{b}", "ova_ib") for b in TAU_BETAS}  # fmt: skip
         rows = tuple(new.values())
         tables.append(Table(f"{title}: beta at the paper's tau = 0.01", rows, metrics))
-        comparisons.append(
+        comparisons += [
             Comparison(
-                f"{title}, tau = 0.01: beta = 1 against beta = 0", new["1"], new["0"], metrics
+                f"{title}, tau = 0.01: beta = {b} against beta = 0", new[b], new["0"], metrics
             )
-        )
+            for b in ("1", "0.1", "0.5")
+        ]
     return tables, comparisons
 
 
@@ -451,7 +466,9 @@ COMPARISONS: list[Comparison] = (
     + trifeature_many_tables(5)[1]
 )
 RETENTION: list[Retention] = retention_tables()
-AGAINST_BEST: list[AgainstBest] = trifeature_tables()[2]
+AGAINST_BEST: list[AgainstBest] = (
+    trifeature_tables()[2] + trifeature_many_tables(4)[2] + trifeature_many_tables(5)[2]
+)
 
 
 def _load(path: str) -> dict:
