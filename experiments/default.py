@@ -104,6 +104,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.min_temperature = 0.001  # clip of a learnable tau
     config.model.max_temperature = 10.0  # upper clip of a learnable tau
     config.model.projector_hidden = (128,)  # hidden widths of the MLP projector ablation
+    # Separate encoder branches: comma-separated embedding widths summing to embedding_dim
+    # ("" = one encoder and head per modality). Branch k has its own encoder and head per
+    # modality and writes its slice of z; the probes read the branches' representations
+    # concatenated. With objective ova_ib_heads, give its head widths (span, product, comm:
+    # the widths the error message names) to put each head on its own encoder.
+    config.model.branches = ""
     # Mixed precision (flax / big_vision convention): the dtype the encoders, heads and
     # projector compute in, "float32" or "bfloat16"; parameters, gradients, optimizer
     # state and BatchNorm statistics stay float32 whatever it is. uint8 pixels are scaled

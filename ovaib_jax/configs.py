@@ -279,6 +279,7 @@ RESUMABLE_FIELDS = (
 # rerun holding that value continues it.
 ADDED_FIELDS: dict[str, Any] = {
     "dataset.shuffle_block": 1,
+    "model.branches": "",
     "model.dtype": "float32",
     "model.objective_dtype": "float32",
 }

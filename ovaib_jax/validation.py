@@ -31,7 +31,7 @@ REQUIRED_FIELDS = (
     "model.encoders", "model.representation_dim", "model.embedding_dim", "model.head_layers",
     "model.head_hidden", "model.normalize_embeddings", "model.learnable_temperature",
     "model.min_temperature", "model.max_temperature", "model.projector_hidden",
-    "model.dtype", "model.objective_dtype",
+    "model.dtype", "model.objective_dtype", "model.branches",
     "optimizer.name", "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
     "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.b1", "optimizer.b2",
     "optimizer.eps", "optimizer.momentum",
@@ -335,6 +335,7 @@ def _check_model(
             raise ValueError(
                 f"config.model.{field}={mc[field]!r}; valid dtypes are {', '.join(models.DTYPES)}."
             )
+    _check_branches(config, objective, hparams)
     for enc in encoders:
         if "dtype" in dict(models.encoder_kwargs(mc, enc)):
             raise ValueError(
@@ -365,6 +366,31 @@ def _check_model(
             f"[model.min_temperature, model.max_temperature] = [{lo}, {hi}]."
         )
     return encoders, param, init_temperature
+
+
+def _check_branches(
+    config: ml_collections.ConfigDict, objective: str, hparams: dict[str, Any]
+) -> None:
+    """``model.branches``: positive widths summing to ``model.embedding_dim``; with
+    ``ova_ib_heads``, its heads' widths (one branch per head, none straddling two)."""
+    d = int(config.model.embedding_dim)
+    dims = models.parse_branch_dims(config.model.branches)  # ValueError naming the format
+    if not dims:
+        return
+    if sum(dims) != d:
+        raise ValueError(
+            f"config.model.branches = {config.model.branches!r} sums to {sum(dims)}; the "
+            f"widths must sum to model.embedding_dim = {d}."
+        )
+    if objective == "ova_ib_heads":
+        sizes = losses.head_sizes(d, hparams["product_share"], hparams["comm_share"])
+        heads = ",".join(str(w) for w in sizes if w > 0)
+        if ",".join(map(str, dims)) != heads:
+            raise ValueError(
+                f"config.model.branches = {config.model.branches!r} does not split z where "
+                f"ova_ib_heads' heads do (span, product, comm widths {sizes} at d = {d}); "
+                f"set config.model.branches = {heads!r} for one encoder branch per head."
+            )
 
 
 def _check_optimizer(opt: ml_collections.ConfigDict) -> None:

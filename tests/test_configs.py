@@ -195,6 +195,27 @@ def test_shuffle_block_is_a_positive_integer():
         )
 
 
+def test_branches_sum_to_d_and_split_z_where_the_heads_do():
+    _bad(lambda c: setattr(c.model, "branches", "16,8"), r"sums to 24.*embedding_dim = 32")
+    _bad(lambda c: setattr(c.model, "branches", "16,a"), r"comma-separated positive")
+    heads = load("trifeature", "M=3,objective=ova_ib_heads")
+    assert heads.model.embedding_dim == 32  # heads (16, 8, 8) at the default shares
+    for spec in ("", "16,8,8"):
+        with heads.unlocked():
+            heads.model.branches = spec
+        validate_config(heads, device_count=1, process_count=1)
+    with heads.unlocked():
+        heads.model.branches = "8,8,16"
+    with pytest.raises(ValueError, match=r"widths \(16, 8, 8\).*branches = '16,8,8'"):
+        validate_config(heads, device_count=1, process_count=1)
+    with heads.unlocked():
+        heads.objective.comm_share = 0.0
+        heads.model.branches = "16,8,8"
+    with pytest.raises(ValueError, match=r"branches = '24,8'"):
+        validate_config(heads, device_count=1, process_count=1)
+    validate_config(load("default"), device_count=1, process_count=1)  # "" by default
+
+
 def test_learnable_temperature_bounds():
     def mutate(c):
         c.model.learnable_temperature = True

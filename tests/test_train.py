@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from ovaib_jax import configs, data, evaluate, inputs, losses, models, runtime, train
-from ovaib_jax.objective import make_objective
+from ovaib_jax.objective import loss_kwargs, make_objective
 from ovaib_jax.state import abstract_items, open_checkpointer
 from ovaib_jax.state import variables as flax_variables
 from ovaib_jax.step import create_optimizer, create_train_state, make_train_step
@@ -191,6 +191,34 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     assert out["step"] == 10
     steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [s for s in steps if s > 6] == [8, 10, 10]  # train at 8, 10; eval at 10
+
+
+def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_path):
+    """ova_ib_heads with one encoder branch per head (model.branches): trains, checkpoints
+    the branches' parameters, and evaluate restores them: its held-out loss is the
+    objective on the restored model's z, and the probes read the branches' 3 x 16-wide
+    representations."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, arg="objective=ova_ib_heads", num_train_steps=2)
+    config.checkpoint_every_steps = 2
+    config.model.branches = "4,2,2"  # span, product and comm heads of d = 8
+    train.train_and_evaluate(config, workdir)
+    config.eval_num_batches = 1
+    config.eval_batch_size = 64
+    config.evaluators = "heldout_loss,downstream"
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    run, variables, first = _restored_with_test_batch(config, workdir, data_dir)
+    assert {k for k in variables["params"] if k.startswith("encoder_x0")} == {
+        "encoder_x0_b0",
+        "encoder_x0_b1",
+        "encoder_x0_b2",
+    }
+    z, reps = run.model.apply(flax_variables(variables["params"], variables["batch_stats"]), first)
+    assert z.shape == (3, 64, 8) and reps["x0"].shape == (64, 48)
+    kwargs = loss_kwargs(config, run.resolved, run.model, variables)  # with the model's fuse
+    want, _ = losses.get("ova_ib_heads")(z, **kwargs)
+    assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
+    assert 0.0 <= results["downstream"]["label/accuracy"] <= 1.0
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):

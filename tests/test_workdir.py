@@ -159,6 +159,25 @@ def test_healthy_rejects_nan_inf_and_exploded_values():
         assert not state.healthy(st(np.asarray(bad, np.float32))), bad
 
 
+def test_healthy_allows_large_finite_optimizer_moments():
+    """Adam's second moment holds squared gradients: a gradient of 4e11 (a near-zero vector
+    L2-normalised, e.g. a CoMM fusion output at initialisation) leaves nu = 1.6e23, finite
+    and harmless (its square root is what Adam uses). The parameters' bound is not the
+    optimizer state's: only non-finite optimizer values are unhealthy."""
+    import jax.numpy as jnp
+    import optax
+
+    params = {"w": jnp.ones(2)}
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+    _, opt_state = tx.update({"w": jnp.asarray([4e11, 1.0])}, opt_state, params)
+    assert float(opt_state[0].nu["w"][0]) > state.EXPLODED
+    assert state.healthy(state.TrainState(jnp.zeros((), jnp.int32), params, {}, opt_state))
+    for bad in (np.inf, np.nan):
+        broken = state.TrainState(jnp.zeros((), jnp.int32), params, {}, ({"nu": jnp.full(2, bad)},))
+        assert not state.healthy(broken), bad
+
+
 def test_one_live_run_per_workdir(data_dir, tmp_path):
     """Item 5: a second run on a live workdir is refused naming the holder; a SIGKILLed
     holder leaves no stale lock."""

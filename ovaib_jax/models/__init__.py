@@ -32,6 +32,7 @@ __all__ = [
     "encoder_kwargs",
     "get_dtype",
     "get_encoder",
+    "parse_branch_dims",
     "parse_encoder_overrides",
     "resolve_encoders",
 ]
@@ -134,6 +135,23 @@ def encoder_kwargs(model_config: Any, encoder: str) -> tuple[tuple[str, Any], ..
     )
 
 
+def parse_branch_dims(spec: str) -> tuple[int, ...]:
+    """``config.model.branches`` -> the embedding widths of separate encoder branches:
+    ``""`` (one encoder per modality) -> ``()``; ``"16,8,8"`` -> ``(16, 8, 8)``.
+
+    Raises:
+      ValueError: a width that is not a positive integer.
+    """
+    parts = [p.strip() for p in str(spec or "").split(",") if p.strip()]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(
+            f"config.model.branches = {spec!r}: give comma-separated positive embedding "
+            f"widths, one per encoder branch, summing to model.embedding_dim (e.g. "
+            f"'16,8,8'), or '' for one encoder per modality."
+        )
+    return tuple(int(p) for p in parts)
+
+
 def create_model(
     model_config: Any,
     modalities: Sequence[Any],
@@ -176,4 +194,5 @@ def create_model(
         fusion=bool(fusion),
         dtype=get_dtype(model_config.dtype),
         objective_dtype=get_dtype(model_config.objective_dtype),
+        branch_dims=parse_branch_dims(model_config.get("branches", "")),
     )

@@ -49,6 +49,11 @@ def _as_float(x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     return x.astype(dtype)
 
 
+def _concat(parts: list[jax.Array]) -> jax.Array:
+    """The branches' arrays joined along the last axis (one branch: itself, unchanged)."""
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
 class MultiModalModel(nn.Module):
     """Encoders + projection heads for M modalities, stacked into ``z`` (M, N, d).
 
@@ -70,6 +75,13 @@ class MultiModalModel(nn.Module):
       fusion: create CoMM's masked fusion (``fuse`` method; parameters ``fusion``).
       dtype: compute dtype of the encoders, heads and projector (inputs are cast to it;
         parameters stay float32): ``jnp.float32`` or ``jnp.bfloat16``.
+      branch_dims: separate encoder branches (empty: one encoder and head per modality).
+        With K widths ``(d_1, ..., d_K)`` summing to ``embedding_dim``, modality m has K
+        encoders and heads (parameters ``encoder_{m}_b{k}``, ``head_{m}_b{k}``): branch k
+        embeds into ``z[..., D_k:D_k + d_k]`` (``D_k = d_1 + ... + d_{k-1}``) from its own
+        encoder only, and the representation the probes read is the K encoders' outputs
+        concatenated, ``(N, K * r)``. Meant for objectives with one term per slice of z
+        (``ova_ib_heads``: its heads on separate encoders instead of one shared one).
       objective_dtype: dtype of what enters the objective: z (cast before the optional
         L2 normalisation), the projector's output and the temperature. Keep float32
         (the default) with a bfloat16 ``dtype``: the bfloat16 forward then moves z by a
@@ -92,6 +104,7 @@ class MultiModalModel(nn.Module):
     fusion: bool = False
     dtype: Any = jnp.float32
     objective_dtype: Any = jnp.float32
+    branch_dims: tuple[int, ...] = ()
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -100,23 +113,41 @@ class MultiModalModel(nn.Module):
     def setup(self):
         from ovaib_jax.models import get_encoder  # the registry imports this module
 
-        self.encoder_modules = {
-            name: get_encoder(enc)(
-                out_dim=self.representation_dim,
-                **dict(kwargs),
-                dtype=self.dtype,
-                name=f"encoder_{name}",
+        if self.branch_dims and (
+            min(self.branch_dims) < 1 or sum(self.branch_dims) != self.embedding_dim
+        ):
+            raise ValueError(
+                f"MultiModalModel: branch_dims {tuple(self.branch_dims)} must be positive "
+                f"widths summing to embedding_dim = {self.embedding_dim}."
             )
+        # (suffix of the parameter names, embedding width) of each branch; one unnamed
+        # branch without branch_dims, so a one-branch model keeps its parameter names.
+        branches = [(f"_b{k}", w) for k, w in enumerate(self.branch_dims)] or [
+            ("", self.embedding_dim)
+        ]
+        self.encoder_modules = {
+            name: [
+                get_encoder(enc)(
+                    out_dim=self.representation_dim,
+                    **dict(kwargs),
+                    dtype=self.dtype,
+                    name=f"encoder_{name}{suffix}",
+                )
+                for suffix, _ in branches
+            ]
             for name, enc, kwargs in self.encoders
         }
         self.heads = {
-            name: ProjectionHead(
-                out_dim=self.embedding_dim,
-                hidden=self.head_hidden or self.representation_dim,
-                num_layers=self.head_layers,
-                dtype=self.dtype,
-                name=f"head_{name}",
-            )
+            name: [
+                ProjectionHead(
+                    out_dim=width,
+                    hidden=self.head_hidden or self.representation_dim,
+                    num_layers=self.head_layers,
+                    dtype=self.dtype,
+                    name=f"head_{name}{suffix}",
+                )
+                for suffix, width in branches
+            ]
             for name, _, _ in self.encoders
         }
         if self.learnable_temperature:
@@ -143,9 +174,8 @@ class MultiModalModel(nn.Module):
                 name="fusion",
             )
 
-    def represent(self, inputs: Mapping[str, jax.Array], train: bool = False) -> dict[str, Any]:
-        """Encoder outputs only: ``{modality: (N, r)}`` in ``dtype``, for the downstream
-        probes (which read them as float32)."""
+    def _branch_reps(self, inputs: Mapping[str, jax.Array], train: bool) -> dict[str, list]:
+        """``{modality: [(N, r) per branch]}``: every encoder's output, in ``dtype``."""
         missing = [n for n in self.modality_names if n not in inputs]
         if missing:
             raise KeyError(
@@ -153,10 +183,17 @@ class MultiModalModel(nn.Module):
             )
         # Every modality of a batch holds the same N examples.
         chex.assert_equal_shape_prefix([inputs[n] for n in self.modality_names], prefix_len=1)
-        return {
-            name: self.encoder_modules[name](_as_float(inputs[name], self.dtype), train=train)
-            for name in self.modality_names
-        }
+        out = {}
+        for name in self.modality_names:
+            x = _as_float(inputs[name], self.dtype)
+            out[name] = [encoder(x, train=train) for encoder in self.encoder_modules[name]]
+        return out
+
+    def represent(self, inputs: Mapping[str, jax.Array], train: bool = False) -> dict[str, Any]:
+        """Encoder outputs only: ``{modality: (N, r)}`` in ``dtype`` (``(N, K * r)``, the
+        branches' concatenated, with ``branch_dims``), for the downstream probes (which
+        read them as float32)."""
+        return {n: _concat(r) for n, r in self._branch_reps(inputs, train).items()}
 
     def __call__(
         self, inputs: Mapping[str, jax.Array], train: bool = False
@@ -169,11 +206,17 @@ class MultiModalModel(nn.Module):
 
         Returns:
           ``(z, reps)``: z of shape (M, N, d) in ``objective_dtype`` (float32 unless
-          set otherwise) in the order of ``encoders``, and reps ``{modality: (N, r)}`` in
-          ``dtype``.
+          set otherwise) in the order of ``encoders``, and reps ``{modality: (N, r)}``
+          (``(N, K * r)`` with K ``branch_dims``) in ``dtype``.
         """
-        reps = self.represent(inputs, train=train)
-        z = jnp.stack([self.heads[n](reps[n]) for n in self.modality_names])
+        branch_reps = self._branch_reps(inputs, train)
+        z = jnp.stack(
+            [
+                _concat([head(r) for head, r in zip(self.heads[n], branch_reps[n], strict=True)])
+                for n in self.modality_names
+            ]
+        )
+        reps = {n: _concat(r) for n, r in branch_reps.items()}
         z = z.astype(self.objective_dtype)
         if self.normalize_embeddings:
             z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-30))

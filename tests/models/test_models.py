@@ -158,8 +158,11 @@ def _model(**kw):
             "projector_hidden": (8,),
             "dtype": kw.pop("dtype", "float32"),
             "objective_dtype": kw.pop("objective_dtype", "float32"),
+            "branches": kw.pop("branches", ""),
         }
     )
+    if "embedding_dim" in kw:
+        cfg.embedding_dim = kw.pop("embedding_dim")
     return models.create_model(cfg, mods, **kw), mods
 
 
@@ -190,6 +193,47 @@ def test_multimodal_normalisation_temperature_projector():
     assert set(variables["params"]["projector"]) == {"held_out_0", "held_out_1"}
     out = model.apply(variables, z[1:], 0, method=models.MultiModalModel.project)
     assert out.shape == (3, 4)
+
+
+def test_branches_are_separate_models_writing_their_slices_of_z():
+    """With branch_dims (2, 1, 1) each branch is the one-branch model of its width on its
+    own parameters (encoder_{m}_b{k}, head_{m}_b{k}): z[..., slice k] is that model's z,
+    and the representation is the three models' representations side by side."""
+    model, _ = _model(branches="2,1,1")
+    assert model.branch_dims == (2, 1, 1)
+    inputs = {
+        "a": jax.random.normal(KEY, (3, 5)),
+        "img": jax.random.randint(jax.random.key(1), (3, 8, 8, 1), 0, 256).astype(jnp.uint8),
+    }
+    params = model.init(KEY, inputs)["params"]
+    assert set(params) == {f"{p}_{m}_b{k}" for p in ("encoder", "head") for m in ("a", "img")
+                           for k in range(3)}  # fmt: skip
+    z, reps = model.apply({"params": params}, inputs)
+    assert z.shape == (2, 3, 4) and reps["a"].shape == (3, 18)
+    start = 0
+    for k, width in enumerate((2, 1, 1)):
+        alone, _ = _model(embedding_dim=width)
+        names = [f"{p}_{m}" for p in ("encoder", "head") for m in ("a", "img")]
+        own = {name: params[f"{name}_b{k}"] for name in names}
+        z_k, reps_k = alone.apply({"params": own}, inputs)
+        np.testing.assert_allclose(z[..., start : start + width], z_k, rtol=1e-6, atol=1e-7)
+        for m in ("a", "img"):
+            np.testing.assert_allclose(reps[m][:, 6 * k : 6 * k + 6], reps_k[m], rtol=1e-6)
+        start += width
+
+
+@pytest.mark.parametrize("spec", ["2,x,1", "0,4", "4,-1,1", "2.0,2"])
+def test_branches_must_be_positive_integer_widths(spec):
+    with pytest.raises(ValueError, match="comma-separated positive embedding widths"):
+        models.parse_branch_dims(spec)
+
+
+def test_branches_must_sum_to_d():
+    assert models.parse_branch_dims(" 2, 1 ") == (2, 1) and models.parse_branch_dims("") == ()
+    model, _ = _model(branches="2,1")
+    inputs = {"a": jnp.ones((3, 5)), "img": jnp.ones((3, 8, 8, 1), jnp.uint8)}
+    with pytest.raises(ValueError, match="summing to embedding_dim = 4"):
+        model.init(KEY, inputs)
 
 
 def test_encoder_overrides():
