@@ -9,7 +9,8 @@
 #   colour-bit retrieval of every trifeature run already there; trifeature_m3_ova_comm, the
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
 #   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
-#   and moonshot_retention_heads, the same for OVA-IB on separate heads; symile_stable,
+#   and moonshot_retention_heads, the same for OVA-IB on separate heads; trifeature_m3_branches,
+#   the heads on separate encoders; symile_stable,
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
@@ -189,6 +190,12 @@ for section in $SECTIONS; do
     $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
       --workdir=$ROOT/trifeature_m3_heads_no_comm --objectives=ova_ib_heads \
       --config.objective.comm_share=0.0 --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m3_branches)  # section 6's fourth candidate: the three heads of
+    # trifeature_m3_heads, each on its own encoder (model.branches: 3 encoders per view)
+    $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m3_branches --objectives=ova_ib_heads \
+      --config.model.branches=16,8,8 --config.eval_every_steps=300
     colour_retrieval ;;
   trifeature_m3_d16)  # the control of the heads' span head: OVA-IB alone on a 16-d
     # embedding (the span head's width at d = 32), is its lower retrieval the width's?
