@@ -2,14 +2,17 @@
 
     python -m ovaib_jax.evaluate --workdir=DIR [--config=experiments/default.py] [--step=N] \
         [--set=final_evaluators=downstream --set=evaluator_kwargs.downstream.features=embedding]
+        [--out=PATH.json]
 
 Restores the model variables of step N (default: the latest good checkpoint), runs every
 evaluator named in ``config.evaluators`` and ``config.final_evaluators`` on the embedded
 splits and writes ``DIR/eval/results_step_N.json`` (and ``DIR/eval/results.json`` when
 the latest checkpoint was evaluated): ``{"step": N, "<evaluator>": {"<metric>":
-value}}``. Without ``--config`` the run's own ``DIR/config.json`` is used; ``--set=KEY=VALUE``
-(repeatable) overrides one of its keys (dotted, parsed as the type of the value it
-replaces; see :func:`ovaib_jax.configs.apply_overrides`).
+value}}``; with ``--out=PATH`` only PATH, and nothing under DIR (a diagnostic evaluation,
+e.g. with other ``--set`` values, then leaves the run's results as they were). Without
+``--config`` the run's own ``DIR/config.json`` is used; ``--set=KEY=VALUE`` (repeatable)
+overrides one of its keys (dotted, parsed as the type of the value it replaces; see
+:func:`ovaib_jax.configs.apply_overrides`).
 """
 
 from __future__ import annotations
@@ -34,19 +37,27 @@ DEFAULT_EVALUATORS = ["heldout_loss", "inbatch_retrieval"]
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int | None = None,
+    out: str | None = None,
 ) -> dict[str, Any]:
     """Restores the model variables of ``step`` (latest good if None) and evaluates them
     with ``config.evaluators`` and ``config.final_evaluators``.
 
     Writes ``WORKDIR/eval/results_step_<step>.json`` (and ``eval/results.json`` when
-    ``step`` is None) on process 0, and returns its content.
+    ``step`` is None) on process 0, or only the JSON file ``out`` when given, and
+    returns its content.
     """
     restored = evaluation.restore(config, workdir, step)
     names = configs.evaluator_names(config) + configs.evaluator_names(config, "final_evaluators")
     names = list(dict.fromkeys(names)) or DEFAULT_EVALUATORS
     results = {"step": restored.step, **restored.evaluation(names).run(restored.variables)}
-    records.write_eval_results(workdir, results, latest=step is None)
+    if out:
+        if jax.process_index() == 0:
+            records.write_json(out, results, indent=2, sort_keys=True)
+    else:
+        records.write_eval_results(workdir, results, latest=step is None)
     return results
 
 
@@ -72,6 +83,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "The run's directory (holds checkpoints/).")
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest good).")
     flags.DEFINE_multi_string("set", [], "KEY=VALUE: override a key of the config (repeatable).")
+    flags.DEFINE_string("out", None, "Write the results to this JSON file only (not WORKDIR/eval).")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -107,7 +119,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     config = _config_or_exit(f)
     try:
-        results = evaluate_checkpoint(config, f.workdir, f.step)
+        results = evaluate_checkpoint(config, f.workdir, f.step, f.out)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         flag = "--config.dataset.manual_dir" if f.config is not None else "--set=dataset.manual_dir"
         console.exit_with(PROGRAM, str(e.naming_flag(flag)), status=1)

@@ -220,6 +220,20 @@ def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_pat
     assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
     assert 0.0 <= results["downstream"]["label/accuracy"] <= 1.0
 
+    # --out: a diagnostic evaluation writes only its file, the run's results stay.
+    saved = os.path.join(workdir, "eval", "results.json")
+    before = open(saved).read()
+    config.evaluators = "heldout_loss"
+    out = str(tmp_path / "diagnostic" / "results.json")
+    again = evaluate.evaluate_checkpoint(config, workdir, out=out)
+    assert open(saved).read() == before
+    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
+        "results.json",
+        "results_step_2.json",
+    ]
+    assert json.load(open(out)) == json.loads(json.dumps(again))
+    assert again["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
+
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
