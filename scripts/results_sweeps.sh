@@ -10,7 +10,7 @@
 #   span + product score plus CoMM's self-contrast; moonshot_retention, both candidates on
 #   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
 #   and moonshot_retention_heads, the same for OVA-IB on separate heads; trifeature_m3_branches,
-#   the heads on separate encoders; symile_stable,
+#   the heads on separate encoders (trifeature_m3_heads_wide: on one encoder as large); symile_stable,
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
@@ -196,6 +196,14 @@ for section in $SECTIONS; do
     $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
       --workdir=$ROOT/trifeature_m3_branches --objectives=ova_ib_heads \
       --config.model.branches=16,8,8 --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m3_heads_wide)  # the capacity control of trifeature_m3_branches: the
+    # heads on one shared encoder as wide as the three (192-d representation, CNN 32-64,
+    # 168k parameters against the branches' 163k)
+    $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m3_heads_wide --objectives=ova_ib_heads \
+      --config.model.representation_dim=192 --config.model.small_cnn.features="(32,64)" \
+      --config.model.head_hidden=64 --config.eval_every_steps=300
     colour_retrieval ;;
   trifeature_m3_d16)  # the control of the heads' span head: OVA-IB alone on a 16-d
     # embedding (the span head's width at d = 32), is its lower retrieval the width's?

@@ -229,6 +229,7 @@ OVA_COMM = "ova_ib_comm: span + product (w = 1) + CoMM"
 OVA_HEADS = "ova_ib_heads: span, product and CoMM heads"
 OVA_HEADS_NO_COMM = "ova_ib_heads: span and product heads"
 OVA_BRANCHES = "ova_ib_heads on separate encoders (one per head)"
+OVA_HEADS_WIDE = "ova_ib_heads on one encoder as large (192-d representation)"
 HELDOUT_FALL = "fifth:eval/heldout_loss/loss"  # relative; > 0: still falling
 
 
@@ -246,10 +247,13 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     rows[OVA_HEADS] = Row(OVA_HEADS, "trifeature_m3_heads", "ova_ib_heads")
     rows[OVA_HEADS_NO_COMM] = Row(OVA_HEADS_NO_COMM, "trifeature_m3_heads_no_comm", "ova_ib_heads")
     rows[OVA_BRANCHES] = Row(OVA_BRANCHES, "trifeature_m3_branches", "ova_ib_heads")
+    rows[OVA_HEADS_WIDE] = Row(OVA_HEADS_WIDE, "trifeature_m3_heads_wide", "ova_ib_heads")
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
     title = "ovaib_trifeature M = 3: every objective, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
-    candidates = (SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM, OVA_BRANCHES)
+    candidates = (
+        SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM, OVA_BRANCHES, OVA_HEADS_WIDE
+    )  # fmt: skip
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
         [
@@ -273,6 +277,7 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
                     (OVA_HEADS_NO_COMM, SPAN_PRODUCT),
                     (OVA_HEADS, OVA_COMM),
                     (OVA_BRANCHES, OVA_HEADS),  # separate encoders against one shared
+                    (OVA_BRANCHES, OVA_HEADS_WIDE),  # ... against one as large
                 )
             ),
             # the control of the heads' span head (16 of 32 dimensions): OVA-IB at d = 16
