@@ -457,6 +457,7 @@ def retention_tables() -> list[Retention]:
             (SPAN_PRODUCT, "span_product", "ova_ib"),
             (OVA_COMM, "ova_comm", "ova_ib_comm"),
             (OVA_HEADS, "heads", "ova_ib_heads"),
+            (OVA_BRANCHES, "branches", "ova_ib_heads"),
         ):
             candidate = Row(label, f"{prefix}_tau0.01_{sweep}", objective)
             out.append(
