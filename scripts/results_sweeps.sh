@@ -15,7 +15,8 @@
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
-#   the other candidates there; trifeature_m3_d16, OVA-IB at the heads' span width)
+#   the other candidates there; trifeature_m4_branches and trifeature_m5_branches, the
+#   fourth candidate there; trifeature_m3_d16, OVA-IB at the heads' span width)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -254,6 +255,14 @@ for section in $SECTIONS; do
         --workdir=$ROOT/trifeature_m${M}_heads --objectives=ova_ib_heads \
         --config.eval_every_steps=300
     done
+    colour_retrieval ;;
+  trifeature_m4_branches | trifeature_m5_branches)  # the fourth candidate (the heads on
+    # separate encoders, as trifeature_m3_branches) at M = 4 and 5
+    M=${section#trifeature_m}
+    M=${M%_branches}
+    $S5 --config=experiments/trifeature.py:M=$M,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m${M}_branches --objectives=ova_ib_heads \
+      --config.model.branches=16,8,8 --config.eval_every_steps=300
     colour_retrieval ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
