@@ -11,7 +11,8 @@
 #   ovaib_latent and uci_mfeat at tau = 0.01; trifeature_m3_heads, trifeature_m3_heads_no_comm
 #   and moonshot_retention_heads, the same for OVA-IB on separate heads; trifeature_m3_branches,
 #   the heads on separate encoders (trifeature_m3_heads_wide: on one encoder as large;
-#   moonshot_retention_branches: their retrieval on ovaib_latent, uci_mfeat); symile_stable,
+#   moonshot_retention_branches: their retrieval on ovaib_latent, uci_mfeat;
+#   moonshot_retention_more: five more seeds of both retention comparisons); symile_stable,
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
@@ -223,6 +224,16 @@ for section in $SECTIONS; do
       --objectives=ova_ib_heads $T001 --config.objective.beta=0 --config.model.branches=16,8,8
     $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_branches $F \
       --objectives=ova_ib_heads $T001 --config.objective.beta=0 --config.model.branches=16,8,8 ;;
+  moonshot_retention_more)  # five more seeds (4-8) of moonshot_retention_branches and of
+    # the projection rows it is compared with (latent_tau, mfeat_tau at beta = 0)
+    S5B="python -m ovaib_jax.sweep --seeds=4,5,6,7,8"
+    for D in latent mfeat; do
+      [ $D = latent ] && C=experiments/latent.py:beta=0 || C=experiments/mfeat.py
+      $S5B --config=$C --workdir=$ROOT/${D}_tau0.01_beta0 $F --objectives=ova_ib $T001 \
+        --config.objective.beta=0
+      $S5B --config=$C --workdir=$ROOT/${D}_tau0.01_branches $F --objectives=ova_ib_heads \
+        $T001 --config.objective.beta=0 --config.model.branches=16,8,8
+    done ;;
   symile_stable)  # Symile at its stable default (normalised, learnable logit scale): the
     # runs of sections 3 and 4 were made with the previous one (unnormalised, scale 1)
     $S --config=experiments/latent.py:M=5 --workdir=$ROOT/latent_m5_symile_stable $F \
