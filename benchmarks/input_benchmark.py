@@ -1,7 +1,7 @@
 """Input pipeline throughput without the in-memory cache (issue 15).
 
     python benchmarks/input_benchmark.py [--config=experiments/default.py] [--steps=500]
-        [--image_examples=1500] [--image_batch=64] [--quick]
+        [--image_examples=1500] [--image_batch=64] [--run_pairs=3] [--quick]
 
 Two measurements, each with its variants alternating chunk by chunk (alternating which goes
 first) in one process, medians over the chunks, so that a change of the machine's load
@@ -23,6 +23,11 @@ hits every variant alike:
    of the pipeline (``data.make_iterator``) against the raw ArrayRecord reads of the same
    records in the same batches (array_record's ``ArrayRecordDataSource.__getitems__``,
    bytes only, nothing decoded). Target: pipeline / raw >= 0.5.
+
+3. Whole training runs (``python -m ovaib_jax.main`` with the same config, no evaluation),
+   cached and uncached alternating run by run: the trainer's own logged steps/s, the
+   measurement the issue's target is stated in (part 1's in-process chunks also time the
+   switch between variants, which costs the uncached one more).
 
 Prints markdown and writes ``benchmarks/results/input_benchmark_<date>_<platform>.md``.
 """
@@ -62,7 +67,9 @@ flags.DEFINE_integer("image_batch", 64, "Part 2: examples per batch.")
 flags.DEFINE_integer("image_batches", 48, "Part 2: timed batches per variant.")
 flags.DEFINE_integer("image_chunk", 4, "Part 2: batches per timed chunk.")
 flags.DEFINE_string("image_data_dir", "", "Part 2: keep the built dataset here (default: temp).")
-flags.DEFINE_list("parts", ["train", "images"], "Parts to run: train, images.")
+flags.DEFINE_list("parts", ["train", "images", "runs"], "Parts to run: train, images, runs.")
+flags.DEFINE_integer("run_pairs", 3, "Part 3: alternating rounds of whole training runs.")
+flags.DEFINE_integer("run_steps", 4000, "Part 3: train steps of each run.")
 flags.DEFINE_bool("quick", False, "A smoke run: few steps, a small image dataset.")
 flags.DEFINE_string("out", os.path.join(_ROOT, "benchmarks", "results"), "Results directory.")
 FLAGS = flags.FLAGS
@@ -322,6 +329,83 @@ def _train_part(config) -> list[str]:
     ]
 
 
+# ---- part 3: whole training runs, uncached vs cached ------------------------------------
+
+
+def _run_rate(workdir: str, overrides: list[str]) -> float:
+    """Median steps/s of one ``python -m ovaib_jax.main`` run of the benchmark's config
+    (its log intervals after the first, which holds the compilation)."""
+    import json
+    import subprocess
+
+    flag = FLAGS["config"]
+    command = [
+        sys.executable, "-m", "ovaib_jax.main",
+        f"--config={config_flags.get_config_filename(flag)}", f"--workdir={workdir}",
+        *[f"--config.{k}={v}" for k, v in config_flags.get_override_values(flag).items()],
+        f"--config.num_train_steps={FLAGS.run_steps}",
+        f"--config.log_every_steps={max(FLAGS.run_steps // 20, 1)}",
+        "--config.eval_every_steps=0", "--config.evaluators=", "--config.final_evaluators=",
+        f"--config.checkpoint_every_steps={FLAGS.run_steps}", *overrides,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rates = [json.loads(line).get("train/steps_per_sec") for line in f]
+    rates = [r for r in rates if r is not None][1:]
+    return statistics.median(rates)
+
+
+def _runs_part() -> list[str]:
+    """The issue's own measurement: whole training runs of the config (``ovaib_jax.main``,
+    the trainer's steps/s), cached and uncached alternating run by run."""
+    variants = {
+        "cached (`cache_max_mb=512`)": ["--config.dataset.cache_max_mb=512"],
+        "uncached (`cache_max_mb=0`)": ["--config.dataset.cache_max_mb=0"],
+        f"uncached, `shuffle_block={FLAGS.shuffle_block}`": [
+            "--config.dataset.cache_max_mb=0",
+            f"--config.dataset.shuffle_block={FLAGS.shuffle_block}",
+        ],
+    }
+    names = list(variants)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    root = tempfile.mkdtemp(prefix="ovaib_input_runs_")
+    try:
+        for r in range(FLAGS.run_pairs):
+            for name in names if r % 2 == 0 else names[::-1]:
+                workdir = os.path.join(root, f"{r}_{names.index(name)}")
+                rates[name].append(_run_rate(workdir, variants[name]))
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cached = rates[names[0]]
+    rows = [
+        f"| {name} | {' / '.join(f'{v:.0f}' for v in rates[name])} | "
+        + (
+            "1 |"
+            if name == names[0]
+            else " / ".join(f"{a / b:.3f}" for a, b in zip(rates[name], cached))
+            + f" (median {statistics.median(a / b for a, b in zip(rates[name], cached)):.3f}) |"
+        )
+        for name in names
+    ]
+    return [
+        "## 3. Whole training runs: the trainer's steps/s without the cache",
+        "",
+        "`python -m ovaib_jax.main` with the benchmark's `--config` (as part 1), "
+        f"{FLAGS.run_steps} steps, no evaluation, one checkpoint at the end; the trainer's "
+        "logged steps/s (median over its log intervals after the first); "
+        f"{FLAGS.run_pairs} rounds, the variants alternating run by run (the order reversed "
+        "every round).",
+        "",
+        f"| run | steps/s, round 1..{FLAGS.run_pairs} | / cached, each round |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 # ---- part 2: a synthetic image dataset, pipeline vs raw ArrayRecord reads -------------
 
 
@@ -512,6 +596,7 @@ def main(argv):
         FLAGS.steps, FLAGS.chunk, FLAGS.warmup = 40, 10, 5
         FLAGS.image_examples, FLAGS.image_batch = 64, 16
         FLAGS.image_batches, FLAGS.image_chunk = 4, 2
+        FLAGS.run_pairs, FLAGS.run_steps = 1, 100
     platform_name = jax.devices()[0].platform
     started = time.perf_counter()
     lines = [
@@ -532,6 +617,8 @@ def main(argv):
         finally:
             if not FLAGS.image_data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
+    if "runs" in FLAGS.parts:
+        lines += _runs_part()
     lines.append(
         f"Load average at the end: {os.getloadavg()[0]:.1f}; total "
         f"{time.perf_counter() - started:.0f} s."

@@ -296,17 +296,18 @@ def trifeature_many_tables(
     m: int,
 ) -> tuple[list[Table], list[Comparison], list[AgainstBest]]:
     """ovaib_trifeature at M = 4 or 5: one objective of each family of M = 3 (the
-    projection score, Symile, CoMM), ConFu, and two of section 6's candidates (span +
-    product, the separate heads); OVA-IB against each baseline, and each candidate against
+    projection score, Symile, CoMM), ConFu, and three of section 6's candidates (span +
+    product, the separate heads, the heads on separate encoders); OVA-IB against each baseline, and each candidate against
     the best of the four baselines run there (GRAM, TRIANGLE and the CLIPs were not)."""
     rows = {o: Row(o, f"trifeature_m{m}", o) for o in ("ova_ib", "symile", "comm")}
     rows["confu"] = Row("confu", f"trifeature_m{m}_confu", "confu")
     rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, f"trifeature_m{m}_span_product", "ova_ib")
     rows[OVA_HEADS] = Row(OVA_HEADS, f"trifeature_m{m}_heads", "ova_ib_heads")
+    rows[OVA_BRANCHES] = Row(OVA_BRANCHES, f"trifeature_m{m}_branches", "ova_ib_heads")
     title = f"ovaib_trifeature M = {m}, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
-    candidates = (SPAN_PRODUCT, OVA_HEADS)
+    candidates = (SPAN_PRODUCT, OVA_HEADS, OVA_BRANCHES)
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
         [Table(title, tuple(rows.values()), metrics + convergence)],
