@@ -230,6 +230,9 @@ OVA_HEADS = "ova_ib_heads: span, product and CoMM heads"
 OVA_HEADS_NO_COMM = "ova_ib_heads: span and product heads"
 OVA_BRANCHES = "ova_ib_heads on separate encoders (one per head)"
 OVA_HEADS_WIDE = "ova_ib_heads on one encoder as large (192-d representation)"
+# The separate encoders' runs retrieved with the score weight chosen on training data
+# (scripts/score_weight.py: only the retrieval columns differ from OVA_BRANCHES').
+OVA_BRANCHES_SW = "ova_ib_heads on separate encoders, score weight chosen on train"
 HELDOUT_FALL = "fifth:eval/heldout_loss/loss"  # relative; > 0: still falling
 
 
@@ -248,11 +251,15 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     rows[OVA_HEADS_NO_COMM] = Row(OVA_HEADS_NO_COMM, "trifeature_m3_heads_no_comm", "ova_ib_heads")
     rows[OVA_BRANCHES] = Row(OVA_BRANCHES, "trifeature_m3_branches", "ova_ib_heads")
     rows[OVA_HEADS_WIDE] = Row(OVA_HEADS_WIDE, "trifeature_m3_heads_wide", "ova_ib_heads")
+    rows[OVA_BRANCHES_SW] = Row(
+        OVA_BRANCHES_SW, "trifeature_m3_branches_score_weight", "ova_ib_heads"
+    )
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
     title = "ovaib_trifeature M = 3: every objective, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     candidates = (
-        SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM, OVA_BRANCHES, OVA_HEADS_WIDE
+        SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM, OVA_BRANCHES, OVA_HEADS_WIDE,
+        OVA_BRANCHES_SW,
     )  # fmt: skip
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
@@ -278,6 +285,7 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
                     (OVA_HEADS, OVA_COMM),
                     (OVA_BRANCHES, OVA_HEADS),  # separate encoders against one shared
                     (OVA_BRANCHES, OVA_HEADS_WIDE),  # ... against one as large
+                    (OVA_BRANCHES_SW, OVA_BRANCHES),  # the chosen score weight against 1
                 )
             ),
             # the control of the heads' span head (16 of 32 dimensions): OVA-IB at d = 16
@@ -296,18 +304,22 @@ def trifeature_many_tables(
     m: int,
 ) -> tuple[list[Table], list[Comparison], list[AgainstBest]]:
     """ovaib_trifeature at M = 4 or 5: one objective of each family of M = 3 (the
-    projection score, Symile, CoMM), ConFu, and three of section 6's candidates (span +
-    product, the separate heads, the heads on separate encoders); OVA-IB against each baseline, and each candidate against
+    projection score, Symile, CoMM), ConFu, and section 6's candidates (span + product,
+    the separate heads, the heads on separate encoders, with the score weight of training
+    and chosen on training data); OVA-IB against each baseline, and each candidate against
     the best of the four baselines run there (GRAM, TRIANGLE and the CLIPs were not)."""
     rows = {o: Row(o, f"trifeature_m{m}", o) for o in ("ova_ib", "symile", "comm")}
     rows["confu"] = Row("confu", f"trifeature_m{m}_confu", "confu")
     rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, f"trifeature_m{m}_span_product", "ova_ib")
     rows[OVA_HEADS] = Row(OVA_HEADS, f"trifeature_m{m}_heads", "ova_ib_heads")
     rows[OVA_BRANCHES] = Row(OVA_BRANCHES, f"trifeature_m{m}_branches", "ova_ib_heads")
+    rows[OVA_BRANCHES_SW] = Row(
+        OVA_BRANCHES_SW, f"trifeature_m{m}_branches_score_weight", "ova_ib_heads"
+    )
     title = f"ovaib_trifeature M = {m}, 1500 steps"
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     metrics = TRIFEATURE_METRICS + TRIFEATURE_FEW
-    candidates = (SPAN_PRODUCT, OVA_HEADS, OVA_BRANCHES)
+    candidates = (SPAN_PRODUCT, OVA_HEADS, OVA_BRANCHES, OVA_BRANCHES_SW)
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
         [Table(title, tuple(rows.values()), metrics + convergence)],

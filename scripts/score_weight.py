@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
@@ -38,12 +39,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-flags.DEFINE_list("weights", ["1", "0.3", "0.1", "0.03", "0"], "Score weights to try.")
-flags.DEFINE_string("select_split", "train[:3000]", "Split the weight is chosen on.")
-flags.DEFINE_string("colour_target", "color_bits", "Candidate target joined to the shape.")
-FLAGS = flags.FLAGS
 
 METRICS = ("R@1", "R@5", "R@10", "mAP", "mean_rank")
+WEIGHTS = ("1", "0.3", "0.1", "0.03", "0")
 
 
 def choose(select: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -75,9 +73,15 @@ def _retrieve(embedded: Any, info: Any, base: dict[str, Any], weight: float, col
     return {k: float(out[k]) for k in METRICS}, out
 
 
-def score_weight(run_dir: str) -> dict[str, Any]:
-    """Chooses the weight of ``run_dir`` and writes its derived run (see the module
-    docstring); returns the content of its ``score_weight.json``."""
+def score_weight(
+    run_dir: str,
+    weights: Sequence[str] = WEIGHTS,
+    select_split: str = "train[:3000]",
+    colour: str = "color_bits",
+) -> dict[str, Any]:
+    """Chooses the weight of ``run_dir`` among ``weights`` on ``select_split`` and writes
+    its derived run (see the module docstring; ``colour``: the candidate target joined to
+    the shape); returns the content of its ``score_weight.json``."""
     from ovaib_jax import evaluate, evaluation, objective, records
 
     config = evaluate.load_config(None, run_dir)
@@ -88,13 +92,12 @@ def score_weight(run_dir: str) -> dict[str, Any]:
     info = objective.run_info(config, restored.resolved, restored.model, restored.variables)
     if "product_weight" not in (info.scorer_kwargs or {}):
         raise ValueError(f"{run_dir}: its scorer takes no product_weight ({info.scorer_kwargs}).")
-    colour = FLAGS.colour_target
     numbers: dict[str, dict[str, Any]] = {}
     full: dict[str, Any] = {}
-    for role, split in (("select", FLAGS.select_split), ("test", config.dataset.eval_split)):
+    for role, split in (("select", select_split), ("test", config.dataset.eval_split)):
         embedded = ev.embed(restored.variables, split, (colour,))
         numbers[role] = {}
-        for w in FLAGS.weights:
+        for w in weights:
             shape, shape_full = _retrieve(embedded, info, base, float(w), None)
             col, col_full = _retrieve(embedded, info, base, float(w), colour)
             numbers[role][w] = {"shape": shape, "colour": col}
@@ -105,7 +108,7 @@ def score_weight(run_dir: str) -> dict[str, Any]:
         "run": os.path.abspath(run_dir),
         "step": restored.step,
         "trained_product_weight": float(info.scorer_kwargs["product_weight"]),
-        "select_split": FLAGS.select_split,
+        "select_split": select_split,
         "chosen": chosen,
         **numbers,
     }
@@ -128,7 +131,7 @@ def main(argv: list[str]) -> None:
         if os.path.exists(os.path.join(derived_dir(run_dir), "score_weight.json")):
             print(f"{run_dir}: done already")
             continue
-        summary = score_weight(run_dir)
+        summary = score_weight(run_dir, FLAGS.weights, FLAGS.select_split, FLAGS.colour_target)
         sel, test = summary["select"][summary["chosen"]], summary["test"][summary["chosen"]]
         print(
             f"{run_dir}: w = {summary['chosen']} (selection mAP {sel['shape']['mAP']:.3f}, "
@@ -138,4 +141,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    flags.DEFINE_list("weights", list(WEIGHTS), "Score weights to try.")
+    flags.DEFINE_string("select_split", "train[:3000]", "Split the weight is chosen on.")
+    flags.DEFINE_string("colour_target", "color_bits", "Candidate target joined to the shape.")
+    FLAGS = flags.FLAGS
     app.run(main)

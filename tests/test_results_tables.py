@@ -199,3 +199,37 @@ def test_update_leaves_tables_without_any_run_as_they_are(tmp_path, monkeypatch,
     monkeypatch.setattr(sys, "argv", [*argv, f"--update={doc}"])
     rt.main()
     assert "| published |" not in doc.read_text() and "| ova_ib |" in doc.read_text()
+
+
+def _score_weight_module():
+    path = os.path.join(ROOT, "scripts", "score_weight.py")
+    spec = importlib.util.spec_from_file_location("score_weight", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_weight_choice_is_the_best_mean_of_map_and_colour_r1():
+    sw = _score_weight_module()
+
+    def entry(shape_map, colour_r1):
+        return {"shape": {"mAP": shape_map}, "colour": {"R@1": colour_r1}}
+
+    # means: w=1 0.55, w=0.1 0.6375, w=0.03 0.6445, w=0 0.4835 (the colour R@1 collapses)
+    select = {
+        "1": entry(0.443, 0.657),
+        "0.1": entry(0.587, 0.688),
+        "0.03": entry(0.610, 0.679),
+        "0": entry(0.615, 0.352),
+    }
+    assert sw.choose(select) == "0.03"
+    # a tie of the mean goes to the larger weight (the one closer to training's)
+    assert (
+        sw.choose({"0.1": entry(0.6, 0.6), "0.3": entry(0.5, 0.7), "0": entry(0.7, 0.5)}) == "0.3"
+    )
+
+
+def test_score_weight_derived_run_sits_beside_the_sweep():
+    sw = _score_weight_module()
+    got = sw.derived_dir("/r/trifeature_m4_branches/ova_ib_heads/seed_3/")
+    assert got == "/r/trifeature_m4_branches_score_weight/ova_ib_heads/seed_3"
