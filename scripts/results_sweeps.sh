@@ -17,7 +17,8 @@
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
 #   the other candidates there; trifeature_m4_branches and trifeature_m5_branches, the
-#   fourth candidate there; trifeature_m3_d16, OVA-IB at the heads' span width)
+#   fourth candidate there; branches_score_weight, its score weight chosen on training
+#   data; trifeature_m3_d16, OVA-IB at the heads' span width)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
@@ -275,6 +276,9 @@ for section in $SECTIONS; do
       --workdir=$ROOT/trifeature_m${M}_branches --objectives=ova_ib_heads \
       --config.model.branches=16,8,8 --config.eval_every_steps=300
     colour_retrieval ;;
+  branches_score_weight)  # the separate encoders' score weight chosen on training data
+    # (scripts/score_weight.py), for every finished trifeature_m*_branches run
+    python scripts/score_weight.py $(ls -d $ROOT/trifeature_m*_branches/*/seed_*) ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done
