@@ -128,6 +128,9 @@ def score_weight(
 
 def main(argv: list[str]) -> None:
     for run_dir in argv[1:]:
+        if not os.path.exists(os.path.join(run_dir, "results.json")):
+            print(f"{run_dir}: not finished (no results.json), skipped")
+            continue
         if os.path.exists(os.path.join(derived_dir(run_dir), "score_weight.json")):
             print(f"{run_dir}: done already")
             continue
