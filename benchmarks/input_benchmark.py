@@ -379,17 +379,13 @@ def _runs_part() -> list[str]:
                 shutil.rmtree(workdir, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cached = rates[names[0]]
-    rows = [
-        f"| {name} | {' / '.join(f'{v:.0f}' for v in rates[name])} | "
-        + (
-            "1 |"
-            if name == names[0]
-            else " / ".join(f"{a / b:.3f}" for a, b in zip(rates[name], cached))
-            + f" (median {statistics.median(a / b for a, b in zip(rates[name], cached)):.3f}) |"
+    rows = [f"| {names[0]} | {' / '.join(f'{v:.0f}' for v in rates[names[0]])} | 1 |"]
+    for name in names[1:]:
+        ratios = [a / b for a, b in zip(rates[name], rates[names[0]])]
+        rows.append(
+            f"| {name} | {' / '.join(f'{v:.0f}' for v in rates[name])} | "
+            f"{' / '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f}) |"
         )
-        for name in names
-    ]
     return [
         "## 3. Whole training runs: the trainer's steps/s without the cache",
         "",

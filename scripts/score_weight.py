@@ -42,6 +42,8 @@ if _ROOT not in sys.path:
 
 METRICS = ("R@1", "R@5", "R@10", "mAP", "mean_rank")
 WEIGHTS = ("1", "0.3", "0.1", "0.03", "0")
+SELECT_SPLIT = "train[:3000]"  # the first 3000 training examples
+COLOUR = "color_bits"  # the candidate target joined to the shape
 
 
 def choose(select: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -76,8 +78,8 @@ def _retrieve(embedded: Any, info: Any, base: dict[str, Any], weight: float, col
 def score_weight(
     run_dir: str,
     weights: Sequence[str] = WEIGHTS,
-    select_split: str = "train[:3000]",
-    colour: str = "color_bits",
+    select_split: str = SELECT_SPLIT,
+    colour: str = COLOUR,
 ) -> dict[str, Any]:
     """Chooses the weight of ``run_dir`` among ``weights`` on ``select_split`` and writes
     its derived run (see the module docstring; ``colour``: the candidate target joined to
@@ -145,7 +147,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_list("weights", list(WEIGHTS), "Score weights to try.")
-    flags.DEFINE_string("select_split", "train[:3000]", "Split the weight is chosen on.")
-    flags.DEFINE_string("colour_target", "color_bits", "Candidate target joined to the shape.")
+    flags.DEFINE_string("select_split", SELECT_SPLIT, "Split the weight is chosen on.")
+    flags.DEFINE_string("colour_target", COLOUR, "Candidate target joined to the shape.")
     FLAGS = flags.FLAGS
     app.run(main)

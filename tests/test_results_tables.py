@@ -12,11 +12,12 @@ import numpy as np
 from tests.train_helpers import ROOT
 
 
-def _module():
-    path = os.path.join(ROOT, "scripts", "results_tables.py")
-    spec = importlib.util.spec_from_file_location("results_tables", path)
+def _module(name: str = "results_tables"):
+    """scripts/NAME.py as a module."""
+    path = os.path.join(ROOT, "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["results_tables"] = module  # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -201,16 +202,8 @@ def test_update_leaves_tables_without_any_run_as_they_are(tmp_path, monkeypatch,
     assert "| published |" not in doc.read_text() and "| ova_ib |" in doc.read_text()
 
 
-def _score_weight_module():
-    path = os.path.join(ROOT, "scripts", "score_weight.py")
-    spec = importlib.util.spec_from_file_location("score_weight", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_score_weight_choice_is_the_best_mean_of_map_and_colour_r1():
-    sw = _score_weight_module()
+    sw = _module("score_weight")
 
     def entry(shape_map, colour_r1):
         return {"shape": {"mAP": shape_map}, "colour": {"R@1": colour_r1}}
@@ -230,6 +223,6 @@ def test_score_weight_choice_is_the_best_mean_of_map_and_colour_r1():
 
 
 def test_score_weight_derived_run_sits_beside_the_sweep():
-    sw = _score_weight_module()
+    sw = _module("score_weight")
     got = sw.derived_dir("/r/trifeature_m4_branches/ova_ib_heads/seed_3/")
     assert got == "/r/trifeature_m4_branches_score_weight/ova_ib_heads/seed_3"
