@@ -28,8 +28,22 @@ set -euo pipefail
 ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
 shift
 SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
-S="python -m ovaib_jax.sweep --seeds=42,0,1"
-S5="python -m ovaib_jax.sweep --seeds=42,0,1,2,3"
+
+# Every python runs through run(): in the background with this shell waiting on it, so
+# that a TERM or INT sent to this script (kill PID, not only Ctrl-C to the whole group)
+# stops the python it is running too, instead of leaving it to finish on its own (bash
+# runs a trap only once its foreground command has returned; `wait` returns at once).
+child=
+run() {
+  "$@" &
+  child=$!
+  wait "$child"
+  child=
+}
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 143' TERM INT
+
+S="run python -m ovaib_jax.sweep --seeds=42,0,1"
+S5="run python -m ovaib_jax.sweep --seeds=42,0,1,2,3"
 T001="--config.objective.tau=0.01"
 # Parity and latent: the probes and retrieval only (the subset table is for mfeat).
 F="--config.final_evaluators=downstream,retrieval"
@@ -40,9 +54,9 @@ ALL=ova_ib,symile,gram,triangle,pairwise_clip,pairwise_clip_ib,anchor_clip
 evaluate_again() {
   local pattern=$1
   shift
-  for run in $pattern; do
-    [ -f "$run/results.json" ] && [ ! -f "$run/eval/results.json" ] || continue
-    python -m ovaib_jax.evaluate --workdir="$run" --set=evaluators= "$@" > /dev/null
+  for dir in $pattern; do
+    [ -f "$dir/results.json" ] && [ ! -f "$dir/eval/results.json" ] || continue
+    run python -m ovaib_jax.evaluate --workdir="$dir" --set=evaluators= "$@" > /dev/null
   done
 }
 
@@ -227,7 +241,7 @@ for section in $SECTIONS; do
       --objectives=ova_ib_heads $T001 --config.objective.beta=0 --config.model.branches=16,8,8 ;;
   moonshot_retention_more)  # five more seeds (4-8) of moonshot_retention_branches and of
     # the projection rows it is compared with (latent_tau, mfeat_tau at beta = 0)
-    S5B="python -m ovaib_jax.sweep --seeds=4,5,6,7,8"
+    S5B="run python -m ovaib_jax.sweep --seeds=4,5,6,7,8"
     for D in latent mfeat; do
       [ $D = latent ] && C=experiments/latent.py:beta=0 || C=experiments/mfeat.py
       $S5B --config=$C --workdir=$ROOT/${D}_tau0.01_beta0 $F --objectives=ova_ib $T001 \
@@ -278,7 +292,7 @@ for section in $SECTIONS; do
     colour_retrieval ;;
   branches_score_weight)  # the separate encoders' score weight chosen on training data
     # (scripts/score_weight.py), for every finished trifeature_m*_branches run
-    python scripts/score_weight.py $(ls -d $ROOT/trifeature_m*_branches/*/seed_*) ;;
+    run python scripts/score_weight.py $(ls -d $ROOT/trifeature_m*_branches/*/seed_*) ;;
   *) echo "unknown section $section" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,74 @@
+"""scripts/results_sweeps.sh: stopping the script stops the python it runs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "results_sweeps.sh"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes: read its state.
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_killing_the_script_stops_its_python(tmp_path, sig):
+    # A stand-in `python` first on PATH: records its pid, then sleeps as a long run would.
+    pid_file = tmp_path / "python.pid"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    script = subprocess.Popen(
+        ["bash", str(SCRIPT), str(tmp_path / "root"), "parity"],
+        env=env,
+        start_new_session=True,  # a signal to the script only, not a whole terminal group
+    )
+    try:
+        assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        script.send_signal(sig)
+        assert script.wait(timeout=20) == 143
+        assert _wait_for(lambda: not _alive(child)), "the script's python outlived it"
+    finally:
+        if script.poll() is None:
+            script.kill()
+        if pid_file.exists() and pid_file.read_text().strip():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_unknown_section_is_one_clear_error(tmp_path):
+    out = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path), "no_such_section"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "unknown section no_such_section" in out.stderr
