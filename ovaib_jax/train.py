@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from ovaib_jax import (
@@ -293,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         closers.append(run.checkpointer.close)  # raises if the last save failed
     closers.append(lock.release)
     try:
-        result = _loop(config, run, workdir, start, batches, writer, preemption)
+        result = _loop(config, run, workdir, start, batches, writer, preemption, lock)
     except OSError as e:  # e.g. a full disk while logging
         raise WriteError(_write_failed(workdir, run.checkpointer, e)) from e
     finally:
@@ -332,6 +333,21 @@ def _close_all(closers: list[Callable[[], Any]]) -> BaseException | None:
     return first
 
 
+def _check_lock(lock: workdir_lib.Lock) -> None:
+    """:meth:`workdir_lib.Lock.check` on process 0, whose verdict every process shares
+    (the others hold no lock), so that all of them stop together."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        lost = multihost_utils.broadcast_one_to_all(np.int32(lock.lost() is not None))
+        if int(lost) and lock.lost() is None:
+            raise workdir_lib.WorkdirBusyError(
+                f"{lock.workdir} was taken over by another run (process 0 lost its lease); "
+                "this run stopped without writing its checkpoint."
+            )
+    lock.check()
+
+
 def _loop(
     config: ml_collections.ConfigDict,
     run: Run,
@@ -340,9 +356,11 @@ def _loop(
     batches: Any,
     writer: records.MetricWriter,
     preemption: _Preemption,
+    lock: workdir_lib.Lock,
 ) -> dict[str, Any]:
     """The steps from ``start`` to ``config.num_train_steps``, then the final evaluation
-    (see :func:`train_and_evaluate`)."""
+    (see :func:`train_and_evaluate`). Stops with :class:`workdir_lib.WorkdirBusyError`
+    before a checkpoint or the final results when another run took the workdir over."""
     ckpt = run.checkpointer
     total = int(config.num_train_steps)
     evaluation = run.evaluation() if config.eval_every_steps else None
@@ -382,6 +400,7 @@ def _loop(
                 t_last, step_last = time.perf_counter(), s
             progress.update(s, result["train"] if log_now else None)
             if ckpt_now or preempted:
+                _check_lock(lock)
                 state.save(ckpt, s, train_state, batches.get_state())
             if eval_now:
                 result["eval"] = evaluation.run(train_state.variables())
@@ -399,6 +418,7 @@ def _loop(
         if done is not None and done.get("step") == total:  # evaluated before
             result["final"] = done
         else:
+            _check_lock(lock)
             result["final"] = final_evaluation(config, run, train_state, workdir, result["eval"])
             names = configs.evaluator_names(config, "final_evaluators")
             if result["final"] is not None and names:

@@ -58,8 +58,13 @@ class Lock:
     holder exits. Buckets (``gs://``), which have no locks: a lease object
     ``WORKDIR/.lock`` that the holder renews every ``LEASE_SECONDS / 4`` from a background
     thread; a lease older than :data:`LEASE_SECONDS` is stale (its holder was killed) and
-    may be taken over. (Two starts within the same fraction of a second on one bucket
-    workdir can both pass: a bucket offers no compare-and-swap through this client.)
+    may be taken over. A holder whose renewals failed for that long (a network outage, a
+    paused process) may find its lease taken: each renewal first reads the lease, and on
+    another run's token stops renewing (it never overwrites that lease) and records the
+    new holder in :meth:`lost`, which the trainer checks before every checkpoint it
+    writes (:meth:`check`). Release removes the lease only while it is this run's. (Two
+    starts, or a renewal and a take-over, within the same fraction of a second on one
+    bucket workdir can both pass: a bucket offers no compare-and-swap through this client.)
 
     Use as a context manager; :meth:`acquire` raises :class:`WorkdirBusyError` naming the
     holder when another live process holds it.
@@ -70,6 +75,8 @@ class Lock:
         self.path = paths.join(workdir, LOCK_FILE)
         self._file: Any = None
         self._stop: threading.Event | None = None
+        self._token: str | None = None
+        self._lost: str | None = None
 
     def _holder(self) -> str:
         since = datetime.datetime.now().isoformat(timespec="seconds")
@@ -134,13 +141,40 @@ class Lock:
         def loop() -> None:
             while not stop.wait(LEASE_SECONDS / 4):
                 try:
+                    now = records.read_json(self.path)
+                    if now is not None and now.get("token") != token:
+                        self._lost = str(now.get("holder", "another process"))
+                        log.error(
+                            "The workdir lease %s was taken over by %s; this run stops at "
+                            "its next checkpoint without writing it.", self.path, self._lost
+                        )
+                        return
                     renew()
                 except Exception as e:  # a transient bucket error: the next try may pass
                     log.warning("Renewing the workdir lease %s failed: %s", self.path, e)
 
         threading.Thread(target=loop, name="ovaib-lease", daemon=True).start()
         self._stop = stop
+        self._token = token
         return self
+
+    def lost(self) -> str | None:
+        """The holder that took this run's bucket lease over, or None while this run holds
+        it (always None for a local workdir, whose lock the kernel keeps)."""
+        return self._lost
+
+    def check(self) -> None:
+        """Raises :class:`WorkdirBusyError` when the lease was taken over (:meth:`lost`),
+        so that two runs never write one workdir's checkpoints."""
+        holder = self.lost()
+        if holder is not None:
+            raise WorkdirBusyError(
+                f"{self.workdir} was taken over by {holder} after this run's lease "
+                f"went unrenewed for {LEASE_SECONDS:.0f} s (bucket unreachable or the "
+                "process paused); this run stopped without writing its checkpoint. Its "
+                "last checkpoints stay in the workdir; let the new holder finish, or stop "
+                "it and rerun."
+            )
 
     def release(self) -> None:
         if self._file is not None:
@@ -149,7 +183,9 @@ class Lock:
         if self._stop is not None:
             self._stop.set()
             self._stop = None
-            paths.remove(self.path)
+            held = records.read_json(self.path)
+            if held is not None and held.get("token") == self._token:
+                paths.remove(self.path)  # never another run's lease
 
     def __enter__(self) -> Lock:
         return self.acquire()

@@ -133,6 +133,33 @@ def test_lease_on_gcs(gcs):
     second._stop.set()
 
 
+def test_a_taken_lease_is_never_overwritten(gcs, monkeypatch):
+    """A holder whose renewals stalled past LEASE_SECONDS and whose lease another run took
+    over stops renewing (it never writes over the new lease), reports the new holder, and
+    its release leaves the new lease in place."""
+    from ovaib_jax import records
+    from ovaib_jax import workdir as wd
+
+    monkeypatch.setattr(wd, "LEASE_SECONDS", 0.4)  # renewals every 0.1 s
+    bucket, _ = gcs
+    run = f"{bucket}/taken"
+    path = f"{run}/{wd.LOCK_FILE}"
+    first = wd.Lock(run).acquire()
+    first.check()  # held: no error
+    taker = {"holder": "pid 7 on elsewhere", "token": "t" * 32, "renewed": time.time()}
+    records.write_json(path, taker)  # what a take-over after an expired lease writes
+    deadline = time.monotonic() + 30
+    while first.lost() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.lost() == "pid 7 on elsewhere"
+    with pytest.raises(wd.WorkdirBusyError, match="taken over by pid 7 on elsewhere"):
+        first.check()
+    time.sleep(0.5)  # several renewal periods: the first holder writes nothing more
+    assert records.read_json(path) == taker
+    first.release()
+    assert records.read_json(path) == taker
+
+
 def test_damaged_checkpoint_falls_back_on_gcs(gcs):
     import jax.numpy as jnp
 

@@ -200,6 +200,18 @@ def test_one_live_run_per_workdir(data_dir, tmp_path):
     assert out["step"] == 6
 
 
+def test_a_run_whose_lease_was_taken_stops_before_writing(data_dir, tmp_path, monkeypatch):
+    """A run that lost its workdir (a bucket lease taken over while its renewals failed)
+    stops with one error before its first checkpoint and writes neither checkpoints nor
+    results, so that two runs never write one workdir."""
+    wd = str(tmp_path / "taken")
+    monkeypatch.setattr(workdir.Lock, "lost", lambda self: "pid 7 on elsewhere")
+    with pytest.raises(workdir.WorkdirBusyError, match="taken over by pid 7 on elsewhere"):
+        train.train_and_evaluate(tiny_config(data_dir), wd)
+    assert state.saved_steps(wd) == []
+    assert not os.path.exists(os.path.join(wd, "results.json"))
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (needs root, as CI and the dev machines run; skipped elsewhere)."""
