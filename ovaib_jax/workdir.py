@@ -146,7 +146,9 @@ class Lock:
                         self._lost = str(now.get("holder", "another process"))
                         log.error(
                             "The workdir lease %s was taken over by %s; this run stops at "
-                            "its next checkpoint without writing it.", self.path, self._lost
+                            "its next checkpoint without writing it.",
+                            self.path,
+                            self._lost,
                         )
                         return
                     renew()
