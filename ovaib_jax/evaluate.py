@@ -17,7 +17,6 @@ overrides one of its keys (dotted, parsed as the type of the value it replaces; 
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -126,7 +125,7 @@ def main(argv: list[str]) -> None:
     except (FileNotFoundError, CheckpointMismatchError) as e:  # nothing (matching) to restore
         console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0:
-        json.dump(results, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write(records.dumps(results, indent=2, sort_keys=True))
         sys.stdout.write("\n")
 
 

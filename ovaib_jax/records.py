@@ -62,9 +62,34 @@ def write_text(path: str, text: str) -> None:
     paths.write_text(path, text)
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite number (NaN, +-inf; Python or numpy) replaced by None
+    and numpy scalars by Python numbers, so that ``json.dumps`` writes standard JSON
+    (``null``), which strict parsers (``jq``, JavaScript, pandas' ujson) read; NumPy reads
+    ``null`` back as NaN in a float array (``np.asarray([None], float)``)."""
+    if isinstance(obj, Mapping):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if hasattr(obj, "__array__"):  # numpy and jax arrays, 0-d included
+        return strict(np.asarray(obj).tolist())
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Standard JSON of ``obj`` (:func:`strict`: non-finite numbers as null)."""
+    return json.dumps(strict(obj), allow_nan=False, default=float, **kwargs)
+
+
 def write_json(path: str, obj: Any, **kwargs: Any) -> None:
-    """``json.dump(obj)`` to ``path`` atomically (numpy numbers as floats)."""
-    write_text(path, json.dumps(obj, default=float, **kwargs))
+    """Standard JSON of ``obj`` (:func:`dumps`) to ``path`` atomically."""
+    write_text(path, dumps(obj, **kwargs))
 
 
 def read_json(path: str) -> Any:
@@ -184,7 +209,7 @@ class MetricWriter:
         """Appends one line ``{"step": step, **scalars}`` and the TensorBoard scalars."""
         if not self.active:
             return
-        line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+        line = dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
         paths.append_text(self.path, line + "\n")  # one write: whole, or dropped on resume
         for k, v in scalars.items():
             self.tb.add_scalar(tb_name(k), float(v), int(step))

@@ -544,8 +544,9 @@ def _last_fifth_fall(run_dir: str, metric: str) -> float | None:
 
     values: dict[int, float] = {}
     for record in records.read_metrics(run_dir):
-        if metric in record:
-            values[int(record["step"])] = float(record[metric])
+        if metric in record:  # a non-finite value is written as null
+            v = record[metric]
+            values[int(record["step"])] = float("nan") if v is None else float(v)
     if not values:
         return None
     last = max(values)
@@ -755,8 +756,10 @@ def main() -> None:
     if args.update:
         update_markdown(args.update, texts)
     if args.json:
+        from ovaib_jax import records
+
         with open(args.json, "w") as f:
-            json.dump(everything, f, indent=1, sort_keys=True)
+            f.write(records.dumps(everything, indent=1, sort_keys=True))  # NaN as null
 
 
 if __name__ == "__main__":

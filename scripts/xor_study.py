@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ovaib_jax import losses
+from ovaib_jax import losses, records
 
 # name -> (objective name, objective kwargs, whether the objective takes a fresh key)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -249,7 +248,7 @@ def main() -> None:
                 )
                 if args.out:
                     with open(args.out, "w") as f:
-                        json.dump(rows, f, indent=1)
+                        f.write(records.dumps(rows, indent=1))
     print()
     print("| k | variant | loss - floor | pattern top-1 | seeds solved (top-1 > 0.95) |")
     print("|---|---|---|---|---|")

@@ -114,7 +114,7 @@ class DownstreamConfig(ProbeConfig):
         ``few_label_per_class`` train examples per class
         (:func:`~ovaib_jax.evaluators.probe.few_label_indices`, seeded by the run's seed)
         of every classification target (regression targets: skipped, no key), without a
-        validation hold-out (``val_loss`` is NaN) and with at least
+        validation hold-out (``val_loss`` is NaN, null in results.json) and with at least
         ``probe.FEW_LABEL_MIN_STEPS`` steps; results under
         ``{probe}_few{k}/{target}/{metric}``. 0: off.
     """

@@ -1,0 +1,61 @@
+"""ovaib_jax.records writes standard JSON: a non-finite number is null, never NaN."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from ovaib_jax import records
+
+
+def _strict_load(text: str):
+    """``json.loads`` that refuses the NaN / Infinity literals, as jq or JavaScript do."""
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON literal {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_json_is_standard_json(tmp_path):
+    obj = {
+        "probe": {"label/val_loss": float("nan"), "label/accuracy": np.float32(0.75)},
+        "r2": np.float64(np.inf),
+        "rows": [1.5, -float("inf"), np.int64(3), True],
+        "device": jnp.asarray(float("nan")),
+        "curve": np.asarray([0.25, np.nan]),
+        "name": "x",
+        "none": None,
+    }
+    path = str(tmp_path / "results.json")
+    records.write_json(path, obj, indent=2)
+    got = _strict_load(open(path).read())
+    assert got == {
+        "probe": {"label/val_loss": None, "label/accuracy": 0.75},
+        "r2": None,
+        "rows": [1.5, None, 3, True],
+        "device": None,
+        "curve": [0.25, None],
+        "name": "x",
+        "none": None,
+    }
+    assert records.read_json(path) == got
+    # Read back into a float array, null is NaN again.
+    assert np.isnan(np.asarray([got["probe"]["label/val_loss"]], np.float64)[0])
+
+
+def test_metrics_lines_are_standard_json(tmp_path):
+    writer = records.MetricWriter(str(tmp_path), 0)
+    try:
+        writer.write(2, {"train/loss": float("nan"), "train/accuracy": 0.5})
+    finally:
+        writer.close()
+    lines = open(tmp_path / records.METRICS_FILE).read().splitlines()
+    assert [_strict_load(line) for line in lines] == [
+        {"step": 2, "train/loss": None, "train/accuracy": 0.5}
+    ]
+    assert records.read_metrics(str(tmp_path)) == [
+        {"step": 2, "train/loss": None, "train/accuracy": 0.5}
+    ]
