@@ -46,3 +46,45 @@ def test_loss_benchmark_quick(tmp_path):
     for heading in ("## 2.", "## 3.", "## 4.", "## 5."):
         assert heading in text
     assert f"Wrote {files[0]}" in proc.stdout
+
+
+def _loss_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loss_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["loss_benchmark"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_median_interval_order_statistics_and_coverage():
+    import math
+
+    bench = _loss_benchmark()
+    # Hand values: n = 7 -> min and max, 1 - 2 / 2^7; n = 9 -> 2nd and 8th, 1 - 2 * 10 / 2^9;
+    # n = 5 -> min and max, whose 93.75 % is the most five rounds give.
+    assert bench.median_interval([5, 1, 7, 3, 2, 6, 4]) == (1, 7, 1 - 2 / 128)
+    assert bench.median_interval([9, 1, 8, 2, 7, 3, 6, 4, 5]) == (2, 8, 1 - 20 / 512)
+    assert bench.median_interval([3, 1, 2, 5, 4]) == (1, 5, 1 - 2 / 32)
+    # Coverage by enumeration: the median of a continuous distribution falls below each
+    # of n values independently with probability 1/2; the interval misses it when fewer
+    # than k, or more than n - k, of them lie below it.
+    for n in range(1, 25):
+        low, high, cover = bench.median_interval(list(range(n)))
+        k = low + 1
+        assert high == n - k
+        miss = sum(math.comb(n, j) for j in range(n + 1) if j < k or j > n - k) / 2**n
+        assert cover == pytest.approx(1 - miss)
+        assert cover >= 0.95 or k == 1
+        if k + 1 <= (n + 1) // 2:  # the next order statistics would fall short of 95 %
+            tighter = sum(math.comb(n, j) for j in range(n + 1) if j < k + 1 or j > n - k - 1)
+            assert 1 - tighter / 2**n < 0.95
+
+
+def test_target_verdict():
+    bench = _loss_benchmark()
+    assert bench.target_verdict(0.95, 0.92, 0.99, 1.0) == "<= 1: PASS"
+    assert bench.target_verdict(1.05, 1.01, 1.10, 1.0) == "<= 1: MISS"
+    assert bench.target_verdict(1.01, 0.97, 1.04, 1.0).startswith("<= 1: cannot tell (median above")
+    assert bench.target_verdict(0.99, 0.97, 1.04, 1.0).startswith("<= 1: cannot tell (median below")
