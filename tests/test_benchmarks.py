@@ -1,4 +1,5 @@
-"""The loss benchmark's smoke run: it runs end to end and covers every objective."""
+"""The benchmarks' smoke runs (loss: end to end, every objective; input: its three parts)
+and the loss benchmark's interval of a median ratio."""
 
 import os
 import re
@@ -88,3 +89,28 @@ def test_target_verdict():
     assert bench.target_verdict(1.05, 1.01, 1.10, 1.0) == "<= 1: MISS"
     assert bench.target_verdict(1.01, 0.97, 1.04, 1.0).startswith("<= 1: cannot tell (median above")
     assert bench.target_verdict(0.99, 0.97, 1.04, 1.0).startswith("<= 1: cannot tell (median below")
+
+
+@pytest.mark.slow
+def test_input_benchmark_quick(tmp_path):
+    """benchmarks/input_benchmark.py --quick runs its three parts end to end and writes
+    each part's ratios with a verdict (the numbers of a smoke run mean nothing)."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # one real CPU device, as the benchmark is run
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "input_benchmark.py"), "--quick",
+         f"--out={tmp_path}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = list(tmp_path.glob("input_benchmark_*.md"))
+    assert len(files) == 1, files
+    text = files[0].read_text()
+    for heading in ("## 1.", "## 2.", "## 3."):
+        assert heading in text
+    ratio = r"\*\*(\d+\.\d+)\*\* \(quartiles \d+\.\d+-\d+\.\d+; target >= 0\.9: (PASS|MISS)\)"
+    assert re.search(rf"uncached / cached steps/s: {ratio}", text), text
+    assert re.search(r"\| `prefetch=0` \| \*\*\d+\.\d+\*\* \(.*\) (PASS|MISS) \|", text), text
+    runs = text.split("## 3.")[1]
+    assert re.search(r"\| uncached \(`cache_max_mb=0`\) \| \d+ \| \d+\.\d+ \(median", runs), runs
