@@ -196,6 +196,7 @@ def test_one_live_run_per_workdir(data_dir, tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+        holder.stdout.close()
     out = train.train_and_evaluate(tiny_config(data_dir), wd)
     assert out["step"] == 6
 
