@@ -226,3 +226,46 @@ def test_score_weight_derived_run_sits_beside_the_sweep():
     sw = _module("score_weight")
     got = sw.derived_dir("/r/trifeature_m4_branches/ova_ib_heads/seed_3/")
     assert got == "/r/trifeature_m4_branches_score_weight/ova_ib_heads/seed_3"
+
+
+def test_score_weight_end_to_end_on_a_tiny_trifeature_run(tmp_path):
+    """score_weight on a trained (tiny) run of the separate encoders: at the weight the
+    run was trained with, its test retrieval equals the trainer's own final evaluation;
+    the weight chosen is the best on the selection split by the rule of ``choose``; the
+    derived run holds the test retrieval of that weight and nothing of the other runs'."""
+    from ovaib_jax import records, train
+    from tests.train_helpers import tiny_config
+
+    sw = _module("score_weight")
+    config = tiny_config(
+        str(tmp_path / "data"),
+        name="trifeature",
+        arg="M=3,beta=0,objective=ova_ib_heads,runlocal",
+        **{"dataset.config.num_train": 96, "dataset.config.num_test": 48},
+    )
+    config.model.branches = "4,2,2"
+    config.final_evaluators = "retrieval"
+    run = str(tmp_path / "sweep" / "ova_ib_heads" / "seed_42")
+    train.train_and_evaluate(config, run)
+    own = records.read_results(run)["retrieval"]
+
+    summary = sw.score_weight(run, weights=("1", "0"), select_split="train[:32]")
+    trained = summary["trained_product_weight"]
+    assert trained == config.objective.product_weight == 1.0
+    for k in sw.METRICS:
+        assert summary["test"]["1"]["shape"][k] == own[k], k
+    # the choice follows the rule on the selection split alone
+    merit = {
+        w: (r["shape"]["mAP"] + r["colour"]["R@1"]) / 2 for w, r in summary["select"].items()
+    }
+    best = max(merit.values())
+    assert summary["chosen"] == max((w for w in merit if merit[w] == best), key=float)
+    derived = sw.derived_dir(run)
+    assert derived == str(tmp_path / "sweep_score_weight" / "ova_ib_heads" / "seed_42")
+    got = records.read_results(derived)["retrieval"]
+    want = summary["test"][summary["chosen"]]["shape"]
+    assert {k: got[k] for k in sw.METRICS} == want
+    colour = records.read_json(os.path.join(derived, "eval", "results.json"))["retrieval"]
+    assert {k: colour[k] for k in sw.METRICS} == summary["test"][summary["chosen"]]["colour"]
+    assert records.read_json(os.path.join(derived, "score_weight.json")) == summary
+    assert os.path.exists(os.path.join(derived, "config.json"))
