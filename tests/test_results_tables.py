@@ -255,9 +255,7 @@ def test_score_weight_end_to_end_on_a_tiny_trifeature_run(tmp_path):
     for k in sw.METRICS:
         assert summary["test"]["1"]["shape"][k] == own[k], k
     # the choice follows the rule on the selection split alone
-    merit = {
-        w: (r["shape"]["mAP"] + r["colour"]["R@1"]) / 2 for w, r in summary["select"].items()
-    }
+    merit = {w: (r["shape"]["mAP"] + r["colour"]["R@1"]) / 2 for w, r in summary["select"].items()}
     best = max(merit.values())
     assert summary["chosen"] == max((w for w in merit if merit[w] == best), key=float)
     derived = sw.derived_dir(run)
