@@ -21,7 +21,8 @@ sweep directory of the run with ``_score_weight`` appended) that
 ``scripts/results_tables.py`` reads like a run: ``results.json`` is the run's with its
 retrieval replaced by the test retrieval at the chosen weight, ``eval/results.json`` the
 colour-bit retrieval at it, ``config.json`` and ``metrics.jsonl`` are copied, and
-``score_weight.json`` holds every weight's numbers on both splits and the choice.
+``score_weight.json`` holds every weight's numbers on both splits, the choice and the
+seconds the choice took (``sweep_run.json``, the training's wall time, is copied too).
 Runs whose ``score_weight.json`` exists are skipped.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +88,7 @@ def score_weight(
     the shape); returns the content of its ``score_weight.json``."""
     from ovaib_jax import evaluate, evaluation, objective, records
 
+    started = time.perf_counter()
     config = evaluate.load_config(None, run_dir)
     base = config.evaluator_kwargs.get("retrieval")
     base = base.to_dict() if base is not None else {}
@@ -121,7 +124,8 @@ def score_weight(
     records.write_json(os.path.join(dest, "results.json"), results, indent=2, sort_keys=True)
     colour_results = {"step": restored.step, "retrieval": full[chosen][1]}
     records.write_json(os.path.join(dest, "eval", "results.json"), colour_results, indent=2)
-    for name in ("config.json", "metrics.jsonl"):
+    summary["seconds"] = time.perf_counter() - started
+    for name in ("config.json", "metrics.jsonl", "sweep_run.json"):
         if os.path.exists(os.path.join(run_dir, name)):
             shutil.copyfile(os.path.join(run_dir, name), os.path.join(dest, name))
     records.write_json(os.path.join(dest, "score_weight.json"), summary, indent=2)

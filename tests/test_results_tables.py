@@ -248,6 +248,7 @@ def test_score_weight_end_to_end_on_a_tiny_trifeature_run(tmp_path):
     run = str(tmp_path / "sweep" / "ova_ib_heads" / "seed_42")
     train.train_and_evaluate(config, run)
     own = records.read_results(run)["retrieval"]
+    records.write_json(os.path.join(run, "sweep_run.json"), {"wall_time_s": 12.5})  # the sweep's
 
     summary = sw.score_weight(run, weights=("1", "0"), select_split="train[:32]")
     trained = summary["trained_product_weight"]
@@ -267,3 +268,5 @@ def test_score_weight_end_to_end_on_a_tiny_trifeature_run(tmp_path):
     assert {k: colour[k] for k in sw.METRICS} == summary["test"][summary["chosen"]]["colour"]
     assert records.read_json(os.path.join(derived, "score_weight.json")) == summary
     assert os.path.exists(os.path.join(derived, "config.json"))
+    assert records.read_json(os.path.join(derived, "sweep_run.json")) == {"wall_time_s": 12.5}
+    assert summary["seconds"] > 0
