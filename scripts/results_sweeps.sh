@@ -16,7 +16,8 @@
 #   Symile's rows of sections 3 and 4 at its stable default (symile_stable_parity: of
 #   section 2 and mnist_views); trifeature_m4 and
 #   trifeature_m5, the projection score, Symile and CoMM at M = 4 and 5; trifeature_m45_rest,
-#   the other candidates there; trifeature_m4_branches and trifeature_m5_branches, the
+#   the other candidates there (trifeature_m4_confu, trifeature_m5_confu, and likewise
+#   _span_product and _heads: one of them at one M); trifeature_m4_branches and trifeature_m5_branches, the
 #   fourth candidate there; branches_score_weight, its score weight chosen on training
 #   data; trifeature_m3_d16, OVA-IB at the heads' span width)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
@@ -269,18 +270,26 @@ for section in $SECTIONS; do
     $S5 --config=experiments/trifeature.py:M=$M,beta=0 --workdir=$ROOT/trifeature_m$M \
       --objectives=ova_ib,symile,comm --config.eval_every_steps=300
     colour_retrieval ;;
-  trifeature_m45_rest)  # M = 4 and 5 (not yet run): the span + product score, ConFu and
-    # the separate heads
-    for M in 4 5; do
-      $S5 --config=experiments/trifeature.py:M=$M,beta=0 \
-        --workdir=$ROOT/trifeature_m${M}_span_product --objectives=ova_ib \
-        --config.objective.product_weight=1.0 --config.eval_every_steps=300
-      $S5 --config=experiments/trifeature.py:M=$M --workdir=$ROOT/trifeature_m${M}_confu \
-        --objectives=confu --config.eval_every_steps=300
-      $S5 --config=experiments/trifeature.py:M=$M,beta=0,objective=ova_ib_heads \
-        --workdir=$ROOT/trifeature_m${M}_heads --objectives=ova_ib_heads \
-        --config.eval_every_steps=300
-    done
+  trifeature_m45_rest)  # M = 4 and 5: the span + product score, ConFu and the separate
+    # heads (each also a section of its own, below)
+    run bash "$0" "$ROOT" trifeature_m4_span_product trifeature_m4_confu trifeature_m4_heads \
+      trifeature_m5_span_product trifeature_m5_confu trifeature_m5_heads ;;
+  trifeature_m[45]_span_product)  # the span + product score (w = 1) at M = 4 or 5
+    M=${section:12:1}
+    $S5 --config=experiments/trifeature.py:M=$M,beta=0 \
+      --workdir=$ROOT/trifeature_m${M}_span_product --objectives=ova_ib \
+      --config.objective.product_weight=1.0 --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m[45]_confu)  # ConFu at M = 4 or 5
+    M=${section:12:1}
+    $S5 --config=experiments/trifeature.py:M=$M --workdir=$ROOT/trifeature_m${M}_confu \
+      --objectives=confu --config.eval_every_steps=300
+    colour_retrieval ;;
+  trifeature_m[45]_heads)  # the separate heads on one encoder at M = 4 or 5
+    M=${section:12:1}
+    $S5 --config=experiments/trifeature.py:M=$M,beta=0,objective=ova_ib_heads \
+      --workdir=$ROOT/trifeature_m${M}_heads --objectives=ova_ib_heads \
+      --config.eval_every_steps=300
     colour_retrieval ;;
   trifeature_m4_branches | trifeature_m5_branches)  # the fourth candidate (the heads on
     # separate encoders, as trifeature_m3_branches) at M = 4 and 5

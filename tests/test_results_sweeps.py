@@ -1,4 +1,5 @@
-"""scripts/results_sweeps.sh: stopping the script stops the python it runs."""
+"""scripts/results_sweeps.sh: stopping the script stops the python it runs; the sections
+run the commands they name."""
 
 from __future__ import annotations
 
@@ -72,3 +73,33 @@ def test_unknown_section_is_one_clear_error(tmp_path):
     )
     assert out.returncode == 2
     assert "unknown section no_such_section" in out.stderr
+
+
+def _commands(tmp_path, *sections: str) -> list[str]:
+    """The python command lines the script runs for ``sections``, with a stand-in python
+    that records them and succeeds."""
+    log = tmp_path / "commands.log"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "root"), *sections], env=env, check=True, timeout=60
+    )
+    return log.read_text().splitlines()
+
+
+def test_one_method_at_one_m_is_a_section(tmp_path):
+    (line,) = _commands(tmp_path, "trifeature_m5_confu")
+    root = tmp_path / "root"
+    assert line.startswith("-m ovaib_jax.sweep --seeds=42,0,1,2,3 ")
+    assert "--config=experiments/trifeature.py:M=5 " in line
+    assert f"--workdir={root}/trifeature_m5_confu --objectives=confu" in line
+    # the union section runs each of its six parts once, in order
+    (tmp_path / "all").mkdir()
+    lines = _commands(tmp_path / "all", "trifeature_m45_rest")
+    dirs = [x.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for x in lines]
+    assert dirs == [
+        f"trifeature_m{m}_{k}" for m in (4, 5) for k in ("span_product", "confu", "heads")
+    ]
