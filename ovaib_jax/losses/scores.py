@@ -127,7 +127,9 @@ def gram_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
     """
     queries, cands = _check(queries, cands, "gram_score")
     basis, r = span_basis(jnp.moveaxis(queries, 0, 1), 1e-8)
-    residual = jnp.maximum(1.0 - projected_sq_norm(_core.l2_normalize(cands), basis), 0.0)
+    c = _core.l2_normalize(cands)
+    # |c|^2 - |P c|^2: a zero candidate (normalised to 0) has volume 0, not the queries'.
+    residual = jnp.maximum(jnp.sum(c * c, axis=-1)[:, None] - projected_sq_norm(c, basis), 0.0)
     return -_core.safe_sqrt(jnp.prod(r, axis=-1)[:, None] * residual.T)
 
 
@@ -150,8 +152,12 @@ def triangle_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
         )
     q1, q2 = _core.l2_normalize(queries)
     c = _core.l2_normalize(cands)
-    # The triangle (c, q1, q2) with c as the shared vertex: u = c - q1, w = c - q2.
+    # The triangle (c, q1, q2) with c as the shared vertex: u = c - q1, w = c - q2, with
+    # the squared norms (1, or 0 for a zero embedding) as in losses.triangle.
     x = q1 @ c.T  # (Nq, Nc)
     y = q2 @ c.T
     k = jnp.sum(q1 * q2, axis=-1)[:, None]
-    return -0.5 * ((2.0 - 2.0 * x) * (2.0 - 2.0 * y) - jnp.square(1.0 - x - y + k))
+    c_sq = jnp.sum(c * c, axis=-1)[None, :]
+    u_sq = c_sq + jnp.sum(q1 * q1, axis=-1)[:, None] - 2.0 * x
+    w_sq = c_sq + jnp.sum(q2 * q2, axis=-1)[:, None] - 2.0 * y
+    return -0.5 * (u_sq * w_sq - jnp.square(c_sq - x - y + k))

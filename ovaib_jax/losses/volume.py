@@ -118,10 +118,12 @@ def gram(
     q, r = span_basis(jnp.moveaxis(remaining(z, a), 0, 1), lam=_RANK_GUARD)
     basis, det_rest = _core.all_gather((q, jnp.prod(r, axis=-1)), axis_name)
     anchors = _core.l2_normalize(z[a])
+    # |anchor|^2: 1, or 0 for a zero embedding (whose volume is then 0, not the rest's).
+    anchor_sq = jnp.sum(anchors * anchors, axis=-1)[:, None]
 
     def score_block(cols):
         b, g = _core.block_rows((basis, det_rest), cols)
-        residual = jnp.maximum(1.0 - projected_sq_norm(anchors, b), 0.0)
+        residual = jnp.maximum(anchor_sq - projected_sq_norm(anchors, b), 0.0)
         return -_core.safe_sqrt(g[None, :] * residual)
 
     return _two_way_loss(
@@ -149,11 +151,13 @@ def triangle(
 
     With L2-normalised anchor l and the two other modalities v, a (in modality order):
     ``u = l_i - v_j``, ``w = l_i - a_j``,
-    ``area = (|u|^2 |w|^2 - (u.w)^2) / 2`` (no square root, as in the repo). Expanded for
-    unit vectors with ``x = l.v``, ``y = l.a``, ``c = v.a``:
-    ``area = ((2 - 2x)(2 - 2y) - (1 - x - y + c)^2) / 2``: two matmuls and one
-    per-candidate dot product. Same two-way cross-entropy, label smoothing, arguments and
-    supported input range as :func:`gram`.
+    ``area = (|u|^2 |w|^2 - (u.w)^2) / 2`` (no square root, as in the repo). Expanded with
+    ``x = l.v``, ``y = l.a``, ``c = v.a``: ``|u|^2 = |l|^2 + |v|^2 - 2x``,
+    ``|w|^2 = |l|^2 + |a|^2 - 2y``, ``u.w = |l|^2 - x - y + c`` (for unit vectors
+    ``((2 - 2x)(2 - 2y) - (1 - x - y + c)^2) / 2``; the squared norms are kept so that a
+    zero embedding, normalised to 0, gets its literal area): two matmuls and per-row and
+    per-candidate dot products. Same two-way cross-entropy, label smoothing, arguments
+    and supported input range as :func:`gram`.
 
     Returns:
       ``(loss, aux)`` as :func:`gram` with the ``triangle`` prefix.
@@ -175,16 +179,20 @@ def triangle(
     a = _core.check_modality_index(anchor, 3, "anchor", name)
     n_global = n * _core.axis_size(axis_name)
     zn = _core.l2_normalize(z)
+    sq = jnp.sum(zn * zn, axis=-1)  # (3, n): 1, or 0 for a zero embedding
     rest = remaining(zn, a)  # (2, n, d)
-    cands = _core.all_gather((rest[0], rest[1], jnp.sum(rest[0] * rest[1], axis=-1)), axis_name)
-    anchors = zn[a]
+    v_sq, a_sq = remaining(sq, a)
+    c = jnp.sum(rest[0] * rest[1], axis=-1)
+    cands = _core.all_gather((rest[0], rest[1], c, v_sq, a_sq), axis_name)
+    anchors, l_sq = zn[a], sq[a][:, None]
 
     def score_block(cols):
-        v, w, c = _core.block_rows(cands, cols)
+        v, w, c, v_sq, a_sq = _core.block_rows(cands, cols)
         x = anchors @ v.T
         y = anchors @ w.T
-        area = 0.5 * ((2.0 - 2.0 * x) * (2.0 - 2.0 * y) - jnp.square(1.0 - x - y + c[None, :]))
-        return -area
+        u_sq = l_sq + v_sq[None, :] - 2.0 * x
+        w_sq = l_sq + a_sq[None, :] - 2.0 * y
+        return -0.5 * (u_sq * w_sq - jnp.square(l_sq - x - y + c[None, :]))
 
     return _two_way_loss(
         score_block,

@@ -52,6 +52,10 @@ def _degenerate_inputs():
         "collinear_modalities": np.stack([z[0], z[1], -3.0 * z[1]]),
         "collinear_samples": np.concatenate([z[:, :1], 2.0 * z[:, :1], z[:, 2:]], axis=1),
         "zero_embeddings": np.stack([z[0], 0.0 * z[1], z[2]]),
+        # A few zero rows (an anchor's included) among live ones: a zero vector's volume
+        # and area are the literal ones (GRAM and TRIANGLE once took it for a unit vector).
+        "zero_rows": z
+        * np.array([[1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 1], [1, 1, 1, 0, 1, 1]])[..., None],
         "all_zero": np.zeros_like(z),
         "all_equal": np.broadcast_to(z[0, 0], z.shape).copy(),
         "norm_1e-6": 1e-6 * _unit(z),
@@ -66,7 +70,13 @@ def _degenerate_inputs():
 # Inputs whose score matrices hold exact ties (identical or zero-volume candidates): which
 # tied candidate wins is decided by rounding (float32 here, float64 in the reference), so
 # their accuracies are not compared; all_equal's are (every score ties exactly: 0).
-_TIED = ("duplicated_modality", "collinear_modalities", "collinear_samples", "zero_embeddings")
+_TIED = (
+    "duplicated_modality",
+    "collinear_modalities",
+    "collinear_samples",
+    "zero_embeddings",
+    "zero_rows",
+)
 
 
 def _is_accuracy(key):
@@ -77,10 +87,6 @@ def _is_accuracy(key):
 def _expected(name, label, z):
     """The reference's (loss, aux) for a degenerate input, or None where the library's
     documented value differs from the literal formula."""
-    if name == "triangle" and label in ("zero_embeddings", "all_zero"):
-        # TRIANGLE's expanded area assumes unit vectors; a zero vector (normalised to 0)
-        # gets the expansion's value, not the literal area (finite, checked above).
-        return None
     x = np.asarray(z, np.float64)
     if name in NORMALISING and label.startswith("norm"):
         # Scale invariance: the value of the unit vectors (the reference's eq. 11 uses an

@@ -49,6 +49,21 @@ def test_scorer_matches_literal(name, q_count):
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("name", ["gram", "triangle"])
+def test_volume_scorers_with_zero_embeddings_match_literal(name):
+    """A zero query or candidate (normalised to 0) gets the literal volume or area of the
+    zero vector, not that of a unit vector (TRIANGLE's expansion once assumed unit
+    norms)."""
+    queries = np.array(jax.random.normal(jax.random.key(30), (2, 5, 6)))
+    cands = np.array(jax.random.normal(jax.random.key(31), (7, 6)))
+    queries[0, 1] = 0.0
+    queries[1, 3] = 0.0
+    cands[2] = 0.0
+    got = np.asarray(getattr(losses, f"{name}_score")(queries, cands))
+    expected = _literal(name, queries.astype(np.float64), cands.astype(np.float64))
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+
+
 # Each objective's own similarity (SPEC section 4), as named in ``_literal``.
 OWN_SCORE = {
     "ova_ib": "ova",
