@@ -34,14 +34,13 @@ SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 # that a TERM or INT sent to this script (kill PID, not only Ctrl-C to the whole group)
 # stops the python it is running too, instead of leaving it to finish on its own (bash
 # runs a trap only once its foreground command has returned; `wait` returns at once).
-child=
+# The trap signals every background job of this shell (`jobs -p`: a job is listed from
+# the moment it starts, before `$!` could be read).
 run() {
   "$@" &
-  child=$!
-  wait "$child"
-  child=
+  wait $!
 }
-trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 143' TERM INT
+trap 'kill -TERM $(jobs -p) 2>/dev/null || true; wait; exit 143' TERM INT
 
 S="run python -m ovaib_jax.sweep --seeds=42,0,1"
 S5="run python -m ovaib_jax.sweep --seeds=42,0,1,2,3"
