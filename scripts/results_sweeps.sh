@@ -35,7 +35,8 @@ SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 # stops the python it is running too, instead of leaving it to finish on its own (bash
 # runs a trap only once its foreground command has returned; `wait` returns at once).
 # The trap signals every background job of this shell (`jobs -p`: a job is listed from
-# the moment it starts, before `$!` could be read).
+# the moment it starts, before `$!` could be read). (A shell started with INT ignored, as
+# anything run in the background of a non-interactive shell is, cannot trap INT: TERM.)
 run() {
   "$@" &
   wait $!

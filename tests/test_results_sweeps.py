@@ -49,6 +49,10 @@ def test_killing_the_script_stops_its_python(tmp_path, sig):
         ["bash", str(SCRIPT), str(tmp_path / "root"), "parity"],
         env=env,
         start_new_session=True,  # a signal to the script only, not a whole terminal group
+        # As from a terminal: a test process started in the background by a
+        # non-interactive shell inherits SIGINT ignored, and a shell cannot trap a signal
+        # ignored on entry (POSIX).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
