@@ -333,12 +333,13 @@ def time_paired(
             case, ref = cases[label]
             t_ref[label].append(_block_time(ref, calls[id(ref)], settle[id(ref)]))
             t_case[label].append(_block_time(case, calls[id(case)], settle[id(case)]))
+    ratios = {k: tuple(c / f for c, f in zip(t_case[k], t_ref[k])) for k in cases}
     return {
         k: Timing(
-            ratio=statistics.median(c / f for c, f in zip(t_case[k], t_ref[k])),
+            ratio=statistics.median(ratios[k]),
             time=statistics.median(t_case[k]),
             ref_time=statistics.median(t_ref[k]),
-            ratios=tuple(c / f for c, f in zip(t_case[k], t_ref[k])),
+            ratios=ratios[k],
         )
         for k in cases
     }

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ovaib_jax.losses import _core
 from ovaib_jax.losses._basis import projected_sq_norm, span_basis
+from ovaib_jax.losses.volume import neg_triangle_area
 
 
 def _check(queries: jax.Array, cands: jax.Array, fn_name: str) -> tuple[jax.Array, jax.Array]:
@@ -152,12 +153,12 @@ def triangle_score(queries: jax.Array, cands: jax.Array) -> jax.Array:
         )
     q1, q2 = _core.l2_normalize(queries)
     c = _core.l2_normalize(cands)
-    # The triangle (c, q1, q2) with c as the shared vertex: u = c - q1, w = c - q2, with
-    # the squared norms (1, or 0 for a zero embedding) as in losses.triangle.
-    x = q1 @ c.T  # (Nq, Nc)
-    y = q2 @ c.T
+
+    # The triangle (c, q1, q2) with c as the shared vertex: u = c - q1, w = c - q2.
+    def sq(v):
+        return jnp.sum(v * v, axis=-1)
+
     k = jnp.sum(q1 * q2, axis=-1)[:, None]
-    c_sq = jnp.sum(c * c, axis=-1)[None, :]
-    u_sq = c_sq + jnp.sum(q1 * q1, axis=-1)[:, None] - 2.0 * x
-    w_sq = c_sq + jnp.sum(q2 * q2, axis=-1)[:, None] - 2.0 * y
-    return -0.5 * (u_sq * w_sq - jnp.square(c_sq - x - y + k))
+    return neg_triangle_area(
+        q1 @ c.T, q2 @ c.T, k, sq(c)[None, :], sq(q1)[:, None], sq(q2)[:, None]
+    )  # (Nq, Nc)

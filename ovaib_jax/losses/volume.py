@@ -138,6 +138,24 @@ def gram(
     )
 
 
+def neg_triangle_area(
+    x: jax.Array,
+    y: jax.Array,
+    k: jax.Array,
+    shared_sq: jax.Array,
+    sq1: jax.Array,
+    sq2: jax.Array,
+) -> jax.Array:
+    """``-(|u|^2 |w|^2 - (u.w)^2) / 2`` of the triangle with shared vertex s and the two
+    others p1, p2 (``u = s - p1``, ``w = s - p2``), from the dot products ``x = s.p1``,
+    ``y = s.p2``, ``k = p1.p2`` and the squared norms (1 for a unit vector, 0 for a zero
+    embedding normalised to 0): ``|u|^2 = |s|^2 + |p1|^2 - 2x``, ``|w|^2 = |s|^2 + |p2|^2
+    - 2y``, ``u.w = |s|^2 - x - y + k``. Arrays broadcast (rows x candidates)."""
+    u_sq = shared_sq + sq1 - 2.0 * x
+    w_sq = shared_sq + sq2 - 2.0 * y
+    return -0.5 * (u_sq * w_sq - jnp.square(shared_sq - x - y + k))
+
+
 def triangle(
     z: jax.Array,
     *,
@@ -188,11 +206,9 @@ def triangle(
 
     def score_block(cols):
         v, w, c, v_sq, a_sq = _core.block_rows(cands, cols)
-        x = anchors @ v.T
-        y = anchors @ w.T
-        u_sq = l_sq + v_sq[None, :] - 2.0 * x
-        w_sq = l_sq + a_sq[None, :] - 2.0 * y
-        return -0.5 * (u_sq * w_sq - jnp.square(l_sq - x - y + c[None, :]))
+        return neg_triangle_area(
+            anchors @ v.T, anchors @ w.T, c[None, :], l_sq, v_sq[None, :], a_sq[None, :]
+        )
 
     return _two_way_loss(
         score_block,
