@@ -8,11 +8,19 @@ final evaluation), optionally ``eval/results.json`` beside it (a later
 ``python -m ovaib_jax.evaluate`` of the same checkpoint, e.g. with other evaluator
 kwargs) and ``sweep_run.json`` (wall time). Prints every table as markdown, mean ± std
 over seeds (sample std), with the number of seeds and the mean wall time per run, and
-writes every value per seed to ``--json``. A row whose runs are missing is printed as
-"not run", so a partial set of sweeps still gives the tables it can. ``--update FILE``
-rewrites, in FILE, the text between ``<!-- table: TITLE -->`` and ``<!-- end table -->``
-with the table of that title, for the tables that have at least one run under --root
-(the others keep their text).
+writes every value per seed to ``--json`` (per row: ``seeds``, ``wall s/run`` and each
+column's values in that seed order, null where a run lacks the metric). A row whose runs
+are missing is printed as "not run", so a partial set of sweeps still gives the tables it
+can.
+
+``--archive FILE`` (repeatable) reads such a ``--json`` file back: a seed of a row that
+has no run under ``--root`` takes its published values from there. New rows or seeds can
+then join a published table, its comparisons and their paired intervals, without the run
+directories of the rows already published (which hold checkpoints and are not kept).
+
+``--update FILE`` rewrites, in FILE, the text between ``<!-- table: TITLE -->`` and
+``<!-- end table -->`` with the table of that title, for the tables that have at least
+one run directory under --root (the others keep their text).
 
 A :class:`Comparison` prints, per metric, "A - B" over the seeds both rows ran, with its
 paired bootstrap 95 % interval (``ovaib_jax.reporting.stats.paired_bootstrap``, exact
@@ -496,16 +504,101 @@ AGAINST_BEST: list[AgainstBest] = (
 )
 
 
+@dataclass(frozen=True)
+class ArchivedRun:
+    """One seed of a published row, read back from a ``--json`` file (``--archive``):
+    its value of each metric key the tables read, and its wall time."""
+
+    values: dict[str, float]
+    wall: float | None
+
+
+Run = str | ArchivedRun  # a run directory, or an archived one
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where rows' runs are found: run directories under ``root``; seeds of a row that
+    has none there from ``archive`` ((sweep, objective) -> seed directory name -> run)."""
+
+    root: str
+    archive: dict[tuple[str, str], dict[str, ArchivedRun]]
+
+
+def load_archive(paths: Sequence[str]) -> dict[tuple[str, str], dict[str, ArchivedRun]]:
+    """The per-seed values of ``--json`` files, keyed by (sweep, objective) of the row
+    that wrote them (found through :data:`TABLES`: a table's title and a row's label name
+    an entry; the table's columns give each value's metric key). A row in several tables
+    gathers every metric of all of them; a row published only in a comparison is read
+    from its per-metric ``a`` / ``b`` values. A table entry without ``seeds`` (written
+    before the format had them) cannot be paired by seed: a clear error (a comparison
+    entry without them is skipped)."""
+    archive: dict[tuple[str, str], dict[str, dict]] = {}
+    walls: dict[tuple[str, str], dict[str, float | None]] = {}
+    for path in paths:
+        published = _load(path)
+        for table in TABLES:
+            for row in table.rows:
+                entry = published.get(table.title, {}).get(row.label)
+                if entry is None:
+                    continue
+                if "seeds" not in entry:
+                    raise ValueError(
+                        f"{path}: {table.title!r} / {row.label!r} has no 'seeds' (written "
+                        "by an older results_tables.py): regenerate it with --json, or add "
+                        "the seeds of its table in docs/RESULTS.md to it"
+                    )
+                seeds = [f"seed_{s}" for s in entry["seeds"]]
+                runs = archive.setdefault((row.sweep, row.objective), {})
+                wall = walls.setdefault((row.sweep, row.objective), {})
+                for col, key in table.metrics:
+                    vals = entry.get(col)
+                    if vals is None:
+                        continue
+                    if len(vals) != len(seeds):
+                        raise ValueError(
+                            f"{path}: {table.title!r} / {row.label!r} / {col!r} has "
+                            f"{len(vals)} values for {len(seeds)} seeds"
+                        )
+                    for seed, v in zip(seeds, vals):
+                        if v is not None:
+                            runs.setdefault(seed, {})[key] = float(v)
+                for seed, w in zip(seeds, entry.get("wall s/run", [None] * len(seeds))):
+                    wall[seed] = w
+                    runs.setdefault(seed, {})
+        for comp in COMPARISONS:  # a row published in a comparison only (e.g. a control)
+            for col, key in comp.metrics:
+                entry = published.get(comp.title, {}).get(col)
+                if entry is None or "seeds" not in entry:
+                    continue
+                for row, side in ((comp.a, "a"), (comp.b, "b")):
+                    runs = archive.setdefault((row.sweep, row.objective), {})
+                    walls.setdefault((row.sweep, row.objective), {})
+                    for seed, v in zip(entry["seeds"], entry[side]):
+                        runs.setdefault(f"seed_{seed}", {}).setdefault(key, float(v))
+    return {
+        k: {s: ArchivedRun(v, walls[k].get(s)) for s, v in runs.items()}
+        for k, runs in archive.items()
+    }
+
+
+def _source(root: str | Source) -> Source:
+    return root if isinstance(root, Source) else Source(root, {})
+
+
 def _load(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
 
 
-def _lookup(run_dir: str, key: str) -> float | None:
+def _lookup(run_dir: Run, key: str) -> float | None:
     """A metric of one run: ``evaluator/metric`` from results.json, ``eval:...`` from
     eval/results.json, ``subset_size:k`` the mean label accuracy of the size-k subsets,
     ``ratio:KEY_A|KEY_B`` the quotient of two such metrics, ``fifth:METRIC`` the relative
-    fall of a logged metric over the last fifth of training (:func:`_last_fifth_fall`)."""
+    fall of a logged metric over the last fifth of training (:func:`_last_fifth_fall`).
+    An archived run has the values of its published columns, whatever their kind."""
+    if isinstance(run_dir, ArchivedRun):
+        return run_dir.values.get(key)
     if key.startswith("fifth:"):
         return _last_fifth_fall(run_dir, key[len("fifth:") :])
     if key.startswith("ratio:"):
@@ -557,9 +650,23 @@ def _last_fifth_fall(run_dir: str, metric: str) -> float | None:
     return (v0 - values[last]) / abs(v0) if v0 else None
 
 
-def _runs(root: str, row: Row) -> list[str]:
-    pattern = os.path.join(root, row.sweep, row.objective, "seed_*")
-    return sorted(d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, "results.json")))
+def _runs(root: str | Source, row: Row) -> dict[str, Run]:
+    """The row's runs by seed directory name (``seed_<seed>``, sorted): the finished run
+    directories under the source's root, then the archived seeds it lacks."""
+    src = _source(root)
+    pattern = os.path.join(src.root, row.sweep, row.objective, "seed_*")
+    dirs = (d for d in glob.glob(pattern) if os.path.exists(os.path.join(d, "results.json")))
+    runs: dict[str, Run] = {os.path.basename(d): d for d in dirs}
+    for seed, run in src.archive.get((row.sweep, row.objective), {}).items():
+        runs.setdefault(seed, run)
+    return dict(sorted(runs.items()))
+
+
+def _wall(run: Run) -> float | None:
+    if isinstance(run, ArchivedRun):
+        return run.wall
+    path = os.path.join(run, "sweep_run.json")
+    return _load(path).get("wall_time_s") if os.path.exists(path) else None
 
 
 def _fmt(vals: list[float], digits: int) -> str:
@@ -570,7 +677,7 @@ def _fmt(vals: list[float], digits: int) -> str:
     return f"{x.mean():.{digits}f} ± {std:.{digits}f}"
 
 
-def render(table: Table, root: str) -> tuple[str, dict]:
+def render(table: Table, root: str | Source) -> tuple[str, dict]:
     head = ["objective", *(c for c, _ in table.metrics), "seeds", "wall s/run"]
     lines = [f"#### {table.title}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
@@ -580,45 +687,43 @@ def render(table: Table, root: str) -> tuple[str, dict]:
         if not runs:
             lines.append(f"| {row.label} | " + " | ".join(["not run"] * (len(head) - 1)) + " |")
             continue
-        cells, raw[row.label] = [], {}
+        seeds = [s.removeprefix("seed_") for s in runs]
+        walls = [_wall(r) for r in runs.values()]
+        cells, raw[row.label] = [], {"seeds": seeds, "wall s/run": walls}
         for col, key in table.metrics:
-            vals = [v for v in (_lookup(d, key) for d in runs) if v is not None]
-            raw[row.label][col] = vals
+            per_seed = [_lookup(r, key) for r in runs.values()]
+            raw[row.label][col] = per_seed
+            vals = [v for v in per_seed if v is not None]
             cell = _fmt(vals, table.digits)
             if vals and len(vals) < len(runs):  # e.g. a later evaluation not run on every seed
                 cell += f" ({len(vals)} seeds)"
             cells.append(cell)
-        walls = [
-            _load(os.path.join(d, "sweep_run.json")).get("wall_time_s", np.nan)
-            for d in runs
-            if os.path.exists(os.path.join(d, "sweep_run.json"))
-        ]
-        seeds = ",".join(os.path.basename(d).removeprefix("seed_") for d in runs)
-        wall = f"{np.nanmean(walls):.0f}" if walls else "-"
-        lines.append(f"| {row.label} | " + " | ".join([*cells, seeds, wall]) + " |")
+        known = [w for w in walls if w is not None]
+        wall = f"{np.nanmean(known):.0f}" if known else "-"
+        lines.append(f"| {row.label} | " + " | ".join([*cells, ",".join(seeds), wall]) + " |")
     return "\n".join(lines), raw
 
 
-def render_comparison(comp: Comparison, root: str) -> tuple[str, dict]:
+def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
     """Per metric: A and B (mean ± std over the seeds both ran), A - B with its paired
     bootstrap 95 % interval, and the verdict."""
     head = ["metric", comp.a.label, comp.b.label, "A - B [95 % interval]", "verdict", "seeds"]
     lines = [f"#### {comp.title}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "|".join([":---"] + ["---:"] * 3 + [":---", "---:"]) + "|")
-    runs_a = {os.path.basename(d): d for d in _runs(root, comp.a)}
-    runs_b = {os.path.basename(d): d for d in _runs(root, comp.b)}
+    runs_a, runs_b = _runs(root, comp.a), _runs(root, comp.b)
     seeds = sorted(set(runs_a) & set(runs_b))
     raw: dict = {}
     for col, key in comp.metrics:
-        pairs = [(_lookup(runs_a[s], key), _lookup(runs_b[s], key)) for s in seeds]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        pairs = [(s, _lookup(runs_a[s], key), _lookup(runs_b[s], key)) for s in seeds]
+        pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
         if len(pairs) < 2:
             cells = ["not run"] * 4 if not pairs else ["-", "-", "-", "needs 2+ paired seeds"]
             lines.append(f"| {col} | " + " | ".join(cells) + f" | {len(pairs)} |")
             continue
-        a, b = (list(v) for v in zip(*pairs))
+        paired, a, b = (list(v) for v in zip(*pairs))
         diff = stats.paired_bootstrap(a, b)
-        raw[col] = {"a": a, "b": b, "diff": diff._asdict()}
+        paired = [s.removeprefix("seed_") for s in paired]
+        raw[col] = {"a": a, "b": b, "diff": diff._asdict(), "seeds": paired}
         d = comp.digits
         interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
         verdict = stats.verdict(diff, "A", "B")
@@ -630,7 +735,7 @@ def render_comparison(comp: Comparison, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
-def render_against_best(item: AgainstBest, root: str) -> tuple[str, dict]:
+def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dict]:
     """Per metric: the best of the others (highest mean over the seeds it shares with the
     candidate), candidate - best with its paired bootstrap 95 % interval, and the
     verdict: "best" (candidate above, interval above 0), "tie with the best" or "below
@@ -639,8 +744,8 @@ def render_against_best(item: AgainstBest, root: str) -> tuple[str, dict]:
             "verdict", "seeds"]  # fmt: skip
     lines = [f"#### {item.title}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "|".join([":---", ":---"] + ["---:"] * 3 + [":---", "---:"]) + "|")
-    cand = {os.path.basename(d): d for d in _runs(root, item.candidate)}
-    others = [(row, {os.path.basename(d): d for d in _runs(root, row)}) for row in item.others]
+    cand = _runs(root, item.candidate)
+    others = [(row, _runs(root, row)) for row in item.others]
     raw: dict = {}
     d = item.digits
     for col, key in item.metrics:
@@ -668,7 +773,7 @@ def render_against_best(item: AgainstBest, root: str) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
-def render_retention(item: Retention, root: str) -> tuple[str, dict]:
+def render_retention(item: Retention, root: str | Source) -> tuple[str, dict]:
     """Per metric: reference and candidate (mean ± std over the seeds both ran), their
     ratio of means, candidate - fraction x reference with its paired bootstrap 95 %
     interval, and the verdict: "keeps" (interval above 0), "fails" (below) or "cannot
@@ -678,8 +783,7 @@ def render_retention(item: Retention, root: str) -> tuple[str, dict]:
             f"cand. - {f:g} x ref. [95 %]", "verdict", "seeds"]  # fmt: skip
     lines = [f"#### {item.title}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "|".join([":---"] + ["---:"] * 4 + [":---", "---:"]) + "|")
-    runs_c = {os.path.basename(d): d for d in _runs(root, item.candidate)}
-    runs_r = {os.path.basename(d): d for d in _runs(root, item.reference)}
+    runs_c, runs_r = _runs(root, item.candidate), _runs(root, item.reference)
     raw: dict = {}
     d = item.digits
     for col, key in item.metrics:
@@ -712,10 +816,12 @@ def rows_of(item: Table | Comparison | AgainstBest | Retention) -> tuple[Row, ..
     return (item.candidate, item.reference)
 
 
-def has_runs(item: Table | Comparison | AgainstBest | Retention, root: str) -> bool:
-    """Whether any row of ``item`` has a run under ``root`` (``--update`` rewrites only
-    those: a table whose sweeps are elsewhere keeps its published text)."""
-    return any(_runs(root, row) for row in rows_of(item))
+def has_runs(item: Table | Comparison | AgainstBest | Retention, root: str | Source) -> bool:
+    """Whether any row of ``item`` has a run directory under the root (``--update``
+    rewrites only those: a table whose sweeps are elsewhere, or only archived, keeps its
+    published text)."""
+    root = _source(root).root
+    return any(isinstance(r, str) for row in rows_of(item) for r in _runs(root, row).values())
 
 
 def update_markdown(path: str, texts: dict[str, str]) -> None:
@@ -740,7 +846,14 @@ def main() -> None:
     parser.add_argument("--json", default="", help="write every per-seed value here")
     parser.add_argument("--only", default="", help="print tables whose title contains this")
     parser.add_argument("--update", default="", help="markdown file whose marked tables to rewrite")
+    parser.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        help="a --json file of published values: seeds without a run under --root (repeatable)",
+    )
     args = parser.parse_args()
+    source = Source(args.root, load_archive(args.archive))
     everything, texts = {}, {}
     items = [(t, render) for t in TABLES] + [(c, render_comparison) for c in COMPARISONS]
     items += [(c, render_against_best) for c in AGAINST_BEST]
@@ -748,9 +861,9 @@ def main() -> None:
     for item, render_item in items:
         if args.only and args.only not in item.title:
             continue
-        text, raw = render_item(item, args.root)
+        text, raw = render_item(item, source)
         everything[item.title] = raw
-        if has_runs(item, args.root):
+        if has_runs(item, source):
             texts[item.title] = text
         print(text, end="\n\n")
     if args.update:

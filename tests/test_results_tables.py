@@ -270,3 +270,111 @@ def test_score_weight_end_to_end_on_a_tiny_trifeature_run(tmp_path):
     assert os.path.exists(os.path.join(derived, "config.json"))
     assert records.read_json(os.path.join(derived, "sweep_run.json")) == {"wall_time_s": 12.5}
     assert summary["seconds"] > 0
+
+
+def test_archive_gives_back_every_published_value_and_takes_new_seeds(tmp_path, monkeypatch):
+    """A table, a comparison and a row published only in a comparison, rendered from run
+    directories and written with --json, render the same from that JSON alone; a new seed
+    (or row) under --root joins the archived ones, and the result equals rendering with
+    every run directory present. --update rewrites only tables with a run directory."""
+    rt = _module()
+    full, fresh = str(tmp_path / "full"), str(tmp_path / "fresh")
+    metrics = (("acc", "downstream/acc"), ("R@1 both", "eval:retrieval/R@1"))
+    rng = np.random.default_rng(0)
+    for root in (full, fresh):
+        seeds = (0, 1, 42) if root == full else ()
+        for seed in (*seeds, 7):
+            for obj, sweep in (("a", "s"), ("b", "s"), ("c", "s_control")):
+                res = {"downstream": {"acc": float(rng.random())}}
+                ev = {"retrieval": {"R@1": float(rng.random())}} if seed != 1 else None
+                if root == fresh:  # seed 7 must match what the full root holds
+                    res = json.load(open(os.path.join(full, sweep, obj, "seed_7", "results.json")))
+                    ev_path = os.path.join(full, sweep, obj, "seed_7", "eval", "results.json")
+                    ev = json.load(open(ev_path))
+                _run(root, sweep, obj, seed, res, ev, wall=10.0 * (seed + 1))
+    table = rt.Table("t", (rt.Row("A", "s", "a"), rt.Row("B", "s", "b")), metrics)
+    comps = (
+        rt.Comparison("t: A against B", table.rows[0], table.rows[1], metrics),
+        rt.Comparison("t: control", rt.Row("C", "s_control", "c"), table.rows[0], metrics),
+    )
+    monkeypatch.setattr(rt, "TABLES", [table])
+    monkeypatch.setattr(rt, "COMPARISONS", list(comps))
+    monkeypatch.setattr(rt, "AGAINST_BEST", [])
+    monkeypatch.setattr(rt, "RETENTION", [])
+
+    # the published state: seeds 0, 1, 42 only
+    published = str(tmp_path / "published")
+    for sweep, obj in (("s", "a"), ("s", "b"), ("s_control", "c")):
+        for seed in (0, 1, 42):
+            src = os.path.join(full, sweep, obj, f"seed_{seed}")
+            dst = os.path.join(published, sweep, obj, f"seed_{seed}")
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.symlink(src, dst)
+    archive = str(tmp_path / "tables.json")
+    monkeypatch.setattr(sys, "argv", ["rt", f"--root={published}", f"--json={archive}"])
+    rt.main()
+    entry = json.load(open(archive))["t"]["A"]
+    assert entry["seeds"] == ["0", "1", "42"] and entry["wall s/run"] == [10.0, 20.0, 430.0]
+    assert entry["R@1 both"][1] is None  # seed 1 has no eval: null, in seed order
+
+    source = rt.Source(str(tmp_path / "nothing"), rt.load_archive([archive]))
+    assert rt.render(table, source)[0] == rt.render(table, published)[0]
+    for comp in comps:
+        assert rt.render_comparison(comp, source)[0] == rt.render_comparison(comp, published)[0]
+
+    # seed 7 newly run: archive + fresh root == every run directory
+    source = rt.Source(fresh, rt.load_archive([archive]))
+    assert rt.render(table, source)[0] == rt.render(table, full)[0]
+    assert "| 0,1,42,7 |" in rt.render(table, source)[0]
+    for comp in comps:
+        assert rt.render_comparison(comp, source)[0] == rt.render_comparison(comp, full)[0]
+    assert rt.has_runs(table, source)
+    assert not rt.has_runs(table, rt.Source(str(tmp_path / "nothing"), source.archive))
+
+
+def test_archive_without_seeds_is_one_clear_error(tmp_path, monkeypatch):
+    rt = _module()
+    table = rt.Table("t", (rt.Row("A", "s", "a"),), (("acc", "downstream/acc"),))
+    monkeypatch.setattr(rt, "TABLES", [table])
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"t": {"A": {"acc": [0.5, 0.6]}}}))
+    try:
+        rt.load_archive([str(old)])
+    except ValueError as e:
+        assert "has no 'seeds'" in str(e) and "regenerate it with --json" in str(e)
+    else:
+        raise AssertionError("an archive without seeds was read")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"t": {"A": {"acc": [0.5], "seeds": ["0", "1"]}}}))
+    try:
+        rt.load_archive([str(bad)])
+    except ValueError as e:
+        assert "1 values for 2 seeds" in str(e)
+    else:
+        raise AssertionError("misaligned values were read")
+
+
+def test_published_trifeature_tables_render_from_their_archive():
+    """Every table of docs/RESULTS.md section 7-8 that tables_trifeature.json holds is
+    rendered, from the archive alone, exactly as published (values, seeds, wall times)."""
+    import re
+
+    rt = _module()
+    source = rt.Source(
+        "/nonexistent", rt.load_archive([os.path.join(ROOT, "docs/results/tables_trifeature.json")])
+    )
+    doc = open(os.path.join(ROOT, "docs/RESULTS.md")).read()
+    items = [(t, rt.render) for t in rt.TABLES]
+    items += [(c, rt.render_comparison) for c in rt.COMPARISONS]
+    items += [(c, rt.render_against_best) for c in rt.AGAINST_BEST]
+    checked = 0
+    for item, render in items:
+        if "ovaib_trifeature" not in item.title:
+            continue
+        block = re.search(
+            r"<!-- table: " + re.escape(item.title) + r" -->\n(.*?)\n<!-- end table -->", doc, re.S
+        )
+        if block:
+            assert render(item, source)[0].strip() == block.group(1).strip(), item.title
+            checked += 1
+    assert checked >= 30
