@@ -21,8 +21,8 @@
 #   fourth candidate there; branches_score_weight, its score weight chosen on training
 #   data; trifeature_m3_d16, OVA-IB at the heads' span width)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
-#   (add --archive docs/results/tables_trifeature.json to keep the published seeds of rows
-#   whose run directories are gone: see the docstring of results_tables.py)
+#   (add --archive docs/results/tables_trifeature.json, or any tables*.json there, to keep
+#   the published seeds of rows whose run directories are gone: results_tables.py's docstring)
 #
 # Re-running skips finished runs (their results.json exists) and resumes interrupted ones.
 # Same seeds give the same numbers on the same machine. On the 2-core machine of

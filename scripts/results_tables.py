@@ -529,10 +529,10 @@ def load_archive(paths: Sequence[str]) -> dict[tuple[str, str], dict[str, Archiv
     """The per-seed values of ``--json`` files, keyed by (sweep, objective) of the row
     that wrote them (found through :data:`TABLES`: a table's title and a row's label name
     an entry; the table's columns give each value's metric key). A row in several tables
-    gathers every metric of all of them; a row published only in a comparison is read
-    from its per-metric ``a`` / ``b`` values. A table entry without ``seeds`` (written
-    before the format had them) cannot be paired by seed: a clear error (a comparison
-    entry without them is skipped)."""
+    gathers every metric of all of them; a row published only in a comparison or a
+    retention test is read from its per-metric paired values. A table entry without
+    ``seeds`` (written before the format had them) cannot be paired by seed: a clear
+    error (a comparison entry without them is skipped)."""
     archive: dict[tuple[str, str], dict[str, dict]] = {}
     walls: dict[tuple[str, str], dict[str, float | None]] = {}
     for path in paths:
@@ -566,12 +566,15 @@ def load_archive(paths: Sequence[str]) -> dict[tuple[str, str], dict[str, Archiv
                 for seed, w in zip(seeds, entry.get("wall s/run", [None] * len(seeds))):
                     wall[seed] = w
                     runs.setdefault(seed, {})
-        for comp in COMPARISONS:  # a row published in a comparison only (e.g. a control)
-            for col, key in comp.metrics:
-                entry = published.get(comp.title, {}).get(col)
+        # rows published in a comparison or a retention test only (e.g. a control)
+        paired = [(c, (("a", c.a), ("b", c.b))) for c in COMPARISONS]
+        paired += [(r, (("candidate", r.candidate), ("reference", r.reference))) for r in RETENTION]
+        for item, sides in paired:
+            for col, key in item.metrics:
+                entry = published.get(item.title, {}).get(col)
                 if entry is None or "seeds" not in entry:
                     continue
-                for row, side in ((comp.a, "a"), (comp.b, "b")):
+                for side, row in sides:
                     runs = archive.setdefault((row.sweep, row.objective), {})
                     walls.setdefault((row.sweep, row.objective), {})
                     for seed, v in zip(entry["seeds"], entry[side]):
@@ -787,18 +790,20 @@ def render_retention(item: Retention, root: str | Source) -> tuple[str, dict]:
     raw: dict = {}
     d = item.digits
     for col, key in item.metrics:
-        pairs = [(_lookup(runs_c[s], key), _lookup(runs_r[s], key)) for s in runs_c if s in runs_r]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        seeds = [s for s in runs_c if s in runs_r]
+        pairs = [(s, _lookup(runs_c[s], key), _lookup(runs_r[s], key)) for s in seeds]
+        pairs = [(s, x, y) for s, x, y in pairs if x is not None and y is not None]
         if len(pairs) < 2:
             lines.append(f"| {col} | " + " | ".join(["not run"] * 5) + f" | {len(pairs)} |")
             continue
-        c, r = (list(v) for v in zip(*pairs))
+        paired, c, r = (list(v) for v in zip(*pairs))
         diff = stats.paired_bootstrap(c, [f * v for v in r])
         verdict = {"A better": "keeps", "B better": "fails"}.get(
             stats.verdict(diff, "A", "B"), "cannot tell"
         )
         ratio = float(np.mean(c) / np.mean(r)) if np.mean(r) else float("nan")
         raw[col] = {"candidate": c, "reference": r, "ratio": ratio, "diff": diff._asdict()}
+        raw[col]["seeds"] = [s.removeprefix("seed_") for s in paired]
         interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
         cells = [_fmt(r, d), _fmt(c, d), f"{ratio:.2f}", interval, verdict, str(diff.n)]
         lines.append(f"| {col} | " + " | ".join(cells) + " |")
