@@ -103,6 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.learnable_temperature = False  # learn log tau in the model, from objective.tau
     config.model.min_temperature = 0.001  # clip of a learnable tau
     config.model.max_temperature = 10.0  # upper clip of a learnable tau
+    # Learn the weight w of OVA's span + product score (ova_ib, ova_sufficiency,
+    # ova_ib_comm) as exp of a model parameter, from objective.product_weight (> 0).
+    config.model.learnable_product_weight = False
     config.model.projector_hidden = (128,)  # hidden widths of the MLP projector ablation
     # Separate encoder branches: comma-separated embedding widths summing to embedding_dim
     # ("" = one encoder and head per modality). Branch k has its own encoder and head per

@@ -1,6 +1,7 @@
 """The run's objective bound to its model: the only module that knows how a config's
 objective meets the model's own parameters (the learnable temperature, as ``tau`` or
-Symile's ``logit_scale``; the MLP projector), the PRNG key and the mesh.
+Symile's ``logit_scale``; OVA's learnable product weight; the MLP projector), the PRNG
+key and the mesh.
 
 * :func:`make_objective`: the training objective under ``jax.shard_map``.
 * :func:`run_info`: what evaluators need to call the objective and its scorer as the run
@@ -23,17 +24,22 @@ from ovaib_jax.validation import Resolved
 __all__ = ["OWN_PARAMS", "loss_kwargs", "make_objective", "projector", "run_info"]
 
 # The model's parameters that the objective reads (the rest never enters the shard_map).
-OWN_PARAMS = ("log_temperature", "projector", "fusion")
+OWN_PARAMS = ("log_temperature", "log_product_weight", "projector", "fusion")
 
 
 def _kwargs(resolved: Resolved, model: models.MultiModalModel, params: Any) -> dict[str, Any]:
     """The objective's keyword arguments with the model's own parameters ``params``
-    (a tree with at most :data:`OWN_PARAMS`): hyper-parameters, temperature, projector
-    (OVA's MLP ablation, ConFu's fusion heads), fusion (CoMM's, as ``fuse``)."""
+    (a tree with at most :data:`OWN_PARAMS`): hyper-parameters, temperature, product
+    weight, projector (OVA's MLP ablation, ConFu's fusion heads), fusion (CoMM's, as
+    ``fuse``)."""
     kwargs = dict(resolved.hparams)
     if resolved.temperature_param is not None:
         tau = model.apply({"params": params}, method=models.MultiModalModel.temperature)
         kwargs.update(losses.temperature_kwargs(resolved.objective_name, tau))
+    if resolved.learn_product_weight:
+        kwargs["product_weight"] = model.apply(
+            {"params": params}, method=models.MultiModalModel.product_weight
+        )
     if resolved.projector:
         kwargs["projector"] = lambda rest, m: model.apply(
             {"params": params}, rest, m, method=models.MultiModalModel.project
@@ -103,12 +109,14 @@ def loss_kwargs(
     variables: Any,
 ) -> dict[str, Any]:
     """The keyword arguments the run's objective trains with, as ``variables`` give them:
-    hyper-parameters, the learned temperature (a Python float), the projector, and the
-    run's ``chunk_size`` when it blocks the objective."""
+    hyper-parameters, the learned temperature and product weight (Python floats), the
+    projector, and the run's ``chunk_size`` when it blocks the objective."""
     kwargs = _kwargs(resolved, model, variables["params"])
     param = resolved.temperature_param
     if param is not None:
         kwargs[param] = float(host.to_host(kwargs[param]))
+    if resolved.learn_product_weight:
+        kwargs["product_weight"] = float(host.to_host(kwargs["product_weight"]))
     if config.objective.chunk_size:
         kwargs["chunk_size"] = int(config.objective.chunk_size)
     return kwargs
@@ -122,11 +130,14 @@ def run_info(
 ) -> evaluators.RunInfo:
     """The :class:`ovaib_jax.evaluators.RunInfo` of the run with ``variables``."""
     shared = losses.SCORER_HPARAMS.get(resolved.objective_name, ())
+    kwargs = loss_kwargs(config, resolved, model, variables)
     return evaluators.RunInfo(
         objective=resolved.objective_name,
         seed=int(config.seed),
-        loss_kwargs=loss_kwargs(config, resolved, model, variables),
-        scorer_kwargs={k: v for k, v in resolved.hparams.items() if k in shared},
+        loss_kwargs=kwargs,
+        # the scorer's hyper-parameters as the run trained with them (a learned weight's
+        # value in ``variables``, not its initial one)
+        scorer_kwargs={k: kwargs[k] for k in resolved.hparams if k in shared},
         projector=projector(resolved, model, variables),
         fuse=(
             _kwargs(resolved, model, variables["params"]).get("fuse")

@@ -82,6 +82,7 @@ def create_model(config: ml_collections.ConfigDict, resolved: Resolved) -> model
         resolved.modalities,
         normalize_embeddings=resolved.normalize_embeddings,
         init_temperature=resolved.init_temperature,
+        init_product_weight=float(resolved.hparams.get("product_weight") or 1.0),
         projector=resolved.projector,
         fusion=resolved.fusion,
     )

@@ -106,7 +106,8 @@ def train_step(
 
     Returns:
       The new state and ``metrics``: replicated scalars ``loss``, every aux entry of the
-      objective, ``grad_norm``, and ``temperature`` when the model learns it.
+      objective, ``grad_norm``, and ``temperature`` / ``product_weight`` when the model
+      learns them.
     """
     key = jax.random.fold_in(rng, state.step)
 
@@ -125,6 +126,10 @@ def train_step(
     if model.learnable_temperature:
         metrics["temperature"] = model.apply(
             {"params": state.params}, method=models.MultiModalModel.temperature
+        )
+    if model.learnable_product_weight:
+        metrics["product_weight"] = model.apply(
+            {"params": state.params}, method=models.MultiModalModel.product_weight
         )
     new_state = TrainState(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state

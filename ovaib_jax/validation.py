@@ -54,6 +54,8 @@ class Resolved:
         ``"product"``; a learnable temperature's parameter still holding its initial value).
       temperature_param: ``"tau"`` or ``"logit_scale"`` when the model learns it, else None.
       init_temperature: the model's initial tau.
+      learn_product_weight: whether the model learns OVA's ``product_weight`` (its
+        initial value is ``hparams["product_weight"]``).
       projector: whether the model needs the MLP projector (OVA's ``projector="mlp"``;
         always for the objectives of ``losses.LEARNED_PROJECTOR``: ConFu's fusion heads).
       normalize_embeddings: whether the model L2-normalises z.
@@ -73,6 +75,7 @@ class Resolved:
     normalize_embeddings: bool
     encoders: tuple[str, ...]
     fusion: bool = False
+    learn_product_weight: bool = False
 
     @property
     def modality_names(self) -> tuple[str, ...]:
@@ -121,6 +124,7 @@ def validate_config(
     # The learned heads the objective takes from the model, which must build them.
     projector = projector or name in losses.LEARNED_PROJECTOR
     encoders, temperature_param, init_temperature = _check_model(config, name, hparams, modalities)
+    learn_product_weight = _check_product_weight(config, name, hparams)
     _check_optimizer(config.optimizer)
     _check_evaluators(config)
     # No objective needs the model to normalise: the cosine-, projection- and volume-based
@@ -141,7 +145,35 @@ def validate_config(
         normalize_embeddings=normalize,
         encoders=tuple(encoders),
         fusion=name in losses.TAKES_FUSE,
+        learn_product_weight=learn_product_weight,
     )
+
+
+# The objectives whose ``product_weight`` weighs OVA's span + product score (the model
+# may learn it); ``ova_ib_heads``' weighs a loss term, which a learned weight would zero.
+PRODUCT_SCORED = ("ova_ib", "ova_sufficiency", "ova_ib_comm")
+
+
+def _check_product_weight(
+    config: ml_collections.ConfigDict, objective: str, hparams: dict[str, Any]
+) -> bool:
+    """``config.model.learnable_product_weight``: only for :data:`PRODUCT_SCORED`, from
+    an initial ``objective.product_weight`` > 0, without a projector."""
+    if not config.model.get("learnable_product_weight", False):
+        return False
+    if objective not in PRODUCT_SCORED:
+        raise ValueError(
+            f"config.model.learnable_product_weight=True, but objective {objective!r} has no "
+            f"span + product score to weigh (only {', '.join(PRODUCT_SCORED)}); set it to False."
+        )
+    w = hparams.get("product_weight", 0.0)
+    if not isinstance(w, (int, float)) or isinstance(w, bool) or not w > 0:
+        raise ValueError(
+            "config.model.learnable_product_weight=True learns the weight from its initial "
+            f"value config.objective.product_weight, which must be > 0; got {w!r} "
+            "(e.g. --config.objective.product_weight=1.0)."
+        )
+    return True
 
 
 # --------------------------------------------------------------------------- helpers

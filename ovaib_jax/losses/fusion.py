@@ -389,7 +389,7 @@ def ova_ib_comm(
     lam: float = 1e-8,
     exclude_positive: bool = False,
     normalize_minimality: bool = True,
-    product_weight: float = 0.0,
+    product_weight: float | jax.Array = 0.0,
     negatives: str = "batch",
     key: jax.Array | None = None,
     comm_weight: float = 1.0,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ovaib_jax.losses import _core
 from ovaib_jax.losses._basis import guarded_gram_schmidt, leave_one_out_bases
@@ -72,7 +73,7 @@ def ova_sufficiency(
     lam: float = 1e-8,
     exclude_positive: bool = False,
     projector: Projector | None = None,
-    product_weight: float = 0.0,
+    product_weight: float | jax.Array = 0.0,
     negatives: str = "batch",
     key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
@@ -124,8 +125,10 @@ def ova_sufficiency(
         score plus the sign-aware product score of :func:`product_projector`. The
         projection is blind to the sign of each remaining embedding, so it cannot
         express dependence such as c = a XOR b; the product term can, and the projection
-        keeps the linear (span) dependence the product score misses. A Python float;
-        0 is the paper's score. Not with ``projector``.
+        keeps the linear (span) dependence the product score misses. A Python float (0:
+        the paper's score, no product term computed) or a scalar JAX array (a weight
+        learned in training, traced: the product term is always computed then, and the
+        caller keeps it >= 0, e.g. as exp of a parameter). Not with ``projector``.
       negatives: ``"batch"`` (default, the paper): candidate n' is the true tuple of
         remaining modalities of sample n'. ``"shuffled"`` (an extension, not in the
         paper): as Symile's "n" negatives, the rows of each remaining modality are
@@ -164,12 +167,22 @@ def ova_sufficiency(
         lam=lam,
         exclude_positive=exclude_positive,
         projector=projector,
-        product_weight=float(product_weight),
+        product_weight=_weight(product_weight),
         negatives=negatives,
         key=key,
         axis_name=axis_name,
         chunk_size=chunk_size,
     )
+
+
+def _weight(w: float | jax.Array) -> float | jax.Array:
+    """A Python (or NumPy) weight as a float, a JAX array (learned, traced) as float32."""
+    return w.astype(jnp.float32) if isinstance(w, jax.Array) else float(w)
+
+
+def _has_product(w: float | jax.Array) -> bool:
+    """Whether the score has the product term: a nonzero float, or any array (traced)."""
+    return isinstance(w, jax.Array) or bool(w)
 
 
 def _check_sufficiency_args(
@@ -187,7 +200,11 @@ def _check_sufficiency_args(
     n_global = z.shape[1] * _core.axis_size(axis_name)
     if exclude_positive and n_global < 2:
         raise ValueError(f"{name}: exclude_positive=True needs a batch of N >= 2, got {n_global}.")
-    if product_weight < 0 or (product_weight and projector is not None):
+    if isinstance(product_weight, (jax.Array, np.ndarray)) and np.ndim(product_weight) != 0:
+        raise ValueError(
+            f"{name}: product_weight must be a scalar; got shape {np.shape(product_weight)}."
+        )
+    if _has_product(product_weight) and projector is not None:
         raise ValueError(
             f"{name}: product_weight must be >= 0 and cannot be combined with a projector; "
             f"got {product_weight} (projector {'set' if projector is not None else 'None'})."
@@ -201,23 +218,23 @@ def _modalities(z: jax.Array) -> list[jax.Array]:
     return [x[0] for x in jnp.split(z, z.shape[0])]
 
 
-def _span_scores(q: jax.Array, cand: jax.Array, w: float) -> jax.Array:
+def _span_scores(q: jax.Array, cand: jax.Array, w: float | jax.Array | None) -> jax.Array:
     """Scores of queries ``q`` (n, d) against candidates ``cand`` (K', C, d): K' = M-1
-    basis vectors of each candidate's span (plus, with ``w``, its unit product last).
-    One matmul against all stacked basis vectors, then a sum of squares over the K'
-    blocks of C columns. Returns (n, C)."""
+    basis vectors of each candidate's span (plus, with a product weight ``w`` not None,
+    its unit product last). One matmul against all stacked basis vectors, then a sum of
+    squares over the K' blocks of C columns. Returns (n, C)."""
     k, c, d = cand.shape
     proj = (q @ cand.reshape(k * c, d).T).reshape(q.shape[0], k, c)
-    if not w:
+    if w is None:
         return _norm_of_squares(jnp.sum(jnp.square(proj), axis=1))
     span = _norm_of_squares(jnp.sum(jnp.square(proj[:, :-1]), axis=1))
     return span + w * proj[:, -1]
 
 
-def _paired_span_scores(q: jax.Array, cand: jax.Array, w: float) -> jax.Array:
+def _paired_span_scores(q: jax.Array, cand: jax.Array, w: float | jax.Array | None) -> jax.Array:
     """Score of query row i with candidate i: ``q`` (n, d), ``cand`` (K', n, d) -> (n,)."""
     proj = jnp.sum(cand * q[None], axis=-1)  # (K', n)
-    if not w:
+    if w is None:
         return _norm_of_squares(jnp.sum(jnp.square(proj), axis=0))
     return _norm_of_squares(jnp.sum(jnp.square(proj[:-1]), axis=0)) + w * proj[-1]
 
@@ -238,7 +255,7 @@ def _sufficiency(
     lam,
     exclude_positive: bool,
     projector: Projector | None,
-    product_weight: float,
+    product_weight: float | jax.Array,
     negatives: str,
     key: jax.Array | None,
     axis_name: _core.AxisName | None,
@@ -251,13 +268,13 @@ def _sufficiency(
     n_global = n * _core.axis_size(axis_name)
     scale = 1.0 / tau
     keys = None if key is None else jax.random.split(key, m_count)
-    w = product_weight
+    w = product_weight if _has_product(product_weight) else None  # None: no product term
 
     def span_candidates(rest: list[jax.Array]) -> jax.Array:
         """K unit remaining embeddings (C, d) of C tuples -> (K', C, d): their guarded
         basis, with the unit product appended when ``w``."""
         cand, _ = guarded_gram_schmidt(rest, lam)
-        if w:
+        if w is not None:
             cand.append(_core.l2_normalize(functools.reduce(jnp.multiply, rest)))
         return jnp.stack(cand)
 
@@ -274,7 +291,7 @@ def _sufficiency(
     if (
         m_count == 2
         and projector is None
-        and not w
+        and w is None
         and negatives == "batch"
         and axis_name is None
         and (chunk_size is None or chunk_size >= n)
@@ -285,7 +302,7 @@ def _sufficiency(
         # (SPEC "Efficient forms" (a)): the candidates of "batch" negatives, the positives
         # of "shuffled" ones.
         local = leave_one_out_bases(queries, lam)
-        if w:
+        if w is not None:
             local = [
                 jnp.concatenate(
                     [b, _core.l2_normalize(functools.reduce(jnp.multiply, _rest(queries, m)))[None]]
@@ -444,7 +461,7 @@ def ova_ib(
     exclude_positive: bool = False,
     normalize_minimality: bool = True,
     projector: Projector | None = None,
-    product_weight: float = 0.0,
+    product_weight: float | jax.Array = 0.0,
     negatives: str = "batch",
     key: jax.Array | None = None,
     axis_name: _core.AxisName | None = None,
@@ -483,7 +500,7 @@ def ova_ib(
         lam=lam,
         exclude_positive=exclude_positive,
         projector=projector,
-        product_weight=float(product_weight),
+        product_weight=_weight(product_weight),
         negatives=negatives,
         key=key,
         axis_name=axis_name,

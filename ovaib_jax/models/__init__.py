@@ -158,6 +158,7 @@ def create_model(
     *,
     normalize_embeddings: bool = False,
     init_temperature: float = 0.07,
+    init_product_weight: float = 1.0,
     projector: bool = False,
     fusion: bool = False,
 ) -> MultiModalModel:
@@ -170,6 +171,8 @@ def create_model(
       modalities: the dataset's modalities in the order of ``z`` (``Modality`` objects).
       normalize_embeddings: L2-normalise z (decided by the trainer from the objective).
       init_temperature: initial tau of the learnable temperature.
+      init_product_weight: initial w of the learnable product weight
+        (``model_config.learnable_product_weight``; OVA's ``product_weight``).
       projector: build the MLP projector of the "OVA + MLP projector" ablation.
     """
     overrides = parse_encoder_overrides(model_config.encoders)
@@ -189,6 +192,9 @@ def create_model(
         init_temperature=float(init_temperature),
         min_temperature=float(model_config.min_temperature),
         max_temperature=float(model_config.max_temperature),
+        # read with a default: configs saved before the field existed still load
+        learnable_product_weight=bool(model_config.get("learnable_product_weight", False)),
+        init_product_weight=float(init_product_weight),
         projector=bool(projector),
         projector_hidden=tuple(model_config.projector_hidden),
         fusion=bool(fusion),

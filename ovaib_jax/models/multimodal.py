@@ -69,6 +69,9 @@ class MultiModalModel(nn.Module):
       init_temperature: its initial value tau_0 (``log_temperature = log tau_0``).
       min_temperature, max_temperature: tau is clipped to this range (CLIP clips its
         logit scale at 100, i.e. tau >= 0.01).
+      learnable_product_weight: create the ``log_product_weight`` parameter: the weight
+        w of OVA's span + product score learned in training (``product_weight`` method).
+      init_product_weight: its initial value w_0 > 0 (``log_product_weight = log w_0``).
       projector: create the MLP projector of the ablation (``project`` method); ConFu's
         fusion heads.
       projector_hidden: hidden widths of each projector MLP, and of the fusion's MLP.
@@ -99,6 +102,8 @@ class MultiModalModel(nn.Module):
     init_temperature: float = 0.07
     min_temperature: float = 1e-3
     max_temperature: float = 10.0
+    learnable_product_weight: bool = False
+    init_product_weight: float = 1.0
     projector: bool = False
     projector_hidden: tuple[int, ...] = (256,)
     fusion: bool = False
@@ -154,6 +159,13 @@ class MultiModalModel(nn.Module):
             self.log_temperature = self.param(
                 "log_temperature",
                 nn.initializers.constant(np.log(self.init_temperature)),
+                (),
+                jnp.float32,
+            )
+        if self.learnable_product_weight:
+            self.log_product_weight = self.param(
+                "log_product_weight",
+                nn.initializers.constant(np.log(self.init_product_weight)),
                 (),
                 jnp.float32,
             )
@@ -224,6 +236,8 @@ class MultiModalModel(nn.Module):
             # Create every parameter at init, also those only used by other methods.
             if self.learnable_temperature:
                 self.temperature()
+            if self.learnable_product_weight:
+                self.product_weight()
             if self.projector:
                 for m in range(z.shape[0]):
                     self.project(jnp.delete(z, m, axis=0), m)
@@ -239,6 +253,15 @@ class MultiModalModel(nn.Module):
             raise ValueError("temperature(): the model was built with learnable_temperature=False.")
         tau = jnp.clip(jnp.exp(self.log_temperature), self.min_temperature, self.max_temperature)
         return tau.astype(self.objective_dtype)
+
+    def product_weight(self) -> jax.Array:
+        """The learned weight w = exp(log_product_weight) of OVA's span + product score,
+        clipped to [1e-3, 1e3]; a float32 scalar (so w >= 0 whatever Adam does)."""
+        if not self.learnable_product_weight:
+            raise ValueError(
+                "product_weight(): the model was built with learnable_product_weight=False."
+            )
+        return jnp.clip(jnp.exp(self.log_product_weight), 1e-3, 1e3)
 
     def project(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
         """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d).
