@@ -19,7 +19,8 @@
 #   the other candidates there (trifeature_m4_confu, trifeature_m5_confu, and likewise
 #   _span_product and _heads: one of them at one M); trifeature_m4_branches and trifeature_m5_branches, the
 #   fourth candidate there; branches_score_weight, its score weight chosen on training
-#   data; trifeature_m3_d16, OVA-IB at the heads' span width)
+#   data; trifeature_m3_d16, OVA-IB at the heads' span width; trifeature_m3_learned_weight
+#   and learned_weight_retention, the span + product score with its weight learned in training)
 #   python scripts/results_tables.py --root /tmp/res --json docs/results/tables.json
 #   (add --archive docs/results/tables_trifeature.json, or any tables*.json there, to keep
 #   the published seeds of rows whose run directories are gone: results_tables.py's docstring)
@@ -201,6 +202,19 @@ for section in $SECTIONS; do
       $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_$1 $F \
         --objectives=$2 $T001 --config.objective.beta=0 --config.objective.product_weight=1.0
     done ;;
+  trifeature_m3_learned_weight)  # section 6's first candidate with its weight learned in
+    # training (w = exp of a model parameter, from 1) instead of fixed at 1
+    $S5 --config=experiments/trifeature.py:M=3,beta=0 \
+      --workdir=$ROOT/trifeature_m3_span_product_learned --objectives=ova_ib \
+      --config.objective.product_weight=1.0 --config.model.learnable_product_weight=True \
+      --config.eval_every_steps=300
+    colour_retrieval ;;
+  learned_weight_retention)  # ... and its retrieval on ovaib_latent M = 3 and uci_mfeat
+    LW="--config.objective.product_weight=1.0 --config.model.learnable_product_weight=True"
+    $S5 --config=experiments/latent.py:beta=0 --workdir=$ROOT/latent_tau0.01_span_product_learned \
+      $F --objectives=ova_ib $T001 --config.objective.beta=0 $LW
+    $S5 --config=experiments/mfeat.py --workdir=$ROOT/mfeat_tau0.01_span_product_learned $F \
+      --objectives=ova_ib $T001 --config.objective.beta=0 $LW ;;
   trifeature_m3_heads)  # section 6's third candidate: OVA-IB on separate heads of one
     # embedding (span, product and self-contrast heads, each with its own term)
     $S5 --config=experiments/trifeature.py:M=3,beta=0,objective=ova_ib_heads \

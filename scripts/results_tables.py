@@ -233,6 +233,7 @@ TRIFEATURE_FEW = (
 
 
 SPAN_PRODUCT = "ova_ib span + product (w = 1)"
+SPAN_PRODUCT_LEARNED = "ova_ib span + product, w learned in training (from 1)"
 OVA_COMM = "ova_ib_comm: span + product (w = 1) + CoMM"
 OVA_HEADS = "ova_ib_heads: span, product and CoMM heads"
 OVA_HEADS_NO_COMM = "ova_ib_heads: span and product heads"
@@ -254,6 +255,9 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     for o in ("gram", "triangle", "pairwise_clip", "anchor_clip"):
         rows[o] = Row(o, "trifeature_m3_baselines", o)
     rows[SPAN_PRODUCT] = Row(SPAN_PRODUCT, "trifeature_m3_span_product", "ova_ib")
+    rows[SPAN_PRODUCT_LEARNED] = Row(
+        SPAN_PRODUCT_LEARNED, "trifeature_m3_span_product_learned", "ova_ib"
+    )
     rows[OVA_COMM] = Row(OVA_COMM, "trifeature_m3_ova_comm", "ova_ib_comm")
     rows[OVA_HEADS] = Row(OVA_HEADS, "trifeature_m3_heads", "ova_ib_heads")
     rows[OVA_HEADS_NO_COMM] = Row(OVA_HEADS_NO_COMM, "trifeature_m3_heads_no_comm", "ova_ib_heads")
@@ -267,7 +271,7 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
     convergence = (("held-out loss, fall over the last fifth", HELDOUT_FALL),)
     candidates = (
         SPAN_PRODUCT, OVA_COMM, OVA_HEADS, OVA_HEADS_NO_COMM, OVA_BRANCHES, OVA_HEADS_WIDE,
-        OVA_BRANCHES_SW,
+        OVA_BRANCHES_SW, SPAN_PRODUCT_LEARNED,
     )  # fmt: skip
     others = tuple(r for k, r in rows.items() if k not in candidates)
     return (
@@ -294,6 +298,7 @@ def trifeature_tables() -> tuple[list[Table], list[Comparison], list[AgainstBest
                     (OVA_BRANCHES, OVA_HEADS),  # separate encoders against one shared
                     (OVA_BRANCHES, OVA_HEADS_WIDE),  # ... against one as large
                     (OVA_BRANCHES_SW, OVA_BRANCHES),  # the chosen score weight against 1
+                    (SPAN_PRODUCT_LEARNED, SPAN_PRODUCT),  # the learned weight against 1
                 )
             ),
             # the control of the heads' span head (16 of 32 dimensions): OVA-IB at d = 16
@@ -476,6 +481,7 @@ def retention_tables() -> list[Retention]:
         reference = Row("ova_ib (projection)", f"{prefix}_tau0.01_beta0", "ova_ib")
         for label, sweep, objective in (
             (SPAN_PRODUCT, "span_product", "ova_ib"),
+            (SPAN_PRODUCT_LEARNED, "span_product_learned", "ova_ib"),
             (OVA_COMM, "ova_comm", "ova_ib_comm"),
             (OVA_HEADS, "heads", "ova_ib_heads"),
             (OVA_BRANCHES, "branches", "ova_ib_heads"),
