@@ -98,3 +98,24 @@ def test_a_run_learns_the_weight_and_evaluates_with_the_learned_value():
     assert info.scorer_kwargs["product_weight"] == pytest.approx(learned, rel=1e-6)
     assert info.loss_kwargs["product_weight"] == pytest.approx(learned, rel=1e-6)
     assert isinstance(info.scorer_kwargs["product_weight"], float)
+
+
+def test_the_weights_gradient_is_the_same_on_eight_devices_as_on_one():
+    """The weight enters the sharded objective replicated: its gradient over 8 devices
+    (each scoring its rows against all gathered candidates) equals the one-device one."""
+    config = tiny_config(name="parity", arg="objective=ova_ib,runlocal")
+    with config.unlocked():
+        config.model.learnable_product_weight = True
+        config.objective.product_weight = 0.5
+    resolved = validate_config(config, device_count=8, process_count=1)
+    model = runtime.create_model(config, resolved)
+    params = {"log_product_weight": jnp.log(jnp.float32(0.5))}
+    z = _z(m=3, n=16, d=8, seed=3)
+    grads = []
+    for devices in (jax.devices()[:1], jax.devices()[:8]):
+        fn = objective.make_objective(resolved, model, runtime.create_mesh(devices))
+        grads.append(jax.grad(lambda p, fn=fn: fn(z, p, jax.random.key(0))[0])(params))
+    assert len(jax.devices()) >= 8
+    g1, g8 = (float(g["log_product_weight"]) for g in grads)
+    assert abs(g1) > 1e-4
+    np.testing.assert_allclose(g8, g1, rtol=1e-5)
