@@ -281,6 +281,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "dataset.shuffle_block": 1,
     "model.branches": "",
     "model.dtype": "float32",
+    "model.learnable_product_weight": False,
     "model.objective_dtype": "float32",
 }
 # The fields of the evaluation only (a sweep keeps a finished run's results when only

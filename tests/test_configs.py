@@ -299,3 +299,25 @@ def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
     validate_config(restored, device_count=1, process_count=1)
     config.model.dtype = "bfloat16"  # another value than the run had is a change
     assert configs.changed_keys(recorded, config) == ["model.dtype"]
+
+
+def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
+    """tests/fixtures holds the config.json that the release of commit fd0c915 recorded
+    for a sweep run (trifeature M = 5, ConFu, seed 42). The same settings today must be
+    the same run (a sweep skips it, a rerun resumes it): a field added since must be in
+    configs.ADDED_FIELDS at the value the old runs had. (model.learnable_product_weight
+    was added without it: every earlier run then counted as "another config".)"""
+    import json
+
+    name = "config_trifeature_m5_confu_fd0c915.json"
+    path = os.path.join(os.path.dirname(__file__), "fixtures", name)
+    with open(path) as f:
+        recorded = json.load(f)
+    config = load("trifeature", "M=5,objective=confu")
+    with config.unlocked():
+        config.seed = 42
+        config.eval_every_steps = 300  # as the sweep that recorded it
+    assert configs.changed_keys(recorded, config) == []
+    new = set(configs.flatten(json.loads(configs.to_json(config)))) - set(configs.flatten(recorded))
+    assert new <= set(configs.ADDED_FIELDS), sorted(new - set(configs.ADDED_FIELDS))
+    validate_config(configs.from_json(recorded), device_count=1, process_count=1)
