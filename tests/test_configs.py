@@ -317,7 +317,7 @@ def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
     with config.unlocked():
         config.seed = 42
         config.eval_every_steps = 300  # as the sweep that recorded it
+    # (changed_keys counts a field absent from the record unless ADDED_FIELDS, or the
+    # objective's signature for its hyper-parameters, gives the value the run had)
     assert configs.changed_keys(recorded, config) == []
-    new = set(configs.flatten(json.loads(configs.to_json(config)))) - set(configs.flatten(recorded))
-    assert new <= set(configs.ADDED_FIELDS), sorted(new - set(configs.ADDED_FIELDS))
     validate_config(configs.from_json(recorded), device_count=1, process_count=1)
