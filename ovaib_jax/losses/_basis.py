@@ -252,3 +252,105 @@ def projected_sq_norm(x: jax.Array, basis: jax.Array) -> jax.Array:
     c, k, d = basis.shape
     proj = x @ basis.reshape(c * k, d).T  # (n, C*K)
     return jnp.sum(jnp.square(proj.reshape(x.shape[0], c, k)), axis=-1)
+
+
+def leave_one_out_coefficients(vectors: Sequence[jax.Array], lam=1e-8) -> list[list[list]]:
+    """The bases of :func:`leave_one_out_bases` as combinations of the input vectors.
+
+    Basis vector j of set m is ``b = sum_i c[m][j][i] * vectors[others[i]]`` with
+    ``others`` the inputs but m, in order, and i <= j (Gram-Schmidt is triangular). A
+    query's projections onto every basis are then combinations of its dot products with
+    the *inputs*, which all M sets share; OVA-IB's shared-pair path uses that to compute
+    each pair of modalities' dot products once.
+
+    The coefficients replay the shared pass's arithmetic on coefficient vectors, with the
+    scalars (projection coefficients and guarded inverse norms) taken from the pass on
+    the vectors themselves: a residual norm derived from the small Gram matrices instead
+    would lose ~1e-7 / r of accuracy on nearly collinear inputs (see
+    ``test_nearly_collinear_spans_keep_float32_accuracy``), while these scalars keep the
+    accuracy of :func:`leave_one_out_bases`. Reverse-mode differentiable through a
+    hand-written VJP of the scalars (the same backward replay as the bases').
+
+    Args:
+      vectors: M >= 2 arrays (..., d), as for :func:`leave_one_out_bases`.
+      lam: rank guard (may be traced; it gets a gradient).
+
+    Returns:
+      ``c[m][j]``: for each set m and basis vector j < M - 1, j + 1 arrays (...).
+    """
+    vectors = tuple(jnp.asarray(v, jnp.float32) for v in vectors)
+    m_count = len(vectors)
+    ops, _, bases = _loo_tape(m_count)
+    factors = _loo_factors(vectors, jnp.asarray(lam, jnp.float32))
+    # coef[id]: {input: array (...)} with value id = sum_input coef * vectors[input].
+    coef: dict[int, dict[int, jax.Array | float]] = {i: {i: 1.0} for i in range(m_count)}
+    for op, f in zip(ops, factors):
+        if op[0] == "proj":  # v_out = v_in - t q
+            _, q, v_in, v_out = op
+            out = dict(coef[v_in])
+            for i, c in coef[q].items():
+                out[i] = out[i] - f * c if i in out else -f * c
+            coef[v_out] = out
+        else:  # q = s v
+            _, v, q = op
+            coef[q] = {i: f * c for i, c in coef[v].items()}
+    out = []
+    for m, ids in enumerate(bases):
+        others = [i for i in range(m_count) if i != m]
+        out.append([[coef[v][others[i]] for i in range(j + 1)] for j, v in enumerate(ids)])
+    return out
+
+
+def _loo_scalars(vectors: tuple, lam: jax.Array) -> tuple[list, tuple]:
+    """Every value of the tape and each operation's scalar factor, in operation order
+    (shape (...), not (..., 1))."""
+    val, factor = _loo_run(vectors, lam)
+    ops = _loo_tape(len(vectors))[0]
+    return val, tuple(factor[op[-1]][..., 0] for op in ops)
+
+
+@jax.custom_vjp
+def _loo_factors(vectors: tuple, lam: jax.Array) -> tuple:
+    return _loo_scalars(vectors, lam)[1]
+
+
+def _loo_factors_fwd(vectors: tuple, lam: jax.Array):
+    val, factors = _loo_scalars(vectors, lam)
+    return factors, (tuple(val), factors, lam)
+
+
+def _loo_factors_bwd(res, cotangents):
+    """The tape replayed backwards with a cotangent on each operation's scalar: ``t = q .
+    v_in`` of a projection, ``s = (|v|^2 + lam)^(-1/2)`` of a normalisation."""
+    val, factors, lam = res
+    n_in = len(val) - len(factors)  # every operation makes one new value
+    ops, count, _ = _loo_tape(n_in)
+    grad: list[jax.Array | None] = [None] * count
+
+    def add(i: int, g: jax.Array) -> None:
+        grad[i] = g if grad[i] is None else grad[i] + g
+
+    d_lam = jnp.zeros((), jnp.float32)
+    for op, f, ct in zip(reversed(ops), reversed(factors), reversed(cotangents)):
+        f, ct = f[..., None], ct[..., None]
+        if op[0] == "proj":  # v_out = v_in - t q, t = q . v_in
+            _, q, v_in, v_out = op
+            g = grad[v_out]
+            d_t = ct if g is None else ct - jnp.sum(val[q] * g, axis=-1, keepdims=True)
+            add(v_in, d_t * val[q] if g is None else g + d_t * val[q])
+            add(q, d_t * val[v_in] if g is None else d_t * val[v_in] - f * g)
+        else:  # q = v s, s = (|v|^2 + lam)^(-1/2)
+            _, v, q = op
+            g = grad[q]
+            d_s = ct if g is None else ct + jnp.sum(val[v] * g, axis=-1, keepdims=True)
+            d_v = -(f * f * f * d_s) * val[v]
+            add(v, d_v if g is None else f * g + d_v)
+            d_lam = d_lam - 0.5 * jnp.sum(f * f * f * d_s)
+    extra = tuple(sorted(_varying_axes(d_lam) - _varying_axes(lam)))
+    if extra:
+        d_lam = jax.lax.psum(d_lam, extra)
+    zeros = [jnp.zeros_like(val[i]) for i in range(n_in)]
+    return tuple(zeros[i] if grad[i] is None else grad[i] for i in range(n_in)), d_lam
+
+
+_loo_factors.defvjp(_loo_factors_fwd, _loo_factors_bwd)

@@ -2,7 +2,8 @@
 values as one guarded Gram-Schmidt per leave-one-out set, its hand-written VJP against
 automatic differentiation of that per-set computation (inputs, ``lam``, inside
 ``shard_map``), and the float32 accuracy of the scores on nearly collinear spans against
-a float64 literal guarded Gram-Schmidt."""
+a float64 literal guarded Gram-Schmidt. The same for the bases written as combinations of
+the inputs (``_basis.leave_one_out_coefficients``, OVA-IB's shared-pair path)."""
 
 import functools
 
@@ -14,7 +15,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ovaib_jax import losses
-from ovaib_jax.losses._basis import guarded_gram_schmidt, leave_one_out_bases, span_basis
+from ovaib_jax.losses import _basis
+from ovaib_jax.losses._basis import (
+    guarded_gram_schmidt,
+    leave_one_out_bases,
+    leave_one_out_coefficients,
+    span_basis,
+)
 from ovaib_jax.losses._core import l2_normalize
 
 
@@ -146,3 +153,76 @@ def test_nearly_collinear_spans_keep_float32_accuracy(sigma):
     proj = [jnp.einsum("nd,kcd->nkc", u[k], b) for k, b in enumerate(bases)]
     got = np.stack([jnp.sum(jnp.square(p), axis=1) for p in proj])
     np.testing.assert_allclose(got, _guarded_scores64(u64, 1e-8), atol=3e-6 / sigma)
+
+
+def _combined(coefs, vectors):
+    """Basis vectors (M lists of M-1 arrays (N, d)) from their coefficients."""
+    m_count = len(vectors)
+    out = []
+    for m in range(m_count):
+        others = [k for k in range(m_count) if k != m]
+        out.append(
+            [
+                sum(c[:, None] * vectors[others[i]] for i, c in enumerate(row))
+                for row in coefs[m]
+            ]
+        )
+    return out
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 6])
+@pytest.mark.parametrize("lam", [1e-8, 0.5])
+def test_coefficients_rebuild_the_bases(m, lam):
+    """Each basis vector of every leave-one-out set is the combination of the set's
+    inputs (in order, triangular) that the coefficients say."""
+    z = _inputs(m, n=6, d=16, seed=5)
+    u = _units(z)
+    coefs = jax.jit(lambda z: leave_one_out_coefficients(_units(z), lam))(z)
+    bases = jax.jit(lambda z: leave_one_out_bases(_units(z), lam))(z)
+    assert [len(row) for row in coefs[0]] == list(range(1, m))  # triangular
+    for got, want in zip(_combined(coefs, u), bases):
+        np.testing.assert_allclose(np.stack(got), np.asarray(want), atol=2e-6)
+
+
+@pytest.mark.parametrize("m", [2, 3, 5])
+@pytest.mark.parametrize("degenerate", [False, True])
+@pytest.mark.parametrize("lam", [1e-8, 0.5])
+def test_coefficients_vjp_matches_automatic_differentiation(m, degenerate, lam):
+    """The hand-written VJP of the Gram-Schmidt scalars (``_loo_factors``) against
+    automatic differentiation of the same forward pass, for the embeddings and lam."""
+    z = _inputs(m, n=6, d=16, degenerate=degenerate, seed=3)
+    n_ops = len(_basis._loo_tape(m)[0])
+    w = jax.random.normal(jax.random.key(9), (n_ops, 6))
+
+    def loss(factors_fn, z, lam):
+        factors = factors_fn(tuple(_units(z)), jnp.asarray(lam, jnp.float32))
+        return sum(jnp.sum(jnp.sin(f) * w[i]) for i, f in enumerate(factors))
+
+    got = jax.jit(jax.grad(functools.partial(loss, _basis._loo_factors), (0, 1)))(z, lam)
+    want = jax.jit(
+        jax.grad(functools.partial(loss, lambda v, lam: _basis._loo_scalars(v, lam)[1]), (0, 1))
+    )(z, lam)
+    assert np.all(np.isfinite(np.asarray(got[0])))
+    # (At M = 2 every scalar is |u|^-1 of a unit vector: its gradient is rounding noise.)
+    scale = max(float(jnp.max(jnp.abs(want[0]))), 1e-2)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-5 * scale)
+    np.testing.assert_allclose(float(got[1]), float(want[1]), rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("sigma", [1e-2, 1e-3])
+def test_nearly_collinear_scores_from_pair_dot_products(sigma):
+    """The shared-pair path's scores, combinations of the dot products U_m U_l^T with the
+    coefficients, keep the float32 accuracy of the bases on nearly collinear spans (the
+    same tolerance as ``test_nearly_collinear_spans_keep_float32_accuracy``)."""
+    m, n, d = 4, 12, 32
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(1, n, d)) + sigma * rng.normal(size=(m, n, d))
+    u64 = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    u = list(jnp.asarray(u64, jnp.float32))
+    coefs = leave_one_out_coefficients(u, 1e-8)
+    got = []
+    for k in range(m):
+        dots = [u[k] @ u[l].T for l in range(m) if l != k]
+        proj = [sum(c[None, :] * dots[i] for i, c in enumerate(row)) for row in coefs[k]]
+        got.append(sum(jnp.square(p) for p in proj))
+    np.testing.assert_allclose(np.stack(got), _guarded_scores64(u64, 1e-8), atol=3e-6 / sigma)
