@@ -59,9 +59,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ovaib_jax import losses  # noqa: E402
-from ovaib_jax.losses import _core  # noqa: E402
+from ovaib_jax.losses import _core, ova  # noqa: E402
 from ovaib_jax.losses._basis import (  # noqa: E402
     leave_one_out_bases,
+    leave_one_out_coefficients,
     projected_sq_norm,
     span_basis,
 )
@@ -469,6 +470,24 @@ def _bases_only(z: jax.Array) -> jax.Array:
     return sum(jnp.sum(jnp.square(b)) for b in leave_one_out_bases(list(l2_normalize(z))))
 
 
+def _coefficients_only(z: jax.Array) -> jax.Array:
+    """The shared-pair path's basis coefficients, reduced to a scalar."""
+    coefs = leave_one_out_coefficients(list(l2_normalize(z)))
+    return sum(jnp.sum(c) for per_set in coefs for row in per_set for c in row)
+
+
+def _pair_matrices_only(z: jax.Array) -> jax.Array:
+    """The N x N matmuls of the shared-pair path (each pair, plus the pairs a modality
+    needs in the other orientation), reduced to a scalar."""
+    q = l2_normalize(z)
+    m_count = z.shape[0]
+    pairs = {(i, j) for i in range(m_count) for j in range(i + 1, m_count)}
+    for m in range(m_count):  # as ova._pairs_sufficiency orients modality m
+        as_rows = 2 * m <= m_count - 1
+        pairs |= {(m, k) if as_rows else (k, m) for k in range(m_count) if k != m}
+    return sum(jnp.sum(q[i] @ q[j].T) for i, j in sorted(pairs))
+
+
 def section_breakdown(rep: Report, s: Sizes) -> None:
     m, n, d = s.ratio
     rep.add(f"### Where ova_ib's time goes (N={n}, M={m}, d={d}), each / floor")
@@ -476,8 +495,8 @@ def section_breakdown(rep: Report, s: Sizes) -> None:
     z = make_z(m, n, d)
     floor = block(floor_fwd_bwd(), z)
     steps = [
-        ("score matmul + sqrt + InfoNCE, no basis (normalised vectors)", "matmul"),
-        ("+ Gram-Schmidt bases (= ova_sufficiency core)", "basis"),
+        ("stacked form: score matmul + sqrt + InfoNCE, no basis (normalised vectors)", "matmul"),
+        ("stacked form: + Gram-Schmidt bases (the sharded and chunked path's core)", "basis"),
     ]
     cases = {
         label: (block(fwd_bwd(lambda z, p=part: _suff_parts(z, p)), z), floor)
@@ -494,6 +513,14 @@ def section_breakdown(rep: Report, s: Sizes) -> None:
     cases["ova_ib (library), with aux"] = (block(objective_fwd_bwd("ova_ib", tau=TAU), z), floor)
     cases["Gram-Schmidt bases alone (sum of squares of all M bases)"] = (
         block(fwd_bwd(_bases_only), z),
+        floor,
+    )
+    cases["their coefficients alone (the shared-pair path's, summed)"] = (
+        block(fwd_bwd(_coefficients_only), z),
+        floor,
+    )
+    cases["pair matrices alone (the shared-pair path's matmuls, summed)"] = (
+        block(fwd_bwd(_pair_matrices_only), z),
         floor,
     )
     cases["ova_minimality alone"] = (
@@ -558,6 +585,21 @@ def _ova_ib_before(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
     return loss_s + jnp.mean(terms), aux
 
 
+def _ova_ib_stacked(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
+    """``ova_ib`` (beta = 1) through the library's stacked-bases path (each modality's
+    queries against all M-1 basis vectors of every candidate), which the shared-pair path
+    replaced where it applies and which sharded and chunked batches still take."""
+    queries = list(l2_normalize(z))
+    loss_s, aux = ova._sufficiency(
+        z, queries, tau=tau, lam=lam, exclude_positive=False, projector=None,
+        product_weight=0.0, negatives="batch", key=None, axis_name=None, chunk_size=None,
+        shared_pairs=False,
+    )  # fmt: skip
+    loss_m, aux_m = ova._minimality(queries, None)
+    aux.update(aux_m)
+    return loss_s + loss_m, aux
+
+
 def section_m_sweep(rep: Report, s: Sizes) -> None:
     _, n, d = s.ratio
     lo, hi = min(s.sweep_m), max(s.sweep_m)
@@ -569,7 +611,12 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
         "(one jitted function per M, so every floor is compiled for its own shape). "
         "'before': the implementation this one replaced, `_ova_ib_before` in this file "
         "(per-modality Gram-Schmidt, masked InfoNCE statistics), timed in the same rounds; "
-        "'after / before' is timed head to head. Every M of every column is measured in each "
+        "'after / before' is timed head to head. 'stacked': the library's stacked-bases "
+        "path (`_ova_ib_stacked`: each modality's queries against all M-1 basis vectors of "
+        "every candidate, the path of sharded and chunked batches), which the shared-pair "
+        "path (pair matrices U_i U_j^T shared by their two modalities) replaced on one "
+        "device; 'after / stacked' timed head to head. Every M of every column is measured "
+        "in each "
         f"of the {s.rounds} interleaved rounds (order alternating), medians of the per-round "
         f"ratios. Target: <= {SWEEP_TARGET:g} at every M, <= {stretch:g} at M = {stretch_m}. "
         "'interval': a distribution-free interval of the median ova_ib / floor from the "
@@ -580,14 +627,18 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
     rep.add()
     fn = objective_fwd_bwd("ova_ib", tau=TAU)
     before = fwd_bwd(_ova_ib_before, has_aux=True)
+    stacked = fwd_bwd(_ova_ib_stacked, has_aux=True)
     floor = floor_fwd_bwd()
     cases = {}
     for m in s.sweep_m:
         z = make_z(m, n, d)
         after_t, before_t, floor_t = block(fn, z), block(before, z), block(floor, z)
+        stacked_t = block(stacked, z)
         cases[(m, "after")] = (after_t, floor_t)
         cases[(m, "before")] = (before_t, floor_t)
         cases[(m, "head to head")] = (after_t, before_t)
+        cases[(m, "stacked")] = (stacked_t, floor_t)
+        cases[(m, "after / stacked")] = (after_t, stacked_t)
     res = time_paired(cases, s.rounds)
     rows = []
     for m in s.sweep_m:
@@ -599,9 +650,13 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
         interval = f"[{low:.2f}, {high:.2f}] ({100 * cover:.1f} %)"
         rows.append(
             [m, after.ratio, interval, res[(m, "before")].ratio,
-             res[(m, "head to head")].ratio, target]
+             res[(m, "head to head")].ratio, res[(m, "stacked")].ratio,
+             res[(m, "after / stacked")].ratio, target]
         )  # fmt: skip
-    header = ["M", "ova_ib / floor", "interval", "before / floor", "after / before", "target"]
+    header = [
+        "M", "ova_ib / floor", "interval", "before / floor", "after / before",
+        "stacked / floor", "after / stacked", "target",
+    ]  # fmt: skip
     rep.add(table(header, rows))
     rep.add()
 

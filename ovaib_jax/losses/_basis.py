@@ -282,22 +282,26 @@ def leave_one_out_coefficients(vectors: Sequence[jax.Array], lam=1e-8) -> list[l
     m_count = len(vectors)
     ops, _, bases = _loo_tape(m_count)
     factors = _loo_factors(vectors, jnp.asarray(lam, jnp.float32))
-    # coef[id]: {input: array (...)} with value id = sum_input coef * vectors[input].
-    coef: dict[int, dict[int, jax.Array | float]] = {i: {i: 1.0} for i in range(m_count)}
+    # coef[id] (..., M): value id = sum_i coef[id][..., i] * vectors[i]; one array op per
+    # tape operation (scalar per-input dicts made XLA compile for minutes at M = 8).
+    eye = jnp.eye(m_count, dtype=jnp.float32)
+    coef: dict[int, jax.Array] = {}
+
+    def get(i: int) -> jax.Array:
+        return coef[i] if i in coef else eye[i]
+
     for op, f in zip(ops, factors):
+        f = f[..., None]
         if op[0] == "proj":  # v_out = v_in - t q
             _, q, v_in, v_out = op
-            out = dict(coef[v_in])
-            for i, c in coef[q].items():
-                out[i] = out[i] - f * c if i in out else -f * c
-            coef[v_out] = out
+            coef[v_out] = get(v_in) - f * get(q)
         else:  # q = s v
             _, v, q = op
-            coef[q] = {i: f * c for i, c in coef[v].items()}
+            coef[q] = f * get(v)
     out = []
     for m, ids in enumerate(bases):
         others = [i for i in range(m_count) if i != m]
-        out.append([[coef[v][others[i]] for i in range(j + 1)] for j, v in enumerate(ids)])
+        out.append([[coef[v][..., others[i]] for i in range(j + 1)] for j, v in enumerate(ids)])
     return out
 
 

@@ -97,7 +97,7 @@ def ova_sufficiency(
     score matrix is one matmul of the unit queries with all stacked basis vectors followed
     by a sum of squares over the M-1 blocks of N columns. No N x N x d tensor, no per-pair
     solve. With batch negatives on one device (unsharded, or a mesh axis of size 1) in
-    one block, every basis vector is instead written as a per-candidate combination of
+    one block and M <= 4, every basis vector is instead written as a per-candidate combination of
     the unit embeddings (:func:`~ovaib_jax.losses._basis.leave_one_out_coefficients`),
     so that the projections come from the matrices ``U_i U_j^T`` of the pairs of
     modalities, each shared by the two modalities of the pair: C(M,2) + about M^2/4
@@ -270,9 +270,12 @@ def _sufficiency(
     key: jax.Array | None,
     axis_name: _core.AxisName | None,
     chunk_size: int | None,
+    shared_pairs: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`ova_sufficiency` on validated inputs: ``z`` (M, N, d) float32 and
-    ``queries`` the unit vectors of its M modalities (a list of (N, d))."""
+    ``queries`` the unit vectors of its M modalities (a list of (N, d)).
+    ``shared_pairs=False`` keeps the stacked bases where the shared-pair path would
+    apply (the loss benchmark times both)."""
     name = "ova_sufficiency"
     m_count, n, d = z.shape
     n_global = n * _core.axis_size(axis_name)
@@ -299,10 +302,12 @@ def _sufficiency(
         return _core.l2_normalize(pred)
 
     if (
-        projector is None
+        m_count <= _PAIRS_MAX_M
+        and projector is None
         and negatives == "batch"
         and _core.axis_size(axis_name) == 1
         and (chunk_size is None or chunk_size >= n)
+        and shared_pairs
     ):
         return _pairs_sufficiency(queries, lam, scale, exclude_positive, w, axis_name)
     if projector is None:
@@ -362,6 +367,13 @@ def _sufficiency(
         )
         results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
     return _core.mean_of_terms(results, "sufficiency", math.log(n_global))
+
+
+# The shared-pair path is taken up to this M. Its per-candidate combinations are O(M^2)
+# elementwise terms per modality, and XLA's compile time grows fast with them (forward
+# and backward at M = 5: 6 s against 2 s for the stacked bases; M = 8: minutes), while
+# its speed-up shrinks (after / stacked 0.77-0.80 at M = 3, 4; 0.85-0.97 at M = 5-8).
+_PAIRS_MAX_M = 4
 
 
 def _pairs_sufficiency(

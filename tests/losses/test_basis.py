@@ -162,16 +162,12 @@ def _combined(coefs, vectors):
     for m in range(m_count):
         others = [k for k in range(m_count) if k != m]
         out.append(
-            [
-                sum(c[:, None] * vectors[others[i]] for i, c in enumerate(row))
-                for row in coefs[m]
-            ]
+            [sum(c[:, None] * vectors[others[i]] for i, c in enumerate(row)) for row in coefs[m]]
         )
     return out
 
 
-@pytest.mark.parametrize("m", [2, 3, 4, 6])
-@pytest.mark.parametrize("lam", [1e-8, 0.5])
+@pytest.mark.parametrize("m, lam", [(2, 0.5), (3, 1e-8), (4, 0.5), (6, 1e-8)])
 def test_coefficients_rebuild_the_bases(m, lam):
     """Each basis vector of every leave-one-out set is the combination of the set's
     inputs (in order, triangular) that the coefficients say."""
@@ -184,9 +180,9 @@ def test_coefficients_rebuild_the_bases(m, lam):
         np.testing.assert_allclose(np.stack(got), np.asarray(want), atol=2e-6)
 
 
-@pytest.mark.parametrize("m", [2, 3, 5])
-@pytest.mark.parametrize("degenerate", [False, True])
-@pytest.mark.parametrize("lam", [1e-8, 0.5])
+@pytest.mark.parametrize(
+    "m, degenerate, lam", [(2, False, 0.5), (3, True, 1e-8), (4, False, 0.5), (4, True, 1e-8)]
+)
 def test_coefficients_vjp_matches_automatic_differentiation(m, degenerate, lam):
     """The hand-written VJP of the Gram-Schmidt scalars (``_loo_factors``) against
     automatic differentiation of the same forward pass, for the embeddings and lam."""

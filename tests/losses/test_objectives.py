@@ -191,19 +191,18 @@ def _pair_matmuls(m):
 
 
 @pytest.mark.parametrize(
-    "m, exclude_positive, lam, product_weight",
+    "m, exclude_positive, lam, product_weight, chunk_size",
     [
-        (2, False, 1e-8, 0.0),
-        (2, True, 0.5, 0.0),
-        (3, False, 1e-8, 0.0),
-        (3, True, 0.5, 0.7),
-        (4, False, 0.5, "traced"),
-        (4, True, 1e-8, 0.0),
-        (5, False, 1e-8, 0.0),
+        (2, False, 1e-8, 0.0, None),
+        (2, True, 0.5, 0.0, 6),  # a chunk as wide as the batch is one block too
+        (3, False, 1e-8, 0.0, None),
+        (3, True, 0.5, 0.7, None),
+        (4, False, 0.5, "traced", None),
+        (4, True, 1e-8, 0.0, 6),
     ],
 )
-def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_weight):
-    """Batch negatives, one device, one block take the shared-pair path (the projections
+def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_weight, chunk_size):
+    """Batch negatives, one device, one block, M <= 4 take the shared-pair path (the projections
     from the pair matrices U_i U_j^T, half the modalities reduced over columns): value,
     every aux entry and the gradients in z, tau and a traced product weight equal the
     general path's (stacked bases, forced by chunking), which the literal reference
@@ -222,21 +221,18 @@ def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_
         )  # fmt: skip
 
     args = (z, jnp.float32(TAU), jnp.float32(0.6))
-    for chunk_size in (None, n):  # a chunk as wide as the batch is one block too
-        fast = jax.jit(
-            jax.value_and_grad(
-                functools.partial(run, chunk_size=chunk_size), (0, 1, 2), has_aux=True
-            )
-        )
-        general = jax.jit(
-            jax.value_and_grad(functools.partial(run, chunk_size=2), (0, 1, 2), has_aux=True)
-        )
-        (loss, aux), grads = fast(*args)
-        (want_loss, want_aux), want_grads = general(*args)
-        chex.assert_trees_all_close((loss, aux), (want_loss, want_aux), rtol=1e-5, atol=1e-6)
-        # (The short rows' gradients are ~1e11, through 1 / |z|: float32 rounding of
-        # two summation orders reaches a relative 2e-4 there.)
-        chex.assert_trees_all_close(grads, want_grads, rtol=5e-4, atol=1e-6)
+    fast = jax.jit(
+        jax.value_and_grad(functools.partial(run, chunk_size=chunk_size), (0, 1, 2), has_aux=True)
+    )
+    general = jax.jit(
+        jax.value_and_grad(functools.partial(run, chunk_size=2), (0, 1, 2), has_aux=True)
+    )
+    (loss, aux), grads = fast(*args)
+    (want_loss, want_aux), want_grads = general(*args)
+    chex.assert_trees_all_close((loss, aux), (want_loss, want_aux), rtol=1e-5, atol=1e-6)
+    # (The short rows' gradients are ~1e11, through 1 / |z|: float32 rounding of two
+    # summation orders reaches a relative 2e-4 there.)
+    chex.assert_trees_all_close(grads, want_grads, rtol=5e-4, atol=1e-6)
     # The case tests something: the modalities differ, and accuracies are not all 0 or 1.
     terms = [float(aux[f"sufficiency/m{k}"]) for k in range(m)]
     assert max(terms) - min(terms) > 1e-3
@@ -250,6 +246,14 @@ def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_
     ]
     with_product = traced or product_weight != 0.0
     assert len(dots) == _pair_matmuls(m) + (m if with_product else 0)
+
+
+def test_five_modalities_take_the_stacked_bases():
+    """Above M = 4 the stacked bases are kept (the pair path's compile time grows fast):
+    one matmul per modality against all its candidates' stacked basis vectors."""
+    z = _z(5, n=4, d=6)
+    jaxpr = jax.make_jaxpr(lambda z: losses.ova_sufficiency(z, tau=TAU)[0])(z).jaxpr
+    assert sum(e.primitive.name == "dot_general" for e in jaxpr.eqns) == 5
 
 
 @pytest.mark.parametrize("lam", [0.5, 3.0])
