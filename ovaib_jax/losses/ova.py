@@ -372,7 +372,8 @@ def _sufficiency(
 # The shared-pair path is taken up to this M. Its per-candidate combinations are O(M^2)
 # elementwise terms per modality, and XLA's compile time grows fast with them (forward
 # and backward at M = 5: 6 s against 2 s for the stacked bases; M = 8: minutes), while
-# its speed-up shrinks (after / stacked 0.77-0.80 at M = 3, 4; 0.85-0.97 at M = 5-8).
+# its speed-up shrinks (after / stacked 0.57, 0.84, 0.77 at M = 2, 3, 4 in the loss
+# benchmark's run 4; 0.85-0.97 at M = 5-8, measured by hand while building it).
 _PAIRS_MAX_M = 4
 
 
@@ -450,8 +451,10 @@ def _span_combinations(mats: tuple, coefs: tuple, axis: int) -> list[jax.Array]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _span_norm(mats: tuple, coefs: tuple, axis: int) -> jax.Array:
     """The projection scores ``sqrt(sum_j p_j^2 + 1e-12)`` (N, N) of the combinations
-    :func:`_span_combinations`. A hand-written VJP: the backward pass recomputes the p_j
-    inside one fusion per output instead of saving M-1 N x N arrays."""
+    :func:`_span_combinations`. A hand-written VJP: the backward pass forms ``r * p_j``
+    as combinations of ``r * mats`` and the coefficient cotangents as column sums of
+    ``dp_j * mats[i]`` (automatic differentiation of the same expression was slower; XLA
+    still materialises some of the N x N intermediates, see the loss benchmark)."""
     return _norm_of_squares(sum(jnp.square(p) for p in _span_combinations(mats, coefs, axis)))
 
 
