@@ -199,35 +199,56 @@ def _loo_bases_fwd(vectors: tuple, lam: jax.Array):
 
 def _loo_bases_bwd(res, cotangents):
     val, factor, lam = res
-    m_count = len(cotangents)
-    ops, count, bases = _loo_tape(m_count)
+    ops, count, bases = _loo_tape(len(cotangents))
     grad: list[jax.Array | None] = [None] * count
+    for ids, ct in zip(bases, cotangents):
+        for j, i in enumerate(ids):
+            grad[i] = ct[j] if grad[i] is None else grad[i] + ct[j]
+    factors = tuple(factor[op[-1]] for op in ops)
+    return _replay_backward(val, factors, lam, grad, None)
+
+
+def _replay_backward(val, factors, lam, grad, factor_cts):
+    """The tape replayed backwards from the values' cotangents ``grad`` (a list over value
+    ids, None where zero) and optional cotangents of each operation's scalar factor
+    (``factor_cts``, in operation order, shape (..., 1)): ``t = q . v_in`` of a
+    projection, ``s = (|v|^2 + lam)^(-1/2)`` of a normalisation. Returns the inputs'
+    cotangents and lam's."""
+    n_in = len(val) - len(factors)  # every operation makes one new value
+    ops = _loo_tape(n_in)[0]
+    if factor_cts is None:
+        factor_cts = (None,) * len(ops)
 
     def add(i: int, g: jax.Array) -> None:
         grad[i] = g if grad[i] is None else grad[i] + g
 
-    for ids, ct in zip(bases, cotangents):
-        for j, i in enumerate(ids):
-            add(i, ct[j])
+    def plus(a, b):  # a + b where either may be None (zero)
+        return b if a is None else a if b is None else a + b
+
     d_lam = jnp.zeros((), jnp.float32)
-    for op in reversed(ops):
-        if op[0] == "proj":  # v_out = v_in - t q with t = q . v_in
+    for op, f, ct in zip(reversed(ops), reversed(factors), reversed(factor_cts)):
+        if op[0] == "proj":  # v_out = v_in - t q, t = q . v_in
             _, q, v_in, v_out = op
             g = grad[v_out]
-            c = jnp.sum(val[q] * g, axis=-1, keepdims=True)
-            add(v_in, g - c * val[q])
-            add(q, -factor[v_out] * g - c * val[v_in])
-        else:  # q = v s with s = (|v|^2 + lam)^(-1/2)
+            d_t = plus(ct, None if g is None else -jnp.sum(val[q] * g, axis=-1, keepdims=True))
+            if d_t is None:
+                continue
+            add(v_in, plus(g, d_t * val[q]))
+            add(q, plus(d_t * val[v_in], None if g is None else -f * g))
+        else:  # q = v s, s = (|v|^2 + lam)^(-1/2)
             _, v, q = op
-            g, s = grad[q], factor[q]
-            vg = jnp.sum(val[v] * g, axis=-1, keepdims=True)
-            add(v, s * g - (s * s * s * vg) * val[v])
-            d_lam = d_lam - 0.5 * jnp.sum(s * s * s * vg)
+            g = grad[q]
+            d_s = plus(ct, None if g is None else jnp.sum(val[v] * g, axis=-1, keepdims=True))
+            if d_s is None:
+                continue
+            add(v, plus(None if g is None else f * g, -(f * f * f * d_s) * val[v]))
+            d_lam = d_lam - 0.5 * jnp.sum(f * f * f * d_s)
     # Inside shard_map a replicated lam's cotangent is the sum of every device's part.
     extra = tuple(sorted(_varying_axes(d_lam) - _varying_axes(lam)))
     if extra:
         d_lam = jax.lax.psum(d_lam, extra)
-    return tuple(grad[:m_count]), d_lam
+    inputs = tuple(jnp.zeros_like(val[i]) if grad[i] is None else grad[i] for i in range(n_in))
+    return inputs, d_lam
 
 
 def _varying_axes(x: jax.Array) -> frozenset:
@@ -324,37 +345,15 @@ def _loo_factors_fwd(vectors: tuple, lam: jax.Array):
 
 
 def _loo_factors_bwd(res, cotangents):
-    """The tape replayed backwards with a cotangent on each operation's scalar: ``t = q .
-    v_in`` of a projection, ``s = (|v|^2 + lam)^(-1/2)`` of a normalisation."""
     val, factors, lam = res
-    n_in = len(val) - len(factors)  # every operation makes one new value
-    ops, count, _ = _loo_tape(n_in)
-    grad: list[jax.Array | None] = [None] * count
-
-    def add(i: int, g: jax.Array) -> None:
-        grad[i] = g if grad[i] is None else grad[i] + g
-
-    d_lam = jnp.zeros((), jnp.float32)
-    for op, f, ct in zip(reversed(ops), reversed(factors), reversed(cotangents)):
-        f, ct = f[..., None], ct[..., None]
-        if op[0] == "proj":  # v_out = v_in - t q, t = q . v_in
-            _, q, v_in, v_out = op
-            g = grad[v_out]
-            d_t = ct if g is None else ct - jnp.sum(val[q] * g, axis=-1, keepdims=True)
-            add(v_in, d_t * val[q] if g is None else g + d_t * val[q])
-            add(q, d_t * val[v_in] if g is None else d_t * val[v_in] - f * g)
-        else:  # q = v s, s = (|v|^2 + lam)^(-1/2)
-            _, v, q = op
-            g = grad[q]
-            d_s = ct if g is None else ct + jnp.sum(val[v] * g, axis=-1, keepdims=True)
-            d_v = -(f * f * f * d_s) * val[v]
-            add(v, d_v if g is None else f * g + d_v)
-            d_lam = d_lam - 0.5 * jnp.sum(f * f * f * d_s)
-    extra = tuple(sorted(_varying_axes(d_lam) - _varying_axes(lam)))
-    if extra:
-        d_lam = jax.lax.psum(d_lam, extra)
-    zeros = [jnp.zeros_like(val[i]) for i in range(n_in)]
-    return tuple(zeros[i] if grad[i] is None else grad[i] for i in range(n_in)), d_lam
+    grad: list[jax.Array | None] = [None] * len(val)
+    return _replay_backward(
+        val,
+        tuple(f[..., None] for f in factors),
+        lam,
+        grad,
+        tuple(ct[..., None] for ct in cotangents),
+    )
 
 
 _loo_factors.defvjp(_loo_factors_fwd, _loo_factors_bwd)
