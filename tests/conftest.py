@@ -1,14 +1,48 @@
-"""Test set-up: 8 fake CPU devices for the sharding tests (must precede the first jax import).
+"""Test set-up (must precede the first jax import): 8 fake CPU devices for the sharding
+tests, quick compiles, and one persistent JAX compilation cache for the whole session.
 
 ``OVAIB_TEST_REAL_DEVICES=1`` leaves the devices as they are (no fake CPU devices, no
 forced CPU platform): benchmarks/accelerator_check.py runs the sharding tests so on a GPU
 or TPU host.
+
+The cache: many tests compile the same program again, in another test or in a training
+subprocess (a resumed run, a sweep's second seed, a README command). The session's
+pytest process makes one fresh cache directory and hands it down through the
+environment (``JAX_COMPILATION_CACHE_DIR``, read by jax at import), so xdist workers
+and the subprocesses they start share it; it is removed at the end of the session.
+Compiled programs are keyed by their HLO, flags and devices, so a hit returns the
+program a fresh compile would. ``OVAIB_TEST_COMPILATION_CACHE=0`` turns it off; an
+already set ``JAX_COMPILATION_CACHE_DIR`` is used as it is (and kept).
 """
 
 import os
+import shutil
+import tempfile
 
 if os.environ.get("OVAIB_TEST_REAL_DEVICES", "") in ("", "0"):
     _FLAG = "--xla_force_host_platform_device_count=8"
     if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # The suite's programs are small and run briefly: compiling them is most of its time,
+    # so LLVM's optimisation passes are skipped (XLA's HLO passes, fusion included, still
+    # run, so compiled memory and the operations are unchanged). Subprocesses inherit it
+    # (tests/train_helpers.subprocess_env sets it too).
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+_OWN_CACHE = None
+if os.environ.get("OVAIB_TEST_COMPILATION_CACHE", "1") != "0" and not os.environ.get(
+    "JAX_COMPILATION_CACHE_DIR"
+):
+    # Only the first pytest process gets here (its workers inherit the variable).
+    _OWN_CACHE = tempfile.mkdtemp(prefix="ovaib_test_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    # Cache every program, however quick to compile: most of the suite's are small.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+

@@ -23,8 +23,6 @@ from ovaib_jax.objective import make_objective
 from ovaib_jax.validation import validate_config
 from tests.train_helpers import synthetic_batch, tiny_config
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 # Every encoder family, each on a modality of its layout (one tiny model for all).
 MODALITIES = (
     Modality("rgb", (8, 8, 3), "uint8", "resnet18"),

@@ -26,8 +26,6 @@ from ovaib_jax.validation import validate_config
 from tests.losses import reference as ref
 from tests.train_helpers import ROOT, synthetic_batch, tiny_config
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 EXPERIMENTS = sorted(
     os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
 )

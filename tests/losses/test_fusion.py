@@ -96,15 +96,6 @@ def _width(name):
     return 8 if name == "ova_ib_heads" else 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Tiny problems: compile without XLA's optimisations (as flax's example tests do)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_default_fusion_values_match_literal_reference(name):
     """The loss and EVERY aux entry (the keys too) with the parameter-free fusion, M = 2

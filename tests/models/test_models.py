@@ -14,8 +14,6 @@ from ovaib_jax import models
 from ovaib_jax.data.spec import Modality
 from ovaib_jax.models import encoders, heads
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 KEY = jax.random.key(0)
 
 
