@@ -11,7 +11,10 @@ pytest process makes one fresh cache directory and hands it down through the
 environment (``JAX_COMPILATION_CACHE_DIR``, read by jax at import), so xdist workers
 and the subprocesses they start share it; it is removed at the end of the session.
 Compiled programs are keyed by their HLO, flags and devices, so a hit returns the
-program a fresh compile would. ``OVAIB_TEST_COMPILATION_CACHE=0`` turns it off; an
+program a fresh compile would. jax writes an entry in place (not atomically): one left
+half-written by a killed process, or read while another process writes it, fails to
+load, and jax warns and compiles afresh (``jax_raise_persistent_cache_errors`` is off),
+so a torn entry costs a compile, not a test. ``OVAIB_TEST_COMPILATION_CACHE=0`` turns it off; an
 already set ``JAX_COMPILATION_CACHE_DIR`` is used as it is (and kept).
 """
 
