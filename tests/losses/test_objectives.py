@@ -248,6 +248,35 @@ def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_
     assert len(dots) == _pair_matmuls(m) + (m if with_product else 0)
 
 
+def test_shared_pair_path_on_a_mesh_axis_of_size_one():
+    """Single-device training runs the objective inside ``jax.shard_map`` over a mesh axis
+    of size 1, which also takes the shared-pair path: value and the gradients in z and a
+    traced lam equal the unsharded general path's (stacked bases, forced by chunking), and
+    the sharded jaxpr has the pair path's matmul count."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    m = 3
+    z = _z(m, n=6, d=5, seed=7)
+
+    def loss(z, lam, **kw):
+        return losses.ova_ib(z, tau=TAU, beta=0.4, lam=lam, **kw)[0]
+
+    sharded = jax.shard_map(
+        functools.partial(loss, axis_name="data"),
+        mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(None, "data"), jax.sharding.PartitionSpec()),
+        out_specs=jax.sharding.PartitionSpec(),
+    )
+    args = (z, jnp.float32(0.3))
+    got = jax.jit(jax.value_and_grad(sharded, (0, 1)))(*args)
+    want = jax.jit(jax.value_and_grad(functools.partial(loss, chunk_size=2), (0, 1)))(*args)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+    assert abs(float(want[1][1])) > 1e-6  # lam's gradient is not trivially zero
+    jaxpr = jax.make_jaxpr(sharded)(*args)
+    inner = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "shard_map")
+    n_dots = sum(e.primitive.name == "dot_general" for e in inner.params["jaxpr"].eqns)
+    assert n_dots == _pair_matmuls(m)
+
+
 def test_five_modalities_take_the_stacked_bases():
     """Above M = 4 the stacked bases are kept (the pair path's compile time grows fast):
     one matmul per modality against all its candidates' stacked basis vectors."""
