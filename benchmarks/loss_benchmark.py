@@ -483,7 +483,7 @@ def _pair_matrices_only(z: jax.Array) -> jax.Array:
     m_count = z.shape[0]
     pairs = {(i, j) for i in range(m_count) for j in range(i + 1, m_count)}
     for m in range(m_count):  # as ova._pairs_sufficiency orients modality m
-        as_rows = 2 * m <= m_count - 1
+        as_rows = ova._queries_as_rows(m, m_count)
         pairs |= {(m, k) if as_rows else (k, m) for k in range(m_count) if k != m}
     return sum(jnp.sum(q[i] @ q[j].T) for i, j in sorted(pairs))
 

@@ -407,7 +407,7 @@ def _pairs_sufficiency(
     results = []
     for m in range(m_count):
         others = _rest(list(range(m_count)), m)
-        as_rows = 2 * m <= m_count - 1
+        as_rows = _queries_as_rows(m, m_count)
         if as_rows:  # s[n, k]: query n, candidate k
             mats = tuple(dots(m, l) for l in others)
         else:  # s[k, n]
@@ -430,6 +430,12 @@ def _pairs_sufficiency(
             stats = _core.Contrast(rows, None, n, n, False)
         results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
     return _core.mean_of_terms(results, "sufficiency", math.log(n))
+
+
+def _queries_as_rows(m: int, m_count: int) -> bool:
+    """Whether the shared-pair path gives modality m its queries as the rows of its pair
+    matrices (m <= (M-1)/2) rather than as their columns."""
+    return 2 * m <= m_count - 1
 
 
 def _span_combinations(mats: tuple, coefs: tuple, axis: int) -> list[jax.Array]:
