@@ -209,13 +209,21 @@ class Thunk:
 
     def __init__(self, fn: Callable, *args):
         self.fn, self.args = fn, args
+        self.hlo_text: str | None = None  # the optimised program, once compiled
 
     def __call__(self) -> object:
         return jax.block_until_ready(self.fn(*self.args))
 
     def compile(self) -> None:
         if hasattr(self.fn, "lower"):
-            self.fn.lower(*self.args).compile()  # fills the jit cache used by __call__
+            # Fills the jit cache used by __call__; keeps the program for matmul_macs.
+            self.hlo_text = self.fn.lower(*self.args).compile().as_text()
+
+    def macs(self) -> int:
+        """:func:`matmul_macs` of the compiled program (compiled here if not yet)."""
+        if self.hlo_text is None:
+            self.compile()
+        return matmul_macs(self.hlo_text)
 
 
 def block(fn: Callable, *args) -> Thunk:
@@ -353,6 +361,36 @@ def temp_bytes(fn: Callable, shape: tuple[int, ...], dtype=jnp.float32) -> int |
     if analysis is None:
         return None
     return int(analysis.temp_size_in_bytes)
+
+
+# One HLO instruction: "%name = f32[2,3]{1,0} op(operands...), attributes".
+_HLO_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]\S*\s+([\w\-]+)\((.*)$"
+)
+
+
+def matmul_macs(hlo_text: str) -> int:
+    """Multiply-adds of every matmul (``dot``) of a compiled HLO module's text: for each
+    dot, the number of its output elements times the product of its left operand's
+    contracting dimensions. Read from the optimised program (``compile().as_text()``),
+    so it counts the matmuls XLA actually runs, inside fusions too (exact, not timed)."""
+    shapes: dict[str, list[int]] = {}
+    dots = []
+    for line in hlo_text.splitlines():
+        found = _HLO_INSTRUCTION.match(line)
+        if not found:
+            continue
+        name, dims, op, rest = found.groups()
+        shapes[name] = [int(x) for x in dims.split(",")] if dims else []
+        if op == "dot":
+            dots.append((shapes[name], rest))
+    total = 0
+    for out, rest in dots:
+        lhs = re.match(r"\s*%?([\w.\-]+)", rest).group(1)
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
+        k = math.prod(shapes[lhs][int(i)] for i in contracting.split(",") if i)
+        total += math.prod(out) * k
+    return total
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -622,7 +660,10 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
         "'interval': a distribution-free interval of the median ova_ib / floor from the "
         "rounds' order statistics (`median_interval`, its coverage given); the verdict is "
         "PASS or MISS when the whole interval is on one side of the target, 'cannot tell' "
-        "when it straddles it."
+        "when it straddles it. 'matmul work': the multiply-adds of the matmuls in the "
+        "compiled forward+backward (`matmul_macs`, read from the optimised program: exact, "
+        "not timed), ova_ib's and the stacked form's, each over the floor's (whose three "
+        "matmuls, Z Z^T and the two of its gradient, do 3 (M N)^2 d)."
     )
     rep.add()
     fn = objective_fwd_bwd("ova_ib", tau=TAU)
@@ -648,14 +689,18 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
         if m == stretch_m:
             target += "; stretch " + target_verdict(after.ratio, low, high, stretch)
         interval = f"[{low:.2f}, {high:.2f}] ({100 * cover:.1f} %)"
+        after_t, floor_t = cases[(m, "after")]
+        stacked_t = cases[(m, "stacked")][0]
+        floor_macs = floor_t.macs()
         rows.append(
-            [m, after.ratio, interval, res[(m, "before")].ratio,
+            [m, after.ratio, interval, after_t.macs() / floor_macs, res[(m, "before")].ratio,
              res[(m, "head to head")].ratio, res[(m, "stacked")].ratio,
-             res[(m, "after / stacked")].ratio, target]
+             stacked_t.macs() / floor_macs, res[(m, "after / stacked")].ratio, target]
         )  # fmt: skip
     header = [
-        "M", "ova_ib / floor", "interval", "before / floor", "after / before",
-        "stacked / floor", "after / stacked", "target",
+        "M", "ova_ib / floor", "interval", "ova_ib matmul work / floor's", "before / floor",
+        "after / before", "stacked / floor", "stacked matmul work / floor's",
+        "after / stacked", "target",
     ]  # fmt: skip
     rep.add(table(header, rows))
     rep.add()

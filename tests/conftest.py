@@ -48,4 +48,3 @@ if os.environ.get("OVAIB_TEST_COMPILATION_CACHE", "1") != "0" and not os.environ
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-

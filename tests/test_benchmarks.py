@@ -1,6 +1,7 @@
 """The benchmarks' smoke runs (loss: end to end, every objective; input: its three parts)
 and the loss benchmark's interval of a median ratio."""
 
+import math
 import os
 import re
 import subprocess
@@ -47,6 +48,37 @@ def test_loss_benchmark_quick(tmp_path):
     for heading in ("## 2.", "## 3.", "## 4.", "## 5."):
         assert heading in text
     assert f"Wrote {files[0]}" in proc.stdout
+
+    # The M sweep's matmul work, read from the compiled programs, is the closed form:
+    # the floor runs 3 matmuls of (M N)^2 d; the stacked form 3 M (M-1) N^2 d; the
+    # shared-pair path one N x N x d matmul per pair plus sum_m min(m, M-1-m) pairs
+    # computed twice for their orientation, and two per matrix in the backward pass.
+    sweep = text.split("### ova_ib / floor for M = ")[1].split("\n#")[0]
+    for m in (2, 3):
+        row = re.search(rf"^\| {m} \| .*$", sweep, re.M).group(0).split(" | ")
+        pairs = math.comb(m, 2) + sum(min(k, m - 1 - k) for k in range(m))
+        assert float(row[3]) == pytest.approx(3 * pairs / (3 * m * m), abs=0.006), row
+        assert float(row[7]) == pytest.approx((m - 1) / m, abs=0.006), row
+
+
+def test_matmul_macs_counts_every_compiled_matmul():
+    """Hand counts: output elements x contracted size, for plain, batched and multi-axis
+    contractions, and the floor's three matmuls (Z Z^T and the two of its gradient)."""
+    import jax
+    import jax.numpy as jnp
+
+    bench = _loss_benchmark()
+
+    def macs(fn, *shapes):
+        return bench.block(jax.jit(fn), *(jnp.ones(s) for s in shapes)).macs()
+
+    assert macs(lambda a, b: a @ b, (3, 4), (4, 5)) == 3 * 5 * 4
+    assert macs(lambda a, b: jnp.einsum("bij,bjk->bik", a, b), (2, 3, 4), (2, 4, 5)) == 120
+    assert macs(lambda a, b: jnp.einsum("ijk,jkl->il", a, b), (2, 3, 4), (3, 4, 5)) == 2 * 5 * 12
+    assert macs(lambda a: jnp.sum(a * a), (3, 4)) == 0
+    m, n, d = 2, 8, 4
+    floor = bench.block(bench.floor_fwd_bwd(), jnp.ones((m, n, d)))
+    assert floor.macs() == 3 * (m * n) ** 2 * d
 
 
 def _loss_benchmark():
