@@ -10,6 +10,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from tests.train_helpers import one_real_device
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "accelerator_check.py"
 
@@ -37,7 +39,7 @@ def _float(cell: str) -> float:
 def test_accelerator_check_quick(tmp_path):
     env = dict(os.environ)
     # conftest.py asks for 8 fake CPU devices; the check measures the real ones.
-    env.pop("XLA_FLAGS", None)
+    one_real_device(env)
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", f"--out={tmp_path}"],

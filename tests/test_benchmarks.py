@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ovaib_jax import losses
+from tests.train_helpers import one_real_device
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "loss_benchmark.py"
@@ -20,7 +21,7 @@ SCRIPT = REPO / "benchmarks" / "loss_benchmark.py"
 def test_loss_benchmark_quick(tmp_path):
     env = dict(os.environ)
     # conftest.py asks for 8 fake CPU devices; the benchmark measures one real device.
-    env.pop("XLA_FLAGS", None)
+    one_real_device(env)
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
@@ -128,7 +129,7 @@ def test_input_benchmark_quick(tmp_path):
     """benchmarks/input_benchmark.py --quick runs its three parts end to end and writes
     each part's ratios with a verdict (the numbers of a smoke run mean nothing)."""
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one real CPU device, as the benchmark is run
+    one_real_device(env)
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "input_benchmark.py"), "--quick",

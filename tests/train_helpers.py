@@ -95,11 +95,23 @@ def read_model(workdir: str, step: int) -> dict:
 
 def subprocess_env(devices: int = 1) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # With tests/conftest.py's quick-compile flags (none where this jaxlib lacks them).
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{flags} {os.environ.get('OVAIB_TEST_XLA_FLAGS', '')}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # fast compiles; same program every run
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def one_real_device(env: dict) -> None:
+    """Edits a subprocess environment for the benchmarks, which measure the one real CPU
+    device: no fake devices, but tests/conftest.py's quick-compile XLA flags."""
+    flags = os.environ.get("OVAIB_TEST_XLA_FLAGS", "")
+    if flags:
+        env["XLA_FLAGS"] = flags
+    else:
+        env.pop("XLA_FLAGS", None)
 
 
 def main_cmd(workdir: str, overrides: dict, arg: str = "runlocal") -> list[str]:
