@@ -19,6 +19,7 @@ writes. Every path may be local or in a bucket (``gs://``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -206,13 +207,18 @@ class MetricWriter:
         )
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Appends one line ``{"step": step, **scalars}`` and the TensorBoard scalars."""
+        """Appends one line ``{"step": step, **scalars}`` (a non-finite value as null) and
+        the finite scalars to TensorBoard. A NaN there draws nothing and tensorboardX logs
+        a warning for each (e.g. the few-label probes' ``val_loss``, NaN by design: they
+        have no validation split); metrics.jsonl keeps every key."""
         if not self.active:
             return
-        line = dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+        values = {k: float(v) for k, v in scalars.items()}
+        line = dumps({"step": int(step), **values})
         paths.append_text(self.path, line + "\n")  # one write: whole, or dropped on resume
-        for k, v in scalars.items():
-            self.tb.add_scalar(tb_name(k), float(v), int(step))
+        for k, v in values.items():
+            if math.isfinite(v):
+                self.tb.add_scalar(tb_name(k), v, int(step))
         self.tb.flush()
 
     def close(self) -> None:

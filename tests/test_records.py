@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,4 +59,28 @@ def test_metrics_lines_are_standard_json(tmp_path):
     ]
     assert records.read_metrics(str(tmp_path)) == [
         {"step": 2, "train/loss": None, "train/accuracy": 0.5}
+    ]
+
+
+def test_tensorboard_gets_the_finite_scalars_only(tmp_path, caplog):
+    """A NaN (the few-label probes' val_loss) goes to metrics.jsonl as null, not to
+    TensorBoard, where tensorboardX would log a warning for each."""
+    writer = records.MetricWriter(str(tmp_path), 0)
+    tags = []
+    add_scalar = writer.tb.add_scalar
+
+    def spy(tag, value, step):
+        tags.append((tag, value, step))
+        add_scalar(tag, value, step)
+
+    writer.tb.add_scalar = spy
+    try:
+        with caplog.at_level(logging.WARNING):
+            writer.write(3, {"probe/val_loss": np.nan, "probe/acc@1": 0.5, "x": -np.inf})
+    finally:
+        writer.close()
+    assert tags == [("probe/acc_at_1", 0.5, 3)]
+    assert not [r for r in caplog.records if "NaN or Inf" in r.getMessage()]
+    assert records.read_metrics(str(tmp_path)) == [
+        {"step": 3, "probe/val_loss": None, "probe/acc@1": 0.5, "x": None}
     ]
