@@ -257,6 +257,7 @@ class Checkpointer:
                 raise FileNotFoundError(
                     f"No checkpoint of step {step} in {self.directory}; saved steps: {steps}."
                 )
+            self._raise_if_mismatch(step, abstract, None)
             try:
                 return self._restore_step(step, abstract, with_data)
             except Exception as e:
@@ -266,10 +267,14 @@ class Checkpointer:
             return None
         errors = []
         for s in reversed(steps):
+            # Another model's checkpoint is not damage: stop, and move nothing. Checked
+            # before orbax starts a restore that would fail part-way (its abandoned array
+            # reads are garbage-collected later as "Exception ignored in: <coroutine ...>"),
+            # and again after a failure.
+            self._raise_if_mismatch(s, abstract, None)
             try:
                 return self._restore_step(s, abstract, with_data)
             except Exception as e:
-                # Another model's checkpoint is not damage: stop, and move nothing.
                 self._raise_if_mismatch(s, abstract, e)
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 log.warning(
@@ -287,10 +292,13 @@ class Checkpointer:
             "Remove the directory to start from scratch, or restore an older copy."
         )
 
-    def _raise_if_mismatch(self, step: int, abstract: Mapping[str, Any], error: Exception):
+    def _raise_if_mismatch(
+        self, step: int, abstract: Mapping[str, Any], error: Exception | None
+    ) -> None:
         """Raises :class:`CheckpointMismatchError` when the metadata of ``step`` reads fine
         and its model arrays differ from ``abstract["model"]`` in structure or shape
-        (unreadable metadata is damage: nothing is raised)."""
+        (unreadable metadata is damage: nothing is raised). ``error``: the failed
+        restore's exception, chained as the cause (None: checked before restoring)."""
         if "model" not in abstract:
             return
         try:  # the model item: nested dicts, whose key paths read the same in metadata

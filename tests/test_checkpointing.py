@@ -7,6 +7,7 @@ stopped with SIGTERM and restarted. The final parameters must be bit-identical.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovaib_jax.checkpointing import Checkpointer
+from ovaib_jax.checkpointing import Checkpointer, CheckpointMismatchError
 from tests.train_helpers import ROOT, TINY, main_cmd, read_model, subprocess_env
 
 # ---------------------------------------------------------------- damaged checkpoints
@@ -78,6 +79,32 @@ def test_explicit_step_and_all_damaged(tmp_path):
         ckpt.restore(_abstract(), with_data=False)
     ckpt.close()
     assert Checkpointer(str(tmp_path / "empty")).restore(_abstract()) is None
+
+
+def test_another_models_checkpoint_is_refused_before_any_read(tmp_path, monkeypatch):
+    """A shape mismatch (another model config's checkpoint) raises CheckpointMismatchError
+    without starting orbax's restore: a doomed restore left its pending array reads to be
+    garbage-collected later, as "Exception ignored in: <coroutine ...>" in whatever ran
+    next. The explicit-step and walk-back paths both check first; nothing is moved."""
+    directory = str(tmp_path / "checkpoints")
+    ckpt = Checkpointer(directory, async_save=False)
+    big = {"model": {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}}
+    ckpt.save(1, big, None)
+    ckpt.wait_until_finished()
+    other = {"model": {"w": jax.ShapeDtypeStruct((64, 16), jnp.float32), "b": big["model"]["b"]}}
+    other = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    for step in (None, 1):
+        with pytest.raises(CheckpointMismatchError, match=r"\['w'\]: checkpoint \(64, 32\)"):
+            ckpt.restore(other, step=step, with_data=False)
+    gc.collect()
+    assert [u.object for u in unraisable] == []
+    assert ckpt.all_steps() == [1] and not os.path.exists(tmp_path / "checkpoints_corrupt")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), big)
+    restored = ckpt.restore(abstract, with_data=False)
+    np.testing.assert_array_equal(restored.trees["model"]["w"], np.ones((64, 32)))
+    ckpt.close()
 
 
 # ---------------------------------------------------------------- SIGKILL / SIGTERM
