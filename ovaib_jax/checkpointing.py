@@ -257,25 +257,17 @@ class Checkpointer:
                 raise FileNotFoundError(
                     f"No checkpoint of step {step} in {self.directory}; saved steps: {steps}."
                 )
-            self._raise_if_mismatch(step, abstract, None)
-            try:
-                return self._restore_step(step, abstract, with_data)
-            except Exception as e:
-                self._raise_if_mismatch(step, abstract, e)
-                raise
+            self._raise_if_mismatch(step, abstract)
+            return self._restore_step(step, abstract, with_data)
         if not steps:
             return None
         errors = []
         for s in reversed(steps):
-            # Another model's checkpoint is not damage: stop, and move nothing. Checked
-            # before orbax starts a restore that would fail part-way (its abandoned array
-            # reads are garbage-collected later as "Exception ignored in: <coroutine ...>"),
-            # and again after a failure.
-            self._raise_if_mismatch(s, abstract, None)
+            # Another model's checkpoint is not damage: stop, and move nothing.
+            self._raise_if_mismatch(s, abstract)
             try:
                 return self._restore_step(s, abstract, with_data)
             except Exception as e:
-                self._raise_if_mismatch(s, abstract, e)
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 log.warning(
                     "Checkpoint of step %d in %s failed to restore (%s: %s); falling back to "
@@ -292,17 +284,21 @@ class Checkpointer:
             "Remove the directory to start from scratch, or restore an older copy."
         )
 
-    def _raise_if_mismatch(
-        self, step: int, abstract: Mapping[str, Any], error: Exception | None
-    ) -> None:
+    def _raise_if_mismatch(self, step: int, abstract: Mapping[str, Any]) -> None:
         """Raises :class:`CheckpointMismatchError` when the metadata of ``step`` reads fine
         and its model arrays differ from ``abstract["model"]`` in structure or shape
-        (unreadable metadata is damage: nothing is raised). ``error``: the failed
-        restore's exception, chained as the cause (None: checked before restoring)."""
+        (unreadable metadata is damage: nothing is raised). Called before orbax starts
+        the restore: one that fails part-way leaves its pending array reads to be
+        garbage-collected later, as "Exception ignored in: <coroutine ...>"."""
         if "model" not in abstract:
             return
-        try:  # the model item: nested dicts, whose key paths read the same in metadata
-            stored = _shapes(self.manager.item_metadata(step)["model"].tree)
+        # The model item's own metadata: the manager's item_metadata reads None for an
+        # item it has no handler for yet (a freshly opened manager, before any restore).
+        # Nested dicts, whose key paths read the same in metadata.
+        path = paths.join(self.directory, str(step), "model")
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                stored = _shapes(reader.metadata(path).item_metadata.tree)
         except Exception:
             return
         want = _shapes(abstract["model"])
@@ -317,7 +313,7 @@ class Checkpointer:
                 f"({len(diffs)} difference(s): {'; '.join(diffs[:5])}). It was written by a "
                 "run with another model config: it is not damaged and was left in place. "
                 "Rerun with that run's config (WORKDIR/config.json), or use another --workdir."
-            ) from error
+            )
 
     def _quarantine(self, step: int) -> None:
         """Moves a damaged step out of the manager's directory (primary process only).

@@ -91,6 +91,10 @@ def test_another_models_checkpoint_is_refused_before_any_read(tmp_path, monkeypa
     big = {"model": {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}}
     ckpt.save(1, big, None)
     ckpt.wait_until_finished()
+    ckpt.close()
+    # A fresh checkpointer, as a resumed run opens (orbax's manager then knows no item
+    # handler yet: its own item metadata reads None until a first restore).
+    ckpt = Checkpointer(directory, async_save=False)
     other = {"model": {"w": jax.ShapeDtypeStruct((64, 16), jnp.float32), "b": big["model"]["b"]}}
     other = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
     unraisable = []
