@@ -40,7 +40,6 @@ def test_accelerator_check_quick(tmp_path):
     env = dict(os.environ)
     # conftest.py asks for 8 fake CPU devices; the check measures the real ones.
     one_real_device(env)
-    env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", f"--out={tmp_path}"],
         cwd=tmp_path,

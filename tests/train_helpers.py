@@ -106,12 +106,14 @@ def subprocess_env(devices: int = 1) -> dict:
 
 def one_real_device(env: dict) -> None:
     """Edits a subprocess environment for the benchmarks, which measure the one real CPU
-    device: no fake devices, but tests/conftest.py's quick-compile XLA flags."""
+    device: the CPU platform, no fake devices, but tests/conftest.py's quick-compile XLA
+    flags."""
     flags = os.environ.get("OVAIB_TEST_XLA_FLAGS", "")
     if flags:
         env["XLA_FLAGS"] = flags
     else:
         env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
 
 
 def main_cmd(workdir: str, overrides: dict, arg: str = "runlocal") -> list[str]:
