@@ -60,6 +60,7 @@ def test_loss_benchmark_quick(tmp_path):
         pairs = math.comb(m, 2) + sum(min(k, m - 1 - k) for k in range(m))
         assert float(row[3]) == pytest.approx(pairs / m**2, abs=0.006), row
         assert float(row[7]) == pytest.approx((m - 1) / m, abs=0.006), row
+        assert float(row[9]) == pytest.approx((m - 1) / m, abs=0.006), row  # stacked floor
 
 
 def test_matmul_macs_counts_every_compiled_matmul():
