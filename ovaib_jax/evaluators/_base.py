@@ -139,6 +139,17 @@ class Embedded:
         """Whether target ``name`` holds one row per modality: (N, M, k)."""
         return self.targets[name].ndim == 3
 
+    def default_targets(self) -> list[str]:
+        """The targets an evaluator uses when none is named: all but the per-modality
+        (N, M, k) arrays and the integer arrays of more than one axis (a retrieval
+        candidate target (N, M), e.g. colour bits), which are used only when named."""
+        return [
+            t
+            for t, y in self.targets.items()
+            if not self.per_modality(t)
+            and not ((np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.ndim != 1)
+        ]
+
     def target_info(self, name: str) -> TargetInfo:
         """The spec of target ``name``: given in ``target_specs``, else inferred."""
         if name not in self.targets:

@@ -35,7 +35,7 @@ def resolve_target(name: str, train: Embedded, test: Embedded) -> TargetInfo:
 
 def _targets(names: Sequence[str] | None, train: Embedded, test: Embedded) -> list[TargetInfo]:
     if names is None:  # per-modality targets are probed by ``per_modality_targets`` only
-        names = [t for t in train.targets if not train.per_modality(t)]
+        names = train.default_targets()
     names = list(names)
     if not names:
         raise ValueError(
@@ -95,9 +95,10 @@ class DownstreamConfig(ProbeConfig):
     Attributes:
       modalities: modality names whose representations are concatenated (None: all).
       targets: target names to probe, one probe each (None: every target of the split
-        except per-modality ones). A stored example key that the dataset does not
-        declare as a target (e.g. ``ovaib_latent``'s ``shared`` factor) may be named: it
-        is read as a regression target.
+        except per-modality ones and integer arrays of more than one axis, e.g. a
+        retrieval candidate target (N, M), which no probe takes). A stored example key
+        that the dataset does not declare as a target (e.g. ``ovaib_latent``'s ``shared``
+        factor) may be named: it is read as a regression target.
       per_modality_targets: stored keys of shape (M, k) per example, row m private to
         modality m (``ovaib_latent``'s and ``mnist_views``' ``nuisance``): for each
         modality m a regression probe from m's OWN representation to row m (see
@@ -275,7 +276,8 @@ class ModalitySubsetsConfig(ProbeConfig):
     """``modality_subsets`` config: the :class:`ProbeConfig` keys plus
 
     Attributes:
-      targets: target names (None: every target of the split).
+      targets: target names (None: every target of the split except per-modality ones
+        and integer arrays of more than one axis, e.g. retrieval candidate targets).
       modalities: the modalities to combine (None: all of the split's).
       batch_subsets: train the probes of all subsets of equal feature width in one
         vmapped compiled call (False: one call per subset; same protocol).

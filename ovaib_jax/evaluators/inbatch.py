@@ -124,6 +124,8 @@ def _accuracies_fn(
                 scores = losses.fusion_score(rest, z[c], fuse=fuse, subset=others, m=c)
             else:
                 scores = scorer(rest, z[c])  # (N, N)
+            # A NaN score ranks last, never first, as in split retrieval (retrieval.py).
+            scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
             true = jnp.diagonal(scores)
             # rank of the true candidate: how many score strictly higher
             rank = jnp.sum(scores > true[:, None], axis=1)

@@ -70,7 +70,7 @@ class RetrievalConfig:
       chunk_size: queries scored per chunk (None: all at once).
       relevance: ``"index"`` or ``"label"`` (see the module docstring).
       label_target: the class-label target for ``relevance="label"`` (None: the first
-        classification target).
+        (N,) classification target).
       candidate_targets: per-modality targets ((N, M) integer arrays, e.g.
         ``"color_bits"``) whose column of the candidate modality joins the label of
         ``relevance="label"`` (see the module docstring); default none.
@@ -383,7 +383,10 @@ class Retrieval(Evaluator):
         if cfg.relevance == "label":
             name = cfg.label_target
             if name is None:
-                cls = [t for t in test.targets if test.target_info(t).kind == "classification"]
+                cls = [
+                    t for t in test.default_targets()
+                    if test.target_info(t).kind == "classification"
+                ]  # fmt: skip
                 if not cls:
                     raise ValueError(
                         "retrieval: relevance='label' needs a classification target; the "

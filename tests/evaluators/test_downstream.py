@@ -217,3 +217,21 @@ def test_extra_probe_config_errors():
         evaluators.get("downstream")(extra_probes=("linear", "linear"))
     ev = evaluators.get("downstream")(extra_probes=["linear"], few_label_per_class=10)
     assert ev.config.extra_probes == ("linear",)  # lists from config.json become tuples
+
+
+def test_default_targets_skip_candidate_target_columns():
+    """Without ``targets`` every probe-able target is probed; an (N, M) integer array (a
+    retrieval candidate target, e.g. colour bits, embedded into the same split) is not
+    one, and is skipped instead of failing the whole evaluation."""
+
+    def with_bits(e: Embedded, seed: int) -> Embedded:
+        bits = np.random.default_rng(seed).integers(0, 2, (len(e.targets["label"]), 3))
+        return Embedded(None, e.reps, {**e.targets, "bits": bits.astype(np.uint8)}, NAMES)
+
+    ev = evaluators.get("downstream")(probe="linear", **FAST)
+    r = ev.run(with_bits(TRAIN, 0), with_bits(TEST, 1), RunInfo(seed=0))
+    assert r == ev.run(TRAIN, TEST, RunInfo(seed=0))
+    with pytest.raises(ValueError, match=r"Integer target 'bits' must be \(N,\)"):
+        evaluators.get("downstream")(probe="linear", targets=["bits"], **FAST).run(
+            with_bits(TRAIN, 0), with_bits(TEST, 1), RunInfo(seed=0)
+        )

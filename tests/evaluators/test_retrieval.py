@@ -369,3 +369,40 @@ def test_candidate_targets_errors_name_the_fix():
         )
         with pytest.raises(ValueError, match=match):
             ev.run(None, emb, RunInfo(objective="pairwise_clip"))
+
+
+def test_inbatch_nan_scores_rank_last_as_in_split_retrieval():
+    """In-batch retrieval ranks a NaN score as split retrieval does (last, never first):
+    every true pair scores lowest (candidate c = -query) and candidate c of 4 samples is
+    NaN, so no sample is retrieved; ``#{s > NaN} = 0`` had counted the 4 as hits."""
+    n = 32
+    base = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    z = np.stack([base, base, -base])
+    z[2, :4] = np.nan
+    info = RunInfo(objective="pairwise_clip", batch_size=n)
+    inbatch = evaluators.create("inbatch_retrieval").run(None, _emb(z), info)
+    split = evaluators.create("retrieval", {"ties": "optimistic"}).run(None, _emb(z), info)
+    assert inbatch["c/top1"] == 0.0 and split["a+b->c/R@1"] == 0.0
+    # One NaN non-true candidate of an otherwise perfect batch changes nothing.
+    z = np.stack([base, base, base])
+    z[2, 5] = np.nan
+    assert evaluators.create("inbatch_retrieval").run(None, _emb(z), info)["c/top1"] == 31 / 32
+
+
+def test_default_label_target_skips_candidate_targets():
+    """relevance='label' without label_target takes the first (N,) classification target,
+    also when an (N, M) candidate target (e.g. colour bits) is in the split."""
+    n = 20
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n)
+    z = rng.normal(size=(3, n, 4)).astype(np.float32)
+    bits = rng.integers(0, 2, (n, 3)).astype(np.uint8)
+    emb = Embedded(z, {}, {"bits": bits, "label": labels}, NAMES)
+    info = RunInfo(objective="pairwise_clip")
+    got = evaluators.create("retrieval", {"relevance": "label", "candidate_targets": ["bits"]}).run(
+        None, emb, info
+    )
+    want = evaluators.create(
+        "retrieval", {"relevance": "label", "label_target": "label", "candidate_targets": ["bits"]}
+    ).run(None, emb, info)
+    assert got == want
