@@ -57,6 +57,10 @@ class MIBoundsConfig:
     def __post_init__(self):
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}.")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(
+                f"max_batches must be >= 1 (None: all full batches), got {self.max_batches}."
+            )
         object.__setattr__(self, "loss_kwargs", dict(self.loss_kwargs or {}))
 
 

@@ -65,3 +65,5 @@ def test_batch_size_is_capped_and_errors():
         evaluators.get("mi_bounds")().run(None, _emb(z), RunInfo())
     with pytest.raises(ValueError, match="Unknown objective 'clip'"):
         evaluators.get("mi_bounds")().run(None, _emb(z), RunInfo(objective="clip"))
+    with pytest.raises(ValueError, match="max_batches must be >= 1"):
+        evaluators.get("mi_bounds")(max_batches=0)
