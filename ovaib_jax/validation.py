@@ -209,7 +209,10 @@ def _positive_int(config: ml_collections.ConfigDict, path: str, allow_zero: bool
 
 def _check_schedule(config: ml_collections.ConfigDict, device_count: int, process_count: int):
     """Step counts, intervals, seed, batch sizes and the shuffle block."""
-    for path in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "batch_size"):
+    for path in (
+        "num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+        "batch_size",
+    ):
         _positive_int(config, path)
     for path in ("eval_every_steps", "eval_batch_size", "eval_num_batches"):
         _positive_int(config, path, allow_zero=True)

@@ -321,3 +321,13 @@ def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
     # objective's signature for its hyper-parameters, gives the value the run had)
     assert configs.changed_keys(recorded, config) == []
     validate_config(configs.from_json(recorded), device_count=1, process_count=1)
+
+
+def test_keep_checkpoints_is_a_positive_integer():
+    """0 would have orbax delete every checkpoint as soon as it is written (and the run's
+    earlier ones), and a negative value failed deep inside orbax."""
+    for bad in (0, -1, None):
+        _bad(
+            lambda c, bad=bad: setattr(c, "keep_checkpoints", bad),
+            r"config.keep_checkpoints must be an integer > 0",
+        )
