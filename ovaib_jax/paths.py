@@ -16,9 +16,11 @@ What differs on a bucket, and how it is handled here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import uuid
 from typing import Any
 
 __all__ = [
@@ -130,11 +132,19 @@ def write_text(p: Any, text: str) -> None:
 def write_bytes(p: Any, data: bytes) -> None:
     """Writes ``data`` to ``p`` atomically (creating its directory)."""
     if is_local(p):
-        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        tmp = f"{p}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
+        directory = os.path.dirname(os.path.abspath(p))
+        os.makedirs(directory, exist_ok=True)
+        # A temporary name of this write's own: concurrent writers of one file (two
+        # ``evaluate`` runs of a workdir) must not share it.
+        tmp = os.path.join(directory, f".{os.path.basename(p)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:
         path(p).write_bytes(data)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -84,3 +85,41 @@ def test_tensorboard_gets_the_finite_scalars_only(tmp_path, caplog):
     assert records.read_metrics(str(tmp_path)) == [
         {"step": 3, "probe/val_loss": None, "probe/acc@1": 0.5, "x": None}
     ]
+
+
+def test_concurrent_atomic_writes_of_one_file_never_tear(tmp_path):
+    """Two writers of one file (e.g. two ``evaluate`` runs writing eval/results.json) and a
+    reader: every write lands whole and every read sees one whole version. With one fixed
+    temporary name the writers shared it, so a rename failed or a read saw a torn file."""
+    import threading
+
+    from ovaib_jax import paths
+
+    target = str(tmp_path / "results.json")
+    versions = [str(i) * 200_000 for i in range(2)]
+    paths.write_text(target, versions[0])
+    errors, torn, stop = [], [], threading.Event()
+
+    def writer(text):
+        try:
+            for _ in range(150):
+                paths.write_text(target, text)
+        except Exception as e:  # any failure is the bug
+            errors.append(e)
+
+    def reader():
+        while not stop.is_set():
+            if paths.read_text(target) not in versions:
+                torn.append(1)
+
+    threads = [threading.Thread(target=writer, args=(v,)) for v in versions]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert not errors and not torn, (errors[:1], len(torn))
+    assert not [p for p in os.listdir(tmp_path) if p != "results.json"]  # no temporaries left
