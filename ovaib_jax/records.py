@@ -185,13 +185,15 @@ class MetricWriter:
     """Scalars to TensorBoard (tensorboardX) and ``metrics.jsonl`` on process 0 only.
 
     On resume, lines of ``metrics.jsonl`` beyond the restored step (logged by a run that
-    was killed before its next checkpoint) are dropped, and TensorBoard purges them.
+    was killed before its next checkpoint) are dropped, and TensorBoard purges them (also
+    when the run starts again from step 0: a killed attempt may have logged steps).
     """
 
     def __init__(self, workdir: str, start_step: int):
         self.active = _primary()
         self.path = paths.join(workdir, METRICS_FILE)
         self.tb = None
+        self._kinds: set[tuple[int, str]] = set()  # (step, key prefix) of every line
         if not self.active:
             return
         paths.makedirs(workdir)
@@ -200,11 +202,17 @@ class MetricWriter:
             kept = [ln for ln in lines if _step_of(ln) <= start_step]
             if len(kept) != len(lines):
                 write_text(self.path, "".join(kept))
+            for ln in kept:
+                record = json.loads(ln)
+                self._kinds.update((record["step"], k.split("/")[0]) for k in record)
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(
-            paths.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None
-        )
+        self.tb = SummaryWriter(paths.join(workdir, "tensorboard"), purge_step=start_step + 1)
+
+    def has(self, step: int, prefix: str) -> bool:
+        """Whether a line of step ``step`` has a key ``<prefix>/...`` (True on the
+        processes that do not write: they have nothing to add)."""
+        return not self.active or (int(step), prefix) in self._kinds
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """Appends one line ``{"step": step, **scalars}`` (a non-finite value as null) and
@@ -216,6 +224,7 @@ class MetricWriter:
         values = {k: float(v) for k, v in scalars.items()}
         line = dumps({"step": int(step), **values})
         paths.append_text(self.path, line + "\n")  # one write: whole, or dropped on resume
+        self._kinds.update((int(step), k.split("/")[0]) for k in values)
         for k, v in values.items():
             if math.isfinite(v):
                 self.tb.add_scalar(tb_name(k), v, int(step))

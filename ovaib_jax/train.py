@@ -388,7 +388,9 @@ def _loop(
             preempted = preemption.reached(s)
             if log_now or ckpt_now or eval_now or preempted:
                 metrics.drain()
-            if log_now and metrics.count:
+            # A train line at every checkpoint too: the running sums are not saved, so a
+            # resume would otherwise average its first line over a shorter window.
+            if (log_now or ckpt_now or preempted) and metrics.count:
                 now = time.perf_counter()
                 rate = (s - step_last) / max(now - t_last, 1e-9)
                 scalars = metrics.means()
@@ -399,12 +401,16 @@ def _loop(
                 result["train"] = scalars
                 t_last, step_last = time.perf_counter(), s
             progress.update(s, result["train"] if log_now else None)
+            # The evaluation is recorded before the checkpoint of its step is saved, so a
+            # kill between the two never resumes past an evaluation that was not recorded.
+            # Under preemption the checkpoint goes first (the grace period is short).
+            if eval_now and not preempted:
+                result["eval"] = _evaluate(evaluation, train_state, s, writer)
             if ckpt_now or preempted:
                 _check_lock(lock)
                 state.save(ckpt, s, train_state, batches.get_state())
-            if eval_now:
-                result["eval"] = evaluation.run(train_state.variables())
-                writer.write(s, records.numbers(result["eval"], "eval"))
+            if eval_now and preempted:
+                result["eval"] = _evaluate(evaluation, train_state, s, writer)
             result["step"] = s
             if preempted:
                 log.warning("SIGTERM received: saved the checkpoint of step %d and stopped.", s)
@@ -415,13 +421,26 @@ def _loop(
         progress.close()
     if s >= total:
         done = records.read_results(workdir)
-        if done is not None and done.get("step") == total:  # evaluated before
+        evaluated = done is None or done.get("step") != total  # now, not before
+        if not evaluated:
             result["final"] = done
         else:
             _check_lock(lock)
             result["final"] = final_evaluation(config, run, train_state, workdir, result["eval"])
-            names = configs.evaluator_names(config, "final_evaluators")
-            if result["final"] is not None and names:
-                final = {k: result["final"][k] for k in names}
-                writer.write(total, records.numbers(final, "final"))
+        names = configs.evaluator_names(config, "final_evaluators")
+        # Written for an evaluation made now, and for one made before whose line is
+        # missing: a kill between results.json and this line, or a rerun that fell back
+        # from a damaged last checkpoint (which drops the lines after its step).
+        if result["final"] is not None and names and (evaluated or not writer.has(total, "final")):
+            final = {k: result["final"][k] for k in names if k in result["final"]}
+            writer.write(total, records.numbers(final, "final"))
     return result
+
+
+def _evaluate(
+    evaluation: Any, train_state: state.TrainState, step: int, writer: records.MetricWriter
+) -> dict[str, Any]:
+    """Runs the periodic evaluators on the current parameters and records them."""
+    results = evaluation.run(train_state.variables())
+    writer.write(step, records.numbers(results, "eval"))
+    return results

@@ -148,7 +148,7 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     assert out["step"] == 6 and not out["preempted"]
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     train_lines = [x for x in lines if "train/loss" in x]
-    assert [x["step"] for x in train_lines] == [2, 4, 6]
+    assert [x["step"] for x in train_lines] == [2, 3, 4, 6]  # log steps and checkpoint 3
     for key in (
         "train/accuracy",
         "train/learning_rate",
@@ -188,7 +188,7 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     out = train.train_and_evaluate(config, workdir)
     assert out["step"] == 10
     steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [s for s in steps if s > 6] == [8, 10, 10]  # train at 8, 10; eval at 10
+    assert [s for s in steps if s > 6] == [8, 9, 10, 10]  # train at 8, 9 (checkpoint), 10; eval 10
 
 
 def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_path):

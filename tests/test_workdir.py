@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from ovaib_jax import checkpointing, state, train, workdir
+from ovaib_jax import checkpointing, evaluation, records, state, train, workdir
 from tests.train_helpers import ROOT, TINY, main_cmd, read_model, subprocess_env, tiny_config
 
 
@@ -255,3 +255,132 @@ def test_a_full_disk_stops_the_run_with_one_error(data_dir, small_disk):
     assert saved and f"last complete checkpoint is step {saved[-1]}" in errors[0]
     assert read_model(wd, saved[-1])  # complete: it restores
     assert time.time() - t0 < 300
+
+
+# --------------------------------------------------------------------------- records
+# A run interrupted anywhere leaves, once rerun, the records of an uninterrupted run.
+
+
+class _Killed(BaseException):
+    """A simulated kill: a BaseException, which nothing in the trainer catches."""
+
+
+def _eval_config(data_dir: str):
+    """6 steps: logs at 2, 4, 6; checkpoints and periodic evaluation at 3 and 6; a final
+    evaluation (results.json and the ``final/`` line)."""
+    return tiny_config(
+        data_dir, eval_every_steps=3, eval_num_batches=1, final_evaluators="inbatch_retrieval"
+    )
+
+
+def _records(wd: str) -> list[dict]:
+    """metrics.jsonl without the timing keys (they differ between any two runs)."""
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return [{k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    return _records(wd)
+
+
+def test_uninterrupted_records_hold_every_step_and_kind(uninterrupted):
+    """Train lines at the log steps and at each checkpoint (so that a resume never
+    averages over a different window), eval lines at the eval steps, the final line."""
+    kinds = [
+        (r["step"], sorted({k.split("/")[0] for k in r if k != "step"})) for r in uninterrupted
+    ]
+    assert kinds == [
+        (2, ["train"]), (3, ["train"]), (3, ["eval"]), (4, ["train"]), (6, ["train"]),
+        (6, ["eval"]), (6, ["final"]),
+    ]  # fmt: skip
+
+
+def test_a_kill_during_an_evaluation_loses_no_record(
+    data_dir, tmp_path, monkeypatch, uninterrupted
+):
+    """Killed in the evaluation of step 3: the rerun evaluates step 3 again (the
+    checkpoint of step 3 is not committed before its evaluation is recorded)."""
+    wd = str(tmp_path / "run")
+    monkeypatch.setattr(evaluation.Evaluation, "run", lambda self, variables: _raise(_Killed()))
+    with pytest.raises(_Killed):
+        train.train_and_evaluate(_eval_config(data_dir), wd)
+    monkeypatch.undo()
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    assert _records(wd) == uninterrupted
+
+
+def test_a_kill_after_the_results_loses_no_final_record(
+    data_dir, tmp_path, monkeypatch, uninterrupted
+):
+    """Killed right after results.json is written: the rerun still writes the final line."""
+    wd = str(tmp_path / "run")
+    real = records.write_results
+
+    def write_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise _Killed()
+
+    monkeypatch.setattr(records, "write_results", write_then_die)
+    with pytest.raises(_Killed):
+        train.train_and_evaluate(_eval_config(data_dir), wd)
+    monkeypatch.undo()
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    assert _records(wd) == uninterrupted
+
+
+def test_a_damaged_final_checkpoint_loses_no_final_record(data_dir, tmp_path, uninterrupted):
+    """The rerun falls back to step 3, trains again to 6 and writes the final line again
+    (the results.json of step 6 is kept: the same parameters, bit for bit)."""
+    from tests.test_checkpointing import _damage
+
+    wd = str(tmp_path / "run")
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    _damage(os.path.join(wd, "checkpoints", "6"))
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    assert state.saved_steps(wd) == [3, 6]
+    assert _records(wd) == uninterrupted
+
+
+def test_a_rerun_from_step_0_purges_the_killed_attempts_tensorboard_steps(
+    data_dir, tmp_path, monkeypatch, uninterrupted
+):
+    """Killed at its first checkpoint (after logging steps 2 and 3), the run starts again at 0:
+    TensorBoard gets the purge marker (a SessionLog START at step 1) that hides the
+    killed attempt's steps, as a resume from a later step does."""
+    wd = str(tmp_path / "run")
+    monkeypatch.setattr(state, "save", lambda *a, **k: _raise(_Killed()))
+    with pytest.raises(_Killed):
+        train.train_and_evaluate(_eval_config(data_dir), wd)
+    monkeypatch.undo()
+    assert [r["step"] for r in _records(wd)] == [2, 3, 3]  # train 2, 3 and eval 3
+    train.train_and_evaluate(_eval_config(data_dir), wd)
+    assert _records(wd) == uninterrupted
+    starts = [step for step, status in _session_logs(os.path.join(wd, "tensorboard"))]
+    assert 1 in starts, starts
+
+
+def _raise(e: BaseException):
+    raise e
+
+
+def _session_logs(tb_dir: str) -> list[tuple[int, int]]:
+    """(step, status) of every SessionLog event of the TensorBoard event files."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+        data, i = open(path, "rb").read(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])  # length, its crc, data, its crc
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            if event.HasField("session_log"):
+                out.append((event.step, event.session_log.status))
+    return out
