@@ -112,21 +112,36 @@ def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
     return config
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    console.setup_logging()
-    f = flags.FLAGS
-    config = _config_or_exit(f)
+def evaluate_main(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int | None = None,
+    out: str | None = None,
+    manual_dir_flag: str = "--set=dataset.manual_dir",
+) -> None:
+    """:func:`evaluate_checkpoint`, its results printed as JSON; expected failures end
+    the program with one line (status 1). ``manual_dir_flag``: the flag that names the
+    raw files' directory on this command line."""
     try:
-        results = evaluate_checkpoint(config, f.workdir, f.step, f.out)
+        results = evaluate_checkpoint(config, workdir, step, out)
     except data.MissingDataError as e:  # the raw files of a manual dataset
-        flag = "--config.dataset.manual_dir" if f.config is not None else "--set=dataset.manual_dir"
-        console.exit_with(PROGRAM, str(e.naming_flag(flag)), status=1)
+        console.exit_with(PROGRAM, str(e.naming_flag(manual_dir_flag)), status=1)
+    except data.CorruptDataError as e:  # a damaged file: the message says how to rebuild
+        console.exit_with(PROGRAM, str(e), status=1)
     except (FileNotFoundError, CheckpointMismatchError) as e:  # nothing (matching) to restore
         console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0:
         sys.stdout.write(records.dumps(results, indent=2, sort_keys=True))
         sys.stdout.write("\n")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    console.setup_logging()
+    f = flags.FLAGS
+    config = _config_or_exit(f)
+    flag = "--config.dataset.manual_dir" if f.config is not None else "--set=dataset.manual_dir"
+    evaluate_main(config, f.workdir, f.step, f.out, flag)
 
 
 if __name__ == "__main__":

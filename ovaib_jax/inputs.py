@@ -221,12 +221,14 @@ def eval_batches(
     """
     processes = jax.process_count()
     local = batch_size // processes
-    n = len(data.make_source(config.dataset.name, split, build=False, **data_kwargs(config)))
-    count = math.ceil(math.ceil(n / local) / processes)
+    # The iterator first: it builds the dataset where it is not built yet (process 0,
+    # then every process waits for it), as for training.
     it = create_data_iterator(
         config, split, batch_size=batch_size, train=False, spec=spec,
         extra_keys=extra_keys, drop_remainder=False,
     )  # fmt: skip
+    n = len(data.make_source(config.dataset.name, split, build=False, **data_kwargs(config)))
+    count = math.ceil(math.ceil(n / local) / processes)
     template: dict[str, np.ndarray] | None = None
     for i, batch in enumerate(it):
         rows = len(next(iter(batch.values())))

@@ -88,6 +88,8 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
         console.exit_with(PROGRAM, f"config error: {e}")
     except data.MissingDataError as e:  # the raw files of a manual dataset
         console.exit_with(PROGRAM, str(e.naming_flag(MANUAL_DIR_FLAG)), status=1)
+    except data.CorruptDataError as e:  # a damaged file: the message says how to rebuild
+        console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0 and not out.get("preempted"):
         log_summary(config, resolved, out)
     return out

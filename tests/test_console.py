@@ -297,3 +297,27 @@ def test_label_relevance_retrieval_shows_the_evaluators_chance_level():
     rows = {c[0]: c[1:] for c in (re.split(r"\s{2,}", ln.strip()) for ln in text.splitlines()[2:])}
     assert rows["retrieval/R@1"] == ["0.3", "0.1"] and rows["retrieval/R@5"] == ["0.6", "0.41"]
     assert not any(k.startswith("retrieval/chance") for k in rows)
+
+
+def test_damaged_data_files_are_one_line_in_train_and_evaluate(tmp_path, capsys, monkeypatch):
+    """A damaged record or raw file (CorruptDataError: its message names the file and the
+    rebuild command) ends ovaib_jax.main and ovaib_jax.evaluate with that message alone,
+    status 1, as missing files do (it had escaped as a 30-line traceback)."""
+    from ovaib_jax import evaluate, main, train
+
+    config = tiny_config(str(tmp_path))
+    damaged = data.CorruptDataError("Record file x.array_record-00000-of-00001 is damaged ...")
+
+    def fails(*args, **kwargs):
+        raise damaged
+
+    monkeypatch.setattr(train, "train_and_evaluate", fails)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fails)
+    for program, call in (
+        ("ovaib_jax.main", lambda: main.train_main(config, str(tmp_path / "w"))),
+        ("ovaib_jax.evaluate", lambda: evaluate.evaluate_main(config, str(tmp_path / "w"))),
+    ):
+        with pytest.raises(SystemExit) as e:
+            call()
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err == f"{program}: {damaged}\n", err

@@ -365,9 +365,12 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
         assert results["mi_bounds"][f"mi_bound/m{m}"] == pytest.approx(bound, abs=1e-3)
 
 
-def test_evaluation_embeds_every_test_example(data_dir, tmp_path):
+def test_evaluation_embeds_every_test_example(tmp_path):
     """The eval split (64 examples) in batches of 24: 24 + 24 + 16, the last one padded
-    and its padding dropped; retrieval ranks all 64 candidates, in split order."""
+    and its padding dropped; retrieval ranks all 64 candidates, in split order. The data
+    directory is fresh: evaluation builds the dataset, as training does (it had read the
+    split's size first and failed with 'not built')."""
+    data_dir = str(tmp_path / "data")
     config = tiny_config(data_dir, eval_batch_size=24)
     run = train.build(config, with_data=False)
     emb = run.evaluation([]).embed(run.state.variables(), config.dataset.eval_split)

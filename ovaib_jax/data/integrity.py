@@ -124,10 +124,7 @@ def rebuild_hint(info: Any) -> str:
     root = version_dir.rstrip("/")
     for _ in range(levels):
         root = os.path.dirname(root)
-    args, exact = _build_args(info.name, info.config_name)
-    command = shlex.join(
-        ["python", "-m", "ovaib_jax.data.build", info.name, "--data_dir", root, *args]
-    )
+    command, exact = build_command(info.name, info.config_name, root)
     same = "" if exact else f" (with the options that made config {info.config_name!r})"
     return (
         f"Rebuild it: delete the dataset's directory {version_dir} "
@@ -135,6 +132,15 @@ def rebuild_hint(info: Any) -> str:
         "or ovaib_jax.data.prepare(...) / make_source(..., build=True) with the arguments "
         "it was built with."
     )
+
+
+def build_command(name: str, config_name: str | None, data_dir: str) -> tuple[str, bool]:
+    """The ``python -m ovaib_jax.data.build`` command that builds config ``config_name``
+    of dataset ``name`` under ``data_dir``, and whether it is exact (a config whose
+    options cannot be decoded from its name gets only its base config's)."""
+    args, exact = _build_args(name, config_name)
+    command = ["python", "-m", "ovaib_jax.data.build", name, "--data_dir", os.fspath(data_dir)]
+    return shlex.join([*command, *args]), exact
 
 
 # ---- helpers -------------------------------------------------------------------------

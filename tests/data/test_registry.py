@@ -4,6 +4,8 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
+import shlex
 import shutil
 import threading
 import time
@@ -83,8 +85,15 @@ def test_default_data_dir(monkeypatch):
 
 
 def test_prepare_builds_once_and_make_source_reads(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not built"):
+    with pytest.raises(FileNotFoundError, match="not built") as err:
         data.make_source("ovaib_parity", "train", data_dir=tmp_path, build=False, **TINY_PARITY)
+    # The command that builds this very config there (not the default config elsewhere).
+    command = re.search(r"`(python -m ovaib_jax\.data\.build [^`]*)`", str(err.value)).group(1)
+    args = shlex.split(command)[3:]
+    assert args[0] == "ovaib_parity" and args[args.index("--data_dir") + 1] == str(tmp_path)
+    sets = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
+    given = {"config": args[args.index("--config") + 1], **{k: int(v) for k, v in sets.items()}}
+    assert given == TINY_PARITY
     builder = data.prepare("ovaib_parity", data_dir=tmp_path, **TINY_PARITY)
     assert data.is_built(builder)
     files = sorted(p for p in tmp_path.rglob("*.array_record*"))
