@@ -62,6 +62,10 @@ class CheckpointSaveError(RuntimeError):
     complete checkpoint)."""
 
 
+class NoRestorableCheckpointError(RuntimeError):
+    """Checkpoints exist but none of them restores (its message says what to do)."""
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not match the model's structure or shapes: it belongs to another
     model config, it is not damaged (never moved aside)."""
@@ -92,6 +96,10 @@ class _BackgroundSaveErrors(logging.Filter):
 
 
 _FILTER = _BackgroundSaveErrors()
+
+
+# A read-only walk-back that saw this many checkpoints deleted under it gives up.
+_MAX_VANISHED = 8
 
 
 class Checkpointer:
@@ -248,7 +256,8 @@ class Checkpointer:
           A :class:`Restored`, or ``None`` when there is no checkpoint.
 
         Raises:
-          RuntimeError: checkpoints exist but none of them restores.
+          NoRestorableCheckpointError: checkpoints exist but none of them restores (or a
+            live run deleted them faster than they could be read).
           FileNotFoundError: ``step`` is not among the saved steps.
         """
         steps = self.all_steps()
@@ -261,13 +270,33 @@ class Checkpointer:
             return self._restore_step(step, abstract, with_data)
         if not steps:
             return None
-        errors = []
-        for s in reversed(steps):
+        errors: list[str] = []
+        tried: set[int] = set()
+        vanished = 0
+        while todo := [s for s in reversed(steps) if s not in tried]:
+            s = todo[0]
+            tried.add(s)
             # Another model's checkpoint is not damage: stop, and move nothing.
             self._raise_if_mismatch(s, abstract)
             try:
                 return self._restore_step(s, abstract, with_data)
             except Exception as e:
+                if self.read_only and not paths.exists(paths.join(self.directory, str(s))):
+                    # Deleted under a reader by the live run writing the workdir (its
+                    # max_to_keep, after a newer save): not damage; list the steps again.
+                    vanished += 1
+                    if vanished > _MAX_VANISHED:
+                        raise NoRestorableCheckpointError(
+                            f"The checkpoints in {self.directory} were deleted {vanished} "
+                            "times while being read: a live run replaces them faster than "
+                            "they restore. Pass the step to read (--step), or evaluate "
+                            "once the run has finished."
+                        ) from e
+                    log.info("Checkpoint of step %d was replaced while read; reading the "
+                             "newer ones.", s)  # fmt: skip
+                    self.manager.reload()
+                    steps = self.all_steps()
+                    continue
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 log.warning(
                     "Checkpoint of step %d in %s failed to restore (%s: %s); falling back to "
@@ -279,7 +308,7 @@ class Checkpointer:
                     "" if self.read_only else f" and moving this one to {self.corrupt_directory}",
                 )
                 self._quarantine(s)
-        raise RuntimeError(
+        raise NoRestorableCheckpointError(
             f"None of the checkpoints in {self.directory} restores ({'; '.join(errors)[:2000]}). "
             "Remove the directory to start from scratch, or restore an older copy."
         )

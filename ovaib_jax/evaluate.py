@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ovaib_jax import configs, console, data, evaluation, paths, records, runtime
-from ovaib_jax.checkpointing import CheckpointMismatchError
+from ovaib_jax.checkpointing import CheckpointMismatchError, NoRestorableCheckpointError
 from ovaib_jax.validation import validate_config
 
 __all__ = ["evaluate_checkpoint", "load_config"]
@@ -128,7 +128,7 @@ def evaluate_main(
         console.exit_with(PROGRAM, str(e.naming_flag(manual_dir_flag)), status=1)
     except data.CorruptDataError as e:  # a damaged file: the message says how to rebuild
         console.exit_with(PROGRAM, str(e), status=1)
-    except (FileNotFoundError, CheckpointMismatchError) as e:  # nothing (matching) to restore
+    except (FileNotFoundError, CheckpointMismatchError, NoRestorableCheckpointError) as e:
         console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0:
         sys.stdout.write(records.dumps(results, indent=2, sort_keys=True))

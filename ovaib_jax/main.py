@@ -24,7 +24,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ovaib_jax import console, data, runtime, train
-from ovaib_jax.checkpointing import CheckpointMismatchError, CheckpointSaveError
+from ovaib_jax.checkpointing import (
+    CheckpointMismatchError,
+    CheckpointSaveError,
+    NoRestorableCheckpointError,
+)
 from ovaib_jax.validation import Resolved, validate_config
 from ovaib_jax.workdir import ResumeError, WorkdirBusyError
 
@@ -77,6 +81,8 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
         sys.exit(1)
     except (ResumeError, WorkdirBusyError, CheckpointMismatchError) as e:
         console.exit_with(PROGRAM, str(e), status=1)  # nothing was changed in the workdir
+    except NoRestorableCheckpointError as e:  # damaged ones were moved aside, as it says
+        console.exit_with(PROGRAM, str(e), status=1)
     except (CheckpointSaveError, train.WriteError) as e:
         # One message; then exit without tearing down orbax's failed background writes
         # (their coroutines would each print a traceback at interpreter shutdown).

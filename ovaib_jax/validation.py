@@ -210,7 +210,10 @@ def _positive_int(config: ml_collections.ConfigDict, path: str, allow_zero: bool
 def _check_schedule(config: ml_collections.ConfigDict, device_count: int, process_count: int):
     """Step counts, intervals, seed, batch sizes and the shuffle block."""
     for path in (
-        "num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+        "num_train_steps",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
         "batch_size",
     ):
         _positive_int(config, path)

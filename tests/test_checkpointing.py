@@ -67,6 +67,39 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
     ckpt.close()
 
 
+def test_a_reader_of_a_live_run_follows_its_newer_checkpoints(tmp_path, caplog, monkeypatch):
+    """evaluate on a live run (read-only): the trainer may save a newer step and delete
+    (max_to_keep) the one being read. That step vanished, it is not damage: the reader
+    lists the steps again and restores the newer one (it had given up with "None of the
+    checkpoints restores ... Remove the directory")."""
+    directory = str(tmp_path / "checkpoints")
+    writer = Checkpointer(directory, async_save=False, max_to_keep=1)
+    writer.save(1, _tree(1.0), None)
+    writer.wait_until_finished()
+    reader = Checkpointer(directory, read_only=True)
+    real = Checkpointer._restore_step
+
+    def replaced_while_read(self, step, abstract, with_data):
+        if step in replace:  # the live run saves step + 1 and deletes step under the reader
+            writer.save(step + 1, _tree(step + 1.0), None)
+            writer.wait_until_finished()
+            assert not os.path.exists(os.path.join(directory, str(step)))
+        return real(self, step, abstract, with_data)
+
+    replace = {1}
+    monkeypatch.setattr(Checkpointer, "_restore_step", replaced_while_read)
+    with caplog.at_level(logging.WARNING, logger="ovaib_jax.checkpointing"):
+        restored = reader.restore(_abstract(), with_data=False)
+    assert restored.step == 2 and restored.trees["model"]["b"][0] == 2.0
+    assert "failed to restore" not in caplog.text  # not reported as damage
+    # A run that replaces its checkpoints faster than they restore: one clear error.
+    replace = set(range(2, 100))
+    with pytest.raises(RuntimeError, match=r"deleted 9 times while being read.*--step"):
+        reader.restore(_abstract(), with_data=False)
+    reader.close()
+    writer.close()
+
+
 def test_explicit_step_and_all_damaged(tmp_path):
     directory = str(tmp_path / "checkpoints")
     ckpt = Checkpointer(directory, async_save=False)

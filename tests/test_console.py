@@ -301,23 +301,28 @@ def test_label_relevance_retrieval_shows_the_evaluators_chance_level():
 
 def test_damaged_data_files_are_one_line_in_train_and_evaluate(tmp_path, capsys, monkeypatch):
     """A damaged record or raw file (CorruptDataError: its message names the file and the
-    rebuild command) ends ovaib_jax.main and ovaib_jax.evaluate with that message alone,
-    status 1, as missing files do (it had escaped as a 30-line traceback)."""
+    rebuild command), or checkpoints none of which restores, end ovaib_jax.main and
+    ovaib_jax.evaluate with that message alone, status 1, as missing files do (they had
+    escaped as tracebacks)."""
     from ovaib_jax import evaluate, main, train
+    from ovaib_jax.checkpointing import NoRestorableCheckpointError
 
     config = tiny_config(str(tmp_path))
-    damaged = data.CorruptDataError("Record file x.array_record-00000-of-00001 is damaged ...")
-
-    def fails(*args, **kwargs):
-        raise damaged
-
-    monkeypatch.setattr(train, "train_and_evaluate", fails)
-    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fails)
-    for program, call in (
-        ("ovaib_jax.main", lambda: main.train_main(config, str(tmp_path / "w"))),
-        ("ovaib_jax.evaluate", lambda: evaluate.evaluate_main(config, str(tmp_path / "w"))),
+    for error in (
+        data.CorruptDataError("Record file x.array_record-00000-of-00001 is damaged ..."),
+        NoRestorableCheckpointError("None of the checkpoints in W restores (...). Remove ..."),
     ):
-        with pytest.raises(SystemExit) as e:
-            call()
-        err = capsys.readouterr().err
-        assert e.value.code == 1 and err == f"{program}: {damaged}\n", err
+
+        def fails(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(train, "train_and_evaluate", fails)
+        monkeypatch.setattr(evaluate, "evaluate_checkpoint", fails)
+        for program, call in (
+            ("ovaib_jax.main", lambda: main.train_main(config, str(tmp_path / "w"))),
+            ("ovaib_jax.evaluate", lambda: evaluate.evaluate_main(config, str(tmp_path / "w"))),
+        ):
+            with pytest.raises(SystemExit) as e:
+                call()
+            err = capsys.readouterr().err
+            assert e.value.code == 1 and err == f"{program}: {error}\n", err
