@@ -261,7 +261,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ``config.evaluators`` run every ``eval_every_steps`` (logged as ``eval/...``), and once
     the last step is reached :func:`final_evaluation` runs ``config.final_evaluators``
     (logged as ``final/...``) and writes ``results.json``. Calling it again on a finished
-    run only completes a missing ``results.json``.
+    run only completes a missing ``results.json`` (or its missing ``final/...`` line).
+    Train metrics are logged every ``log_every_steps`` and at every checkpoint; an
+    evaluation is logged before the checkpoint of its step is saved (after it under
+    SIGTERM), so a resumed run's records are those of an uninterrupted one.
 
     Returns:
       ``{"step": last step, "train": last logged train scalars, "eval": last eval
