@@ -262,9 +262,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the last step is reached :func:`final_evaluation` runs ``config.final_evaluators``
     (logged as ``final/...``) and writes ``results.json``. Calling it again on a finished
     run only completes a missing ``results.json`` (or its missing ``final/...`` line).
-    Train metrics are logged every ``log_every_steps`` and at every checkpoint; an
-    evaluation is logged before the checkpoint of its step is saved (after it under
-    SIGTERM), so a resumed run's records are those of an uninterrupted one.
+    Train metrics are logged every ``log_every_steps`` and at every checkpoint (and at
+    the step a SIGTERM stops), and an evaluation that a kill cut off after the
+    checkpoint of its step is run again when the run resumes, so a run resumed after a
+    kill has the records of an uninterrupted one (after a SIGTERM, with one more train
+    line, at the step it stopped).
 
     Returns:
       ``{"step": last step, "train": last logged train scalars, "eval": last eval
@@ -373,6 +375,16 @@ def _loop(
     progress = console.Progress(total, start, primary, every=int(config.log_every_steps))
     metrics = _TrainMetrics(ckpt)
     train_state = run.state
+    if (
+        evaluation is not None
+        and evaluation.evaluators
+        and 0 < start
+        and (start % config.eval_every_steps == 0 or start == total)
+        and _missing_line(writer, start, "eval")
+    ):
+        # Killed after the checkpoint of an evaluation step, before its evaluation was
+        # recorded: evaluate that step now, so that the records lose nothing.
+        result["eval"] = _evaluate(evaluation, train_state, start, writer)
     t_last, step_last = time.perf_counter(), start
     s = start
     try:
@@ -404,15 +416,10 @@ def _loop(
                 result["train"] = scalars
                 t_last, step_last = time.perf_counter(), s
             progress.update(s, result["train"] if log_now else None)
-            # The evaluation is recorded before the checkpoint of its step is saved, so a
-            # kill between the two never resumes past an evaluation that was not recorded.
-            # Under preemption the checkpoint goes first (the grace period is short).
-            if eval_now and not preempted:
-                result["eval"] = _evaluate(evaluation, train_state, s, writer)
             if ckpt_now or preempted:
                 _check_lock(lock)
                 state.save(ckpt, s, train_state, batches.get_state())
-            if eval_now and preempted:
+            if eval_now:  # after the (asynchronous) save: a SIGTERM's grace period is short
                 result["eval"] = _evaluate(evaluation, train_state, s, writer)
             result["step"] = s
             if preempted:
@@ -436,8 +443,20 @@ def _loop(
         # from a damaged last checkpoint (which drops the lines after its step).
         if result["final"] is not None and names and (evaluated or not writer.has(total, "final")):
             final = {k: result["final"][k] for k in names if k in result["final"]}
-            writer.write(total, records.numbers(final, "final"))
+            if numbers := records.numbers(final, "final"):  # none: nothing to write
+                writer.write(total, numbers)
     return result
+
+
+def _missing_line(writer: records.MetricWriter, step: int, prefix: str) -> bool:
+    """Whether ``metrics.jsonl`` has no ``<prefix>/...`` line at ``step``: process 0's
+    answer (it alone reads the records), shared by every process."""
+    missing = not writer.has(step, prefix)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        missing = bool(int(multihost_utils.broadcast_one_to_all(np.int32(missing))))
+    return missing
 
 
 def _evaluate(

@@ -11,16 +11,19 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from ovaib_jax import checkpointing, evaluation, records, state, train, workdir
 from tests.train_helpers import ROOT, TINY, main_cmd, read_model, subprocess_env, tiny_config
@@ -302,8 +305,8 @@ def test_uninterrupted_records_hold_every_step_and_kind(uninterrupted):
 def test_a_kill_during_an_evaluation_loses_no_record(
     data_dir, tmp_path, monkeypatch, uninterrupted
 ):
-    """Killed in the evaluation of step 3: the rerun evaluates step 3 again (the
-    checkpoint of step 3 is not committed before its evaluation is recorded)."""
+    """Killed in the evaluation of step 3, after its checkpoint was saved: the rerun
+    resumes at step 3 and first evaluates it (the run had resumed past it)."""
     wd = str(tmp_path / "run")
     monkeypatch.setattr(evaluation.Evaluation, "run", lambda self, variables: _raise(_Killed()))
     with pytest.raises(_Killed):
@@ -356,31 +359,40 @@ def test_a_rerun_from_step_0_purges_the_killed_attempts_tensorboard_steps(
     with pytest.raises(_Killed):
         train.train_and_evaluate(_eval_config(data_dir), wd)
     monkeypatch.undo()
-    assert [r["step"] for r in _records(wd)] == [2, 3, 3]  # train 2, 3 and eval 3
+    assert [r["step"] for r in _records(wd)] == [2, 3]  # train lines; killed before eval 3
     train.train_and_evaluate(_eval_config(data_dir), wd)
     assert _records(wd) == uninterrupted
-    starts = [step for step, status in _session_logs(os.path.join(wd, "tensorboard"))]
-    assert 1 in starts, starts
+    files = sorted(glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*")))
+    assert len(files) == 2 and (1, SessionLog.START) in _session_logs(files[-1])  # the rerun's
+
+
+def test_a_final_evaluator_added_on_a_rerun_with_no_result_writes_no_empty_line(data_dir, tmp_path):
+    """A finished run rerun with a final evaluator its results.json lacks: results.json
+    is kept (as documented) and no final line without values is appended, at any rerun."""
+    wd = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(data_dir, eval_every_steps=6, eval_num_batches=1), wd)
+    before = _records(wd)
+    for _ in range(2):
+        config = tiny_config(
+            data_dir, eval_every_steps=6, eval_num_batches=1, final_evaluators="mi_bounds"
+        )
+        train.train_and_evaluate(config, wd)
+    assert _records(wd) == before
 
 
 def _raise(e: BaseException):
     raise e
 
 
-def _session_logs(tb_dir: str) -> list[tuple[int, int]]:
-    """(step, status) of every SessionLog event of the TensorBoard event files."""
-    import glob
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
+def _session_logs(path: str) -> list[tuple[int, int]]:
+    """(step, status) of every SessionLog event of a TensorBoard event file."""
     out = []
-    for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
-        data, i = open(path, "rb").read(), 0
-        while i < len(data):
-            (n,) = struct.unpack("<Q", data[i : i + 8])  # length, its crc, data, its crc
-            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
-            i += 12 + n + 4
-            if event.HasField("session_log"):
-                out.append((event.step, event.session_log.status))
+    with open(path, "rb") as f:
+        data, i = f.read(), 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])  # length, its crc, data, its crc
+        event = Event.FromString(data[i + 12 : i + 12 + n])
+        i += 12 + n + 4
+        if event.HasField("session_log"):
+            out.append((event.step, event.session_log.status))
     return out
