@@ -124,11 +124,13 @@ def _accuracies_fn(
                 scores = losses.fusion_score(rest, z[c], fuse=fuse, subset=others, m=c)
             else:
                 scores = scorer(rest, z[c])  # (N, N)
-            # A NaN score ranks last, never first, as in split retrieval (retrieval.py).
+            # A NaN score ranks last, never first, as in split retrieval (retrieval.py):
+            # a NaN true score is never a hit, even in a row of NaN scores (a NaN query).
+            true_nan = jnp.isnan(jnp.diagonal(scores))
             scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
             true = jnp.diagonal(scores)
             # rank of the true candidate: how many score strictly higher
-            rank = jnp.sum(scores > true[:, None], axis=1)
+            rank = jnp.where(true_nan, n, jnp.sum(scores > true[:, None], axis=1))
             out.append(jnp.stack([jnp.mean(rank < min(k, n)) for k in ks]))
         return jnp.stack(out)
 
@@ -144,7 +146,7 @@ class InBatchRetrieval(Evaluator):
     trained with an OVA projector: :func:`ovaib_jax.losses.projector_score`). Reports
     top-k accuracy per target (``<c>/top1``) and the means over targets (``top1``,
     ``top5``). The rank of the true candidate is the number of candidates scoring
-    strictly higher.
+    strictly higher; a NaN true score ranks last (never a hit), as in ``retrieval``.
     """
 
     name = "inbatch_retrieval"

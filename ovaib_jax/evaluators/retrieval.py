@@ -36,6 +36,10 @@ Ties (equal scores; rank counts from 1):
 
 Identical query and candidate embeddings, for a scorer that gives the true pair the
 strictly highest score, give R@1 = mAP = 1 under every convention.
+
+A NaN score (a NaN embedding) ranks below every number; with index relevance a NaN
+true score ranks last under every convention, also in a row of NaN scores (a NaN
+query), so it is never a hit.
 """
 
 from __future__ import annotations
@@ -166,10 +170,14 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
     kwargs = dict(kw)
     ks_arr = jnp.asarray(ks, jnp.float32)
 
-    def index_stats(s, rows):
+    def index_stats(s, rows, true_nan):
         true = jnp.take_along_axis(s, rows[:, None], axis=1)  # (C, 1)
         higher = jnp.sum(s > true, axis=1).astype(jnp.float32)
         ties_ = jnp.sum(s == true, axis=1).astype(jnp.float32) - 1.0  # minus the true one
+        # A NaN true score ranks last whatever the convention, also among other NaN
+        # (-inf) scores: a NaN query's row is all NaN, and is never a hit.
+        higher = jnp.where(true_nan, s.shape[1] - 1.0, higher)
+        ties_ = jnp.where(true_nan, 0.0, ties_)
         if ties == "pessimistic":
             rank = higher + ties_ + 1.0
         elif ties == "optimistic":
@@ -205,9 +213,10 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
 
     def fn(queries, cands, rows, labels_q, labels_c, seed):
         s = scorer(queries, cands, **kwargs).astype(jnp.float32)  # (C, N)
+        true_nan = jnp.isnan(jnp.take_along_axis(s, rows[:, None], axis=1))[:, 0]
         s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a NaN score ranks last, never first
         if relevance == "index":
-            return index_stats(s, rows)
+            return index_stats(s, rows, true_nan)
         return label_stats(s, rows, labels_q, labels_c, seed)
 
     return jax.jit(fn)

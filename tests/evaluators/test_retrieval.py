@@ -387,6 +387,15 @@ def test_inbatch_nan_scores_rank_last_as_in_split_retrieval():
     z = np.stack([base, base, base])
     z[2, 5] = np.nan
     assert evaluators.create("inbatch_retrieval").run(None, _emb(z), info)["c/top1"] == 31 / 32
+    # NaN queries (modality a of 4 samples): their rows score NaN everywhere, all tied;
+    # never a hit, in batch or over the split, whatever the tie convention.
+    z = np.stack([base, base, base])
+    z[0, :4] = np.nan
+    assert evaluators.create("inbatch_retrieval").run(None, _emb(z), info)["c/top1"] == 28 / 32
+    for ties in ("pessimistic", "optimistic", "random"):
+        split = evaluators.create("retrieval", {"ties": ties}).run(None, _emb(z), info)
+        assert split["a+b->c/R@1"] == pytest.approx(28 / 32), ties
+        assert split["a+b->c/mean_rank"] == pytest.approx((28 + 4 * n) / n), ties  # last: n
 
 
 def test_default_label_target_skips_candidate_targets():
