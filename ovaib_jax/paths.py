@@ -136,7 +136,7 @@ def write_bytes(p: Any, data: bytes) -> None:
         os.makedirs(directory, exist_ok=True)
         # A temporary name of this write's own: concurrent writers of one file (two
         # ``evaluate`` runs of a workdir) must not share it.
-        tmp = os.path.join(directory, f".{os.path.basename(p)}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(directory, f".{os.path.basename(p)}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with open(tmp, "xb") as f:
                 f.write(data)

@@ -141,13 +141,17 @@ class Embedded:
 
     def default_targets(self) -> list[str]:
         """The targets an evaluator uses when none is named: all but the per-modality
-        (N, M, k) arrays and the integer arrays of more than one axis (a retrieval
-        candidate target (N, M), e.g. colour bits), which are used only when named."""
+        (N, M, k) arrays and the undeclared integer arrays of more than one axis (a
+        retrieval candidate target (N, M), e.g. colour bits), which are used only when
+        named."""
         return [
             t
             for t, y in self.targets.items()
             if not self.per_modality(t)
-            and not ((np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.ndim != 1)
+            and (
+                t in self.target_specs  # declared: its spec says how to use it
+                or not ((np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.ndim != 1)
+            )
         ]
 
     def target_info(self, name: str) -> TargetInfo:
