@@ -70,3 +70,36 @@ def test_bad_input_is_one_clear_error():
         stats.paired_bootstrap([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="level"):
         stats.paired_bootstrap([1.0, 2.0], [1.0, 0.0], level=1.5)
+
+
+def test_non_finite_values_are_refused_and_give_no_verdict():
+    """One NaN made every resample mean NaN, and verdict() then named B the better."""
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.paired_bootstrap([0.5, float("nan"), 0.7], [0.4, 0.5, 0.6])
+    nan = stats.PairedDifference(float("nan"), float("nan"), float("nan"), 3)
+    assert stats.verdict(nan, "A", "B") == "n/a"
+
+
+def test_a_nan_seed_is_reported_the_same_from_memory_and_from_results_json():
+    """results.json stores NaN as null: read back, it stays NaN (it had been dropped, so a
+    rerun's report showed the other seeds' mean, in bold); the paired comparison leaves
+    that seed out and says so in n."""
+    import json
+
+    from ovaib_jax import records
+    from ovaib_jax.reporting import report
+
+    def run(objective, seed, acc):
+        results = {"step": 10, "downstream": {"label/accuracy": acc}}
+        return report.RunRecord(objective, seed, "/r", results, 1.0)
+
+    runs = [run("ova_ib", s, v) for s, v in ((42, float("nan")), (0, 0.9), (1, 0.8))]
+    runs += [run("clip", s, v) for s, v in ((42, 0.5), (0, 0.6), (1, 0.7))]
+    first = report.downstream_table(report.per_objective(runs))
+    for r in runs:
+        r.results = json.loads(records.dumps(r.results))
+    assert report.downstream_table(report.per_objective(runs)) == first
+    assert "| ova_ib | nan |" in first and "**60.00 ± 10.00**" in first  # clip's is bold
+    table = report.paired_table(runs)
+    row = next(line for line in table.splitlines() if "label/accuracy" in line)
+    assert "+0.2000 [+0.1000, +0.3000]" in row and "ova_ib better" in row and row.endswith("| 2 |")

@@ -201,6 +201,8 @@ def flatten_results(results: Mapping[str, Any]) -> dict[str, float]:
         for k, v in metrics.items():
             if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
                 out[f"{name}/{k}"] = float(v)
+            elif v is None:  # results.json's null: a NaN (records.dumps writes it so)
+                out[f"{name}/{k}"] = float("nan")
     return out
 
 
@@ -436,10 +438,12 @@ def paired_table(runs: Sequence[RunRecord], reference: str | None = None) -> str
         for other in objectives:
             if other == reference:
                 continue
-            seeds = [
+            seeds = [  # a seed with a NaN on either side (a diverged probe) is left out
                 s
                 for s in by_seed[reference]
-                if s in by_seed[other] and key in by_seed[reference][s] and key in by_seed[other][s]
+                if s in by_seed[other]
+                and math.isfinite(by_seed[reference][s].get(key, math.nan))
+                and math.isfinite(by_seed[other][s].get(key, math.nan))
             ]
             if len(seeds) < 2:
                 continue

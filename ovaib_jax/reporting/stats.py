@@ -70,6 +70,11 @@ def paired_bootstrap(
             f"paired_bootstrap: needs two equal-length sequences of >= 2 paired values, got "
             f"{len(a)} and {len(b)}."
         )
+    if not np.all(np.isfinite(d)):
+        raise ValueError(
+            "paired_bootstrap: non-finite values (a NaN result of a diverged run or probe); "
+            "leave those pairs out."
+        )
     if not 0 < level < 1:
         raise ValueError(f"paired_bootstrap: level must be in (0, 1), got {level}.")
     n = d.size
@@ -109,7 +114,9 @@ def _multinomial(counts: np.ndarray) -> float:
 
 def verdict(diff: PairedDifference, a: str, b: str, higher_is_better: bool = True) -> str:
     """``"a > b"``, ``"b > a"`` or ``"tie"`` (the interval covers 0) from ``diff`` of
-    ``a - b``."""
+    ``a - b``; ``"n/a"`` when the interval is not finite."""
+    if not (math.isfinite(diff.lo) and math.isfinite(diff.hi)):
+        return "n/a"
     if diff.lo <= 0 <= diff.hi:
         return "tie"
     a_wins = (diff.lo > 0) == higher_is_better
