@@ -133,9 +133,19 @@ LATENT_METRICS = (
 LATENT_BETAS = ("0", "0.1", "0.5", "1", "2")
 
 
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metric ``key`` is the better one: an error (MSE), a
+    rank, and the R² of a nuisance or style factor (1 = all of it kept, 0 = none: a
+    minimal representation, docs/RESULTS.md section 3). Every other metric is better
+    higher."""
+    parts = key.split("/")
+    return parts[-1] in ("mse", "median_rank", "mean_rank") or "nuisance" in parts
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """A against B, paired by seed, on each metric (higher is better for all of them)."""
+    """A against B, paired by seed, on each metric (the verdict follows each metric's
+    direction, :func:`lower_is_better`)."""
 
     title: str
     a: Row
@@ -735,7 +745,7 @@ def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
         raw[col] = {"a": a, "b": b, "diff": diff._asdict(), "seeds": paired}
         d = comp.digits
         interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"
-        verdict = stats.verdict(diff, "A", "B")
+        verdict = stats.verdict(diff, "A", "B", higher_is_better=not lower_is_better(key))
         cells = [_fmt(a, d), _fmt(b, d), interval, verdict, str(diff.n)]
         lines.append(f"| {col} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -746,7 +756,8 @@ def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
 
 def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dict]:
     """Per metric: the best of the others (highest mean over the seeds it shares with the
-    candidate), candidate - best with its paired bootstrap 95 % interval, and the
+    candidate; lowest for a :func:`lower_is_better` metric), candidate - best with its
+    paired bootstrap 95 % interval, and the
     verdict: "best" (candidate above, interval above 0), "tie with the best" or "below
     the best"."""
     head = ["metric", "best other", "best", item.candidate.label, "cand. - best [95 %]",
@@ -758,13 +769,15 @@ def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dic
     raw: dict = {}
     d = item.digits
     for col, key in item.metrics:
-        best = None  # (mean of the other, row, candidate values, other values)
+        sign = -1.0 if lower_is_better(key) else 1.0  # the best other: highest sign * mean
+        best = None  # (sign * mean of the other, row, candidate values, other values)
         for row, runs in others:
             pairs = [(_lookup(cand[s], key), _lookup(runs[s], key)) for s in cand if s in runs]
             pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
-            if len(pairs) >= 2 and (best is None or np.mean([y for _, y in pairs]) > best[0]):
+            score = sign * np.mean([y for _, y in pairs]) if pairs else None
+            if len(pairs) >= 2 and (best is None or score > best[0]):
                 a, b = (list(v) for v in zip(*pairs))
-                best = (float(np.mean(b)), row, a, b)
+                best = (float(score), row, a, b)
         if best is None:  # nothing to compare: no values, or under 2 paired seeds
             has = any(_lookup(d, key) is not None for d in cand.values())
             cells = ["-"] * 4 + ["needs 2+ paired seeds"] if has else ["not run"] * 5
@@ -773,7 +786,7 @@ def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dic
         _, row, a, b = best
         diff = stats.paired_bootstrap(a, b)
         verdict = {"A better": "best", "B better": "below the best"}.get(
-            stats.verdict(diff, "A", "B"), "tie with the best"
+            stats.verdict(diff, "A", "B", higher_is_better=sign > 0), "tie with the best"
         )
         raw[col] = {"best": row.label, "candidate": a, "other": b, "diff": diff._asdict()}
         interval = f"{diff.mean:+.{d}f} [{diff.lo:+.{d}f}, {diff.hi:+.{d}f}]"

@@ -376,3 +376,32 @@ def test_published_tables_render_from_their_archive():
         assert title in titles, title  # every published block is one of the script's
         item, render = next((i, r) for i, r in items if i.title == title)
         assert render(item, source)[0].strip() == text.strip(), title
+
+
+def test_lower_is_better_metrics_get_the_right_verdict_and_best(tmp_path):
+    """A nuisance (or style) R², an MSE and a rank are better lower: A keeping 0.4 more
+    nuisance than B is "B better" (it had read "A better"), and the best other of an
+    AgainstBest is the one with the lowest mean."""
+    rt = _module()
+    root = str(tmp_path)
+    for seed, (a, b) in zip((0, 1, 2), ((0.90, 0.50), (0.91, 0.51), (0.92, 0.52))):
+        for obj, v in (("a", a), ("b", b)):
+            results = {"downstream": {"nuisance/mean/r2": v, "pos/mse": v, "label/accuracy": v}}
+            _run(root, "s", obj, seed, results)
+    comp = rt.Comparison(
+        "t",
+        rt.Row("A", "s", "a"),
+        rt.Row("B", "s", "b"),
+        (
+            ("nuisance R²", "downstream/nuisance/mean/r2"),
+            ("mse", "downstream/pos/mse"),
+            ("acc", "downstream/label/accuracy"),
+        ),
+    )
+    lines = rt.render_comparison(comp, root)[0].splitlines()
+    assert [line.split(" | ")[4] for line in lines[4:7]] == ["B better", "B better", "A better"]
+    item = rt.AgainstBest(
+        "t", rt.Row("B", "s", "b"), (rt.Row("A", "s", "a"),), (("mse", "downstream/pos/mse"),)
+    )
+    assert rt.render_against_best(item, root)[0].splitlines()[4].endswith("| best | 3 |")
+    assert rt.lower_is_better("retrieval/median_rank") and not rt.lower_is_better("retrieval/R@1")
