@@ -316,10 +316,15 @@ def test_a_kill_during_an_evaluation_loses_no_record(
     assert _records(wd) == uninterrupted
 
 
-def test_a_kill_after_the_results_loses_no_final_record(
+def test_a_kill_after_the_results_or_a_damaged_final_checkpoint_loses_no_final_record(
     data_dir, tmp_path, monkeypatch, uninterrupted
 ):
-    """Killed right after results.json is written: the rerun still writes the final line."""
+    """Killed right after results.json is written: the rerun still writes the final line.
+    Then the last checkpoint damaged: the rerun falls back to step 3, trains again to 6
+    and writes the final line again (the results.json of step 6 is kept: the same
+    parameters, bit for bit)."""
+    from tests.test_checkpointing import _damage
+
     wd = str(tmp_path / "run")
     real = records.write_results
 
@@ -334,14 +339,6 @@ def test_a_kill_after_the_results_loses_no_final_record(
     train.train_and_evaluate(_eval_config(data_dir), wd)
     assert _records(wd) == uninterrupted
 
-
-def test_a_damaged_final_checkpoint_loses_no_final_record(data_dir, tmp_path, uninterrupted):
-    """The rerun falls back to step 3, trains again to 6 and writes the final line again
-    (the results.json of step 6 is kept: the same parameters, bit for bit)."""
-    from tests.test_checkpointing import _damage
-
-    wd = str(tmp_path / "run")
-    train.train_and_evaluate(_eval_config(data_dir), wd)
     _damage(os.path.join(wd, "checkpoints", "6"))
     train.train_and_evaluate(_eval_config(data_dir), wd)
     assert state.saved_steps(wd) == [3, 6]
