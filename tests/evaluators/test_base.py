@@ -106,3 +106,20 @@ def test_registry_names_and_errors():
 def test_scalars_flattens_and_drops_tables():
     res = {"retrieval": {"R@1": 0.5, "table": "| x |", "num_candidates": 10}}
     assert evaluators.scalars(res) == {"retrieval/R@1": 0.5, "retrieval/num_candidates": 10.0}
+
+
+def test_default_targets():
+    """All but per-modality (N, M, k) arrays and undeclared integer arrays of more than
+    one axis (a retrieval candidate target such as colour bits); a declared target stays
+    whatever its shape (its spec says how to use it)."""
+    n = 6
+    targets = {
+        "label": np.arange(n) % 2,
+        "reg": np.zeros((n, 2), np.float32),
+        "bits": np.zeros((n, 3), np.uint8),
+        "declared": np.zeros((n, 2), np.int32),
+        "per_modality": np.zeros((n, 3, 2), np.float32),
+    }
+    specs = {"declared": TargetInfo("declared", "regression", dim=2)}
+    emb = Embedded(None, {}, targets, ("a", "b", "c"), target_specs=specs)
+    assert emb.default_targets() == ["label", "reg", "declared"]
