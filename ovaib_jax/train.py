@@ -375,13 +375,15 @@ def _loop(
     progress = console.Progress(total, start, primary, every=int(config.log_every_steps))
     metrics = _TrainMetrics(ckpt)
     train_state = run.state
-    if (
-        evaluation is not None
-        and evaluation.evaluators
-        and 0 < start
-        and (start % config.eval_every_steps == 0 or start == total)
-        and _missing_line(writer, start, "eval")
-    ):
+
+    def evaluates_at(step: int) -> bool:
+        return (
+            evaluation is not None
+            and bool(evaluation.evaluators)
+            and (step % config.eval_every_steps == 0 or step == total)
+        )
+
+    if 0 < start and evaluates_at(start) and _missing_line(writer, start, "eval"):
         # Killed after the checkpoint of an evaluation step, before its evaluation was
         # recorded: evaluate that step now, so that the records lose nothing.
         result["eval"] = _evaluate(evaluation, train_state, start, writer)
@@ -395,11 +397,7 @@ def _loop(
             is_last = s == total
             log_now = s % config.log_every_steps == 0 or is_last
             ckpt_now = ckpt is not None and (s % config.checkpoint_every_steps == 0 or is_last)
-            eval_now = (
-                evaluation is not None
-                and bool(evaluation.evaluators)
-                and (s % config.eval_every_steps == 0 or is_last)
-            )
+            eval_now = evaluates_at(s)
             preempted = preemption.reached(s)
             if log_now or ckpt_now or eval_now or preempted:
                 metrics.drain()

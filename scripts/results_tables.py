@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ovaib_jax.reporting import stats
+from ovaib_jax.reporting.report import lower_is_better
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,6 @@ LATENT_METRICS = (
 
 
 LATENT_BETAS = ("0", "0.1", "0.5", "1", "2")
-
-
-def lower_is_better(key: str) -> bool:
-    """Whether a smaller value of metric ``key`` is the better one: an error (MSE), a
-    rank, and the R² of a nuisance or style factor (1 = all of it kept, 0 = none: a
-    minimal representation, docs/RESULTS.md section 3). Every other metric is better
-    higher."""
-    parts = key.split("/")
-    return parts[-1] in ("mse", "median_rank", "mean_rank") or "nuisance" in parts
 
 
 @dataclass(frozen=True)

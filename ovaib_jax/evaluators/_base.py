@@ -150,7 +150,7 @@ class Embedded:
             if not self.per_modality(t)
             and (
                 t in self.target_specs  # declared: its spec says how to use it
-                or not ((np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.ndim != 1)
+                or not (_is_integer(y) and y.ndim != 1)
             )
         ]
 
@@ -161,11 +161,16 @@ class Embedded:
         if name in self.target_specs:
             return _as_target_info(self.target_specs[name])
         y = self.targets[name]
-        if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+        if _is_integer(y):
             if y.ndim != 1:
                 raise ValueError(f"Integer target {name!r} must be (N,); got {y.shape}.")
             return TargetInfo(name, "classification", num_classes=int(y.max(initial=0)) + 1)
         return TargetInfo(name, "regression", dim=1 if y.ndim == 1 else int(y.shape[-1]))
+
+
+def _is_integer(y: np.ndarray) -> bool:
+    """Whether a target array holds class labels (integers or booleans)."""
+    return bool(np.issubdtype(y.dtype, np.integer) or y.dtype == bool)
 
 
 def embed_split(

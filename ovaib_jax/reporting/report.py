@@ -190,6 +190,15 @@ class RunRecord:
     error: str = ""
 
 
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metric ``key`` is the better one: an error (MSE), a
+    rank, and the R² of a nuisance or style factor (1 = all of it kept, 0 = none: a
+    minimal representation, docs/RESULTS.md section 3). Every other metric is better
+    higher."""
+    parts = key.split("/")
+    return parts[-1] in ("mse", "median_rank", "mean_rank") or "nuisance" in parts
+
+
 def flatten_results(results: Mapping[str, Any]) -> dict[str, float]:
     """``{"downstream": {"label/accuracy": 0.9, "table": "..."}, "step": 10}`` ->
     ``{"downstream/label/accuracy": 0.9}``: numbers of every evaluator (tables and
@@ -380,7 +389,7 @@ def retrieval_tables(per_obj: PerObjective, evaluator: str = "retrieval") -> dic
             _grid(per_obj, cols),
             row_header="objective",
             digits={m: 1 if m == "median_rank" else 4 for m in cols},
-            best={m: "min" if m == "median_rank" else "max" for m in cols},
+            best={m: "min" if lower_is_better(m) else "max" for m in cols},
         )
     return out
 
