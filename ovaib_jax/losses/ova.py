@@ -97,11 +97,12 @@ def ova_sufficiency(
     score matrix is one matmul of the unit queries with all stacked basis vectors followed
     by a sum of squares over the M-1 blocks of N columns. No N x N x d tensor, no per-pair
     solve. With batch negatives on one device (unsharded, or a mesh axis of size 1) in
-    one block and M <= 4, every basis vector is instead written as a per-candidate combination of
-    the unit embeddings (:func:`~ovaib_jax.losses._basis.leave_one_out_coefficients`),
-    so that the projections come from the matrices ``U_i U_j^T`` of the pairs of
-    modalities, each shared by the two modalities of the pair: C(M,2) + about M^2/4
-    matmuls instead of M (M-1) (8 instead of 12 at M = 4, 1 instead of 2 at M = 2), with
+    one block and M <= 6, every basis vector is instead written as a per-candidate
+    combination of the unit embeddings
+    (:func:`~ovaib_jax.losses._basis.leave_one_out_coefficients`), so that the
+    projections come from the matrices ``U_i U_j^T`` of the pairs of modalities, each
+    shared by the two modalities of the pair: C(M,2) + about M^2/4 matmuls instead of
+    M (M-1) (8 instead of 12 at M = 4, 21 instead of 30 at M = 6), with
     the same accuracy (the combinations' scalars come from Gram-Schmidt on the vectors).
     The score is ``sqrt(||Q z^||^2 + 1e-12)`` (within 1e-6 of the norm, finite gradient
     at 0). Reverse-mode differentiation only (the shared bases and the combinations
@@ -370,11 +371,13 @@ def _sufficiency(
 
 
 # The shared-pair path is taken up to this M. Its per-candidate combinations are O(M^2)
-# elementwise terms per modality, and XLA's compile time grows fast with them (forward
-# and backward at M = 5: 6 s against 2 s for the stacked bases; M = 8: minutes), while
-# its speed-up shrinks (after / stacked 0.57, 0.84, 0.77 at M = 2, 3, 4 in the loss
-# benchmark's run 4; 0.85-0.97 at M = 5-8, measured by hand while building it).
-_PAIRS_MAX_M = 4
+# element-wise terms per modality on N x N arrays, memory-bound on a CPU, so its gain
+# over the stacked bases shrinks with M: after / stacked, forward+backward at N = 1024,
+# d = 256, head to head on 2 CPU cores (2026-12-01, 11 rounds): 0.85 at M = 5, 0.91 at
+# M = 6; 1.03 and 1.04 at M = 7 and 8 (9 rounds), where the stacked bases are kept (they
+# also compile faster: 2-3 s against 6-9 s). Below M = 5, 0.57-0.84 in the loss
+# benchmark's runs.
+_PAIRS_MAX_M = 6
 
 
 def _pairs_sufficiency(
