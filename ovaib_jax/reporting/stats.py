@@ -64,12 +64,13 @@ def paired_bootstrap(
     Returns:
       :class:`PairedDifference` (mean difference, interval bounds, n).
     """
-    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    if d.ndim != 1 or len(a) != len(b) or d.size < 2:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size < 2:
         raise ValueError(
             f"paired_bootstrap: needs two equal-length sequences of >= 2 paired values, got "
-            f"{len(a)} and {len(b)}."
+            f"{a.size} and {b.size}."
         )
+    d = a - b
     if not np.all(np.isfinite(d)):
         raise ValueError(
             "paired_bootstrap: non-finite values (a NaN result of a diverged run or probe); "
