@@ -421,6 +421,8 @@ def headline_keys(per_obj: PerObjective) -> list[str]:
     keys = []
     for key in _keys(per_obj):
         parts = key.split("/")
+        if parts[1:2] == [_EMBEDDING_FEATURES]:  # features="embedding": one level more
+            parts = parts[:1] + parts[2:]
         if parts[0] == "downstream" and parts[-1] == "accuracy" and len(parts) in (3, 4):
             keys.append(key)
         elif key in ("retrieval/R@1", "retrieval/mAP"):
@@ -492,21 +494,49 @@ def wall_time_table(runs: Sequence[RunRecord]) -> str:
     return markdown_table(["objective", *(f"seed {s}" for s in seeds), "mean"], body)
 
 
+# ``downstream`` with ``features="embedding"`` prefixes every key it returns with this.
+_EMBEDDING_FEATURES = "embedding"
+
+
+def downstream_features(
+    per_obj: PerObjective, evaluator: str = "downstream"
+) -> tuple[PerObjective, bool]:
+    """``(view, on_embeddings)``: when every ``{evaluator}/...`` key of the results is
+    ``{evaluator}/embedding/...`` (the probes read the embeddings z, ``features=
+    "embedding"``), the results with that level removed, so that the downstream tables
+    read them as they read probes of the representation; otherwise the results as they
+    are."""
+    prefix = f"{evaluator}/"
+    keys = [k for k in _keys(per_obj) if k.startswith(prefix)]
+    marked = prefix + _EMBEDDING_FEATURES + "/"
+    if not keys or not all(k.startswith(marked) for k in keys):
+        return per_obj, False
+    view = {
+        obj: [{(prefix + k[len(marked) :] if k.startswith(marked) else k): v for k, v in r.items()}
+              for r in seeds]
+        for obj, seeds in per_obj.items()
+    }  # fmt: skip
+    return view, True
+
+
 def sweep_tables(runs: Sequence[RunRecord]) -> dict[str, str]:
     """Every table of a sweep report, ``{section title: markdown}``, in report order."""
     per_obj = per_objective(runs)
     tables: dict[str, str] = {}
-    main = downstream_table(per_obj)
+    probed, on_z = downstream_features(per_obj)
+    on = ", on the embeddings z," if on_z else ""
+    main = downstream_table(probed)
     if main is not None:
-        tables["Downstream probe on all modalities (test split)"] = main
-    for probe in extra_probes(per_obj):
+        tables[f"Downstream probe on all modalities{on} (test split)"] = main
+    for probe in extra_probes(probed):
         name, _, few = probe.partition("_few")
         label = name.capitalize() + (f" probe, {few} labels per class," if few else " probe")
-        table = downstream_table(per_obj, probe=probe)
+        table = downstream_table(probed, probe=probe)
         if table is not None:
-            tables[f"{label} on all modalities (test split)"] = table
-    for target, table in per_modality_tables(per_obj).items():
-        tables[f"Decoding each modality's own `{target}` from its representation (R²)"] = table
+            tables[f"{label} on all modalities{on} (test split)"] = table
+    source = "embedding z" if on_z else "representation"
+    for target, table in per_modality_tables(probed).items():
+        tables[f"Decoding each modality's own `{target}` from its {source} (R²)"] = table
     for header, table in subsets_tables(per_obj).items():
         tables[f"Modality subsets: {header}"] = table
     for pair, table in retrieval_tables(per_obj).items():

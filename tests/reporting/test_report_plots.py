@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -231,6 +232,46 @@ def test_sweep_tables_layout_and_numbers():
     assert wall[2] == "| ova_ib | 1.00 | 1.00 | 1.00 ± 0.00 |" and wall[4].startswith(
         "| gram | 0.08 | - |"
     )
+
+
+def test_probes_of_the_embeddings_get_the_same_tables():
+    """``downstream`` with ``features="embedding"`` prefixes its keys with ``embedding/``:
+    the report shows them in the main, extra-probe and per-modality tables, titled for the
+    embeddings (they had been read as a per-modality target called "embedding", and the
+    main table was gone)."""
+    plain = _runs()
+    on_z = [
+        dataclasses.replace(
+            r,
+            results=None if r.results is None else {
+                **r.results,
+                "downstream": {f"embedding/{k}": v for k, v in r.results["downstream"].items()},
+            },
+        )
+        for r in plain
+    ]  # fmt: skip
+    want = report.sweep_tables(plain)
+    got = report.sweep_tables(on_z)
+    renamed = {
+        "Downstream probe on all modalities (test split)":
+            "Downstream probe on all modalities, on the embeddings z, (test split)",
+        "Linear probe on all modalities (test split)":
+            "Linear probe on all modalities, on the embeddings z, (test split)",
+        "Linear probe, 10 labels per class, on all modalities (test split)":
+            "Linear probe, 10 labels per class, on all modalities, on the embeddings z, "
+            "(test split)",
+        "Decoding each modality's own `nuis` from its representation (R²)":
+            "Decoding each modality's own `nuis` from its embedding z (R²)",
+    }  # fmt: skip
+    assert list(got) == [renamed.get(k, k) for k in want]
+    for title, table in want.items():
+        if not title.startswith("Paired"):  # (its rows name the keys)
+            assert got[renamed.get(title, title)] == table, title
+    # The paired table compares the same metrics (its rows name the keys).
+    (paired,) = (t for t in want if t.startswith("Paired"))
+    assert got[paired].replace("downstream/embedding/", "downstream/") == want[paired]
+    view, on_embeddings = report.downstream_features(report.per_objective(plain))
+    assert not on_embeddings and view == report.per_objective(plain)
 
 
 def test_sweep_report_markdown_and_json():
