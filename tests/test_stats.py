@@ -68,7 +68,7 @@ def test_invariants_and_verdicts():
 def test_bad_input_is_one_clear_error():
     with pytest.raises(ValueError, match="equal-length"):
         stats.paired_bootstrap([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="equal-length .* got 3 and 2"):  # (not numpy's
+    with pytest.raises(ValueError, match=r"equal-length .* got 3 and 2"):  # (not numpy's
         stats.paired_bootstrap([1.0, 2.0, 3.0], [1.0, 0.0])  # broadcast error)
     with pytest.raises(ValueError, match="level"):
         stats.paired_bootstrap([1.0, 2.0], [1.0, 0.0], level=1.5)

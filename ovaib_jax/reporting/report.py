@@ -571,8 +571,9 @@ def sweep_report(
 
     Returns:
       ``(markdown, summary)``; summary holds the command, the runs (objective, seed,
-      workdir, status, wall time), ``{objective: {metric: mean, std, n, values}}`` and
-      the tables.
+      workdir, status, wall time and their flat ``metrics``, None for a run that did not
+      finish: each seed's values by seed), ``{objective: {metric: mean, std, n,
+      values}}`` (values of the finished seeds, in run order) and the tables.
     """
     objectives = list(dict.fromkeys(r.objective for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
@@ -607,6 +608,7 @@ def sweep_report(
             {
                 **{k: v for k, v in dataclasses.asdict(r).items() if k != "results"},
                 "finished": r.results is not None,
+                "metrics": None if r.results is None else flatten_results(r.results),
             }
             for r in runs
         ],

@@ -303,6 +303,11 @@ def test_sweep_report_markdown_and_json():
     assert summary["objectives"] == ["ova_ib", "clip", "gram"] and summary["seeds"] == [42, 0]
     assert [r["finished"] for r in summary["runs"]] == [True] * 4 + [False]
     assert "results" not in summary["runs"][0]
+    # Each run's metrics, by seed (summary's per-metric values lists are not).
+    by_run = {(r["objective"], r["seed"]): r["metrics"] for r in summary["runs"]}
+    assert by_run["clip", 0]["downstream/label/accuracy"] == pytest.approx(0.81)
+    assert by_run["ova_ib", 42]["retrieval/a->b/median_rank"] == 7.0
+    assert by_run["gram", 42] is None
     json.dumps(summary)  # JSON-able
 
 
