@@ -174,7 +174,27 @@ def create_data_iterator(
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("ovaib_dataset_built")
-    source = data.make_source(config.dataset.name, split, build=False, **kwargs)
+    return _iterator(
+        config, split, batch_size=batch_size // jax.process_count(), train=train, spec=spec,
+        extra_keys=extra_keys, drop_remainder=drop_remainder,
+        process=(jax.process_index(), jax.process_count()),
+    )  # fmt: skip
+
+
+def _iterator(
+    config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    train: bool,
+    spec: Any,
+    extra_keys: Sequence[str],
+    drop_remainder: bool,
+    process: tuple[int, int],
+) -> Any:
+    """:func:`create_data_iterator` of a built dataset, for ``process`` = (index, count)
+    with ``batch_size`` examples per process."""
+    source = data.make_source(config.dataset.name, split, build=False, **data_kwargs(config))
     keys = None
     if spec is not None:
         # Modalities and targets only: extra stored fields are never read by the trainer
@@ -186,12 +206,12 @@ def create_data_iterator(
         source = InMemorySource(source, keys=keys)
     return data.make_iterator(
         source,
-        batch_size=batch_size // jax.process_count(),
+        batch_size=batch_size,
         seed=config.seed,
         shuffle=train,
         num_epochs=None if train else 1,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=process[0],
+        process_count=process[1],
         drop_remainder=drop_remainder,
         prefetch=int(config.dataset.prefetch),
         keys=keys,
@@ -240,8 +260,17 @@ def eval_batches(
         if i + 1 == count:
             return
     for _ in range(count - (i + 1 if template is not None else 0)):
-        if template is None:  # this process holds no example at all (n < processes)
-            raise ValueError(f"The split {split!r} has {n} examples, fewer than {processes}.")
+        if template is None:
+            # This process's share is empty (the split is smaller than the processes'
+            # first global batch): its padding takes the shapes of process 0's first batch.
+            if n == 0:
+                raise ValueError(f"The split {split!r} of {config.dataset.name} is empty.")
+            first = next(iter(_iterator(
+                config, split, batch_size=local, train=False, spec=spec,
+                extra_keys=extra_keys, drop_remainder=False, process=(0, 1),
+            )))  # fmt: skip
+            template = {k: np.zeros((local, *np.shape(v)[1:]), np.asarray(v).dtype)
+                        for k, v in first.items()}  # fmt: skip
         yield {**template, VALID: np.zeros(local, bool)}
 
 

@@ -382,3 +382,25 @@ def test_evaluation_embeds_every_test_example(tmp_path):
     batch = {k: np.stack([src[i][k] for i in range(64)]) for k in ("x0", "x1", "x2")}
     z, _ = run.model.apply(run.state.variables(), batch)
     np.testing.assert_allclose(emb.z, np.asarray(z), rtol=1e-5, atol=1e-6)
+
+
+def test_a_process_with_no_rows_of_a_small_eval_split_yields_padding(data_dir, monkeypatch):
+    """Two processes, an eval batch of 256 over a 64-example split: process 1's share is
+    empty, yet it yields the same one batch as process 0, all padding, of the same shapes
+    (it raised "has 64 examples, fewer than 2", which holds no sense with 64 > 2)."""
+    config = tiny_config(data_dir)
+    resolved = validate_config(config, device_count=1, process_count=1)
+    data.prepare(config.dataset.name, **inputs.data_kwargs(config))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr("jax.experimental.multihost_utils.sync_global_devices", lambda _: None)
+    shares = {}
+    for p in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        shares[p] = list(inputs.eval_batches(config, "test", batch_size=256, spec=resolved.spec))
+    assert [len(s) for s in shares.values()] == [1, 1]
+    (first,), (empty,) = shares[0], shares[1]
+    assert int(first[inputs.VALID].sum()) == 64 and not empty[inputs.VALID].any()
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {
+        k: (v.shape, v.dtype) for k, v in first.items()
+    }
+    assert all(not np.any(v) for v in empty.values())
