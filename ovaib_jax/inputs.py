@@ -262,9 +262,8 @@ def eval_batches(
     for _ in range(count - (i + 1 if template is not None else 0)):
         if template is None:
             # This process's share is empty (the split is smaller than the processes'
-            # first global batch): its padding takes the shapes of process 0's first batch.
-            if n == 0:
-                raise ValueError(f"The split {split!r} of {config.dataset.name} is empty.")
+            # first global batch; count > 0, so process 0 has rows): the padding takes the
+            # shapes of process 0's first batch.
             first = next(iter(_iterator(
                 config, split, batch_size=local, train=False, spec=spec,
                 extra_keys=extra_keys, drop_remainder=False, process=(0, 1),
