@@ -17,9 +17,11 @@ What differs on a bucket, and how it is handled here:
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -145,8 +147,25 @@ def write_bytes(p: Any, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise
+        _remove_stale_temporaries(directory, os.path.basename(p))
     else:
         path(p).write_bytes(data)
+
+
+# A temporary of write_bytes older than this was left by a write killed before its
+# rename (a live write takes milliseconds; a concurrent writer's is never this old).
+STALE_TEMPORARY_S = 3600.0
+
+
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    """Removes ``.<base>.<12 hex>.tmp`` files of ``directory`` older than
+    :data:`STALE_TEMPORARY_S` (what a SIGKILL during :func:`write_bytes` leaves)."""
+    pattern = os.path.join(glob.escape(directory), f".{glob.escape(base)}.{'[0-9a-f]' * 12}.tmp")
+    now = time.time()
+    for tmp in glob.glob(pattern):
+        with contextlib.suppress(OSError):  # (another writer may remove it first)
+            if now - os.path.getmtime(tmp) > STALE_TEMPORARY_S:
+                os.remove(tmp)
 
 
 def append_text(p: Any, text: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +124,22 @@ def test_concurrent_atomic_writes_of_one_file_never_tear(tmp_path):
     watcher.join()
     assert not errors and not torn, (errors[:1], len(torn))
     assert not [p for p in os.listdir(tmp_path) if p != "results.json"]  # no temporaries left
+
+
+def test_a_temporary_left_by_a_killed_write_is_removed_by_a_later_write(tmp_path):
+    """A SIGKILL between a write's temporary and its rename leaves ``.<file>.<hex>.tmp``:
+    the next write of that file removes it once it is older than a live write can be; a
+    recent one (a concurrent writer's) and other files' temporaries stay."""
+    from ovaib_jax import paths
+
+    target = tmp_path / "results.json"
+    old = tmp_path / ".results.json.0123456789ab.tmp"
+    live = tmp_path / ".results.json.ba9876543210.tmp"
+    other = tmp_path / ".config.json.0123456789ab.tmp"
+    for f in (old, live, other):
+        f.write_text("partial")
+    hours_ago = time.time() - 2 * paths.STALE_TEMPORARY_S
+    for f in (old, other):
+        os.utime(f, (hours_ago, hours_ago))
+    paths.write_text(str(target), "{}")
+    assert sorted(os.listdir(tmp_path)) == sorted([other.name, live.name, target.name])
