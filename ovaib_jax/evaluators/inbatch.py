@@ -65,8 +65,9 @@ class HeldOutLossConfig:
 class HeldOutLoss(Evaluator):
     """The training objective on the eval split: ``loss`` and every aux entry, averaged
     over batches, called with the run's own keyword arguments (``info.loss_kwargs``:
-    hyper-parameters, learned temperature, projector) and the PRNG key
-    ``key(seed + 1)`` for objectives with random negatives."""
+    hyper-parameters, learned temperature, projector) and, for objectives with random
+    negatives, the PRNG key ``fold_in(key(seed + 1), i)`` for eval batch i (fresh
+    negatives in every batch, the same in every evaluation)."""
 
     name = "heldout_loss"
     Config = HeldOutLossConfig
@@ -81,10 +82,12 @@ class HeldOutLoss(Evaluator):
             fn = _loss_fn(info.objective, static)
         except TypeError:  # unhashable (a projector bound to parameters): compile uncached
             fn = _loss_fn.__wrapped__(info.objective, static)
-        extra = {"key": jax.random.key(info.seed + 1)} if info.objective in losses.TAKES_KEY else {}
+        takes_key = info.objective in losses.TAKES_KEY
+        key = jax.random.key(info.seed + 1)
         sums: dict[str, float] = {}
         n = 0
-        for z in batches(test, info, self.name):
+        for i, z in enumerate(batches(test, info, self.name)):
+            extra = {"key": jax.random.fold_in(key, i)} if takes_key else {}
             loss, aux = fn(z, traced, **extra)
             for k, v in {"loss": loss, **aux}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
