@@ -267,7 +267,10 @@ class Checkpointer:
                     f"No checkpoint of step {step} in {self.directory}; saved steps: {steps}."
                 )
             self._raise_if_mismatch(step, abstract)
-            return self._restore_step(step, abstract, with_data)
+            restored, error, _ = self._attempt(step, abstract, with_data)
+            if error is not None:
+                raise error
+            return restored
         if not steps:
             return None
         errors: list[str] = []
@@ -278,40 +281,70 @@ class Checkpointer:
             tried.add(s)
             # Another model's checkpoint is not damage: stop, and move nothing.
             self._raise_if_mismatch(s, abstract)
-            try:
-                return self._restore_step(s, abstract, with_data)
-            except Exception as e:
-                if self.read_only and not paths.exists(paths.join(self.directory, str(s))):
-                    # Deleted under a reader by the live run writing the workdir (its
-                    # max_to_keep, after a newer save): not damage; list the steps again.
-                    vanished += 1
-                    if vanished > _MAX_VANISHED:
-                        raise NoRestorableCheckpointError(
-                            f"The checkpoints in {self.directory} were deleted {vanished} "
-                            "times while being read: a live run replaces them faster than "
-                            "they restore. Pass the step to read (--step), or evaluate "
-                            "once the run has finished."
-                        ) from e
-                    log.info("Checkpoint of step %d was replaced while read; reading the "
-                             "newer ones.", s)  # fmt: skip
-                    self.manager.reload()
-                    steps = self.all_steps()
-                    continue
-                errors.append(f"step {s}: {type(e).__name__}: {e}")
-                log.warning(
-                    "Checkpoint of step %d in %s failed to restore (%s: %s); falling back to "
-                    "the previous checkpoint%s.",
-                    s,
-                    self.directory,
-                    type(e).__name__,
-                    str(e)[:500],
-                    "" if self.read_only else f" and moving this one to {self.corrupt_directory}",
-                )
-                self._quarantine(s)
+            restored, e, gone = self._attempt(s, abstract, with_data)
+            if e is None:
+                return restored
+            if gone:
+                # Deleted under a reader by the live run writing the workdir (its
+                # max_to_keep, after a newer save): not damage; list the steps again.
+                vanished += 1
+                if vanished > _MAX_VANISHED:
+                    raise NoRestorableCheckpointError(
+                        f"The checkpoints in {self.directory} were deleted {vanished} "
+                        "times while being read: a live run replaces them faster than "
+                        "they restore. Pass the step to read (--step), or evaluate "
+                        "once the run has finished."
+                    ) from e
+                log.info("Checkpoint of step %d was replaced while read; reading the "
+                         "newer ones.", s)  # fmt: skip
+                self.manager.reload()
+                steps = self.all_steps()
+                continue
+            errors.append(f"step {s}: {type(e).__name__}: {e}")
+            log.warning(
+                "Checkpoint of step %d in %s failed to restore (%s: %s); falling back to "
+                "the previous checkpoint%s.",
+                s,
+                self.directory,
+                type(e).__name__,
+                str(e)[:500],
+                "" if self.read_only else f" and moving this one to {self.corrupt_directory}",
+            )
+            self._quarantine(s)
         raise NoRestorableCheckpointError(
             f"None of the checkpoints in {self.directory} restores ({'; '.join(errors)[:2000]}). "
             "Remove the directory to start from scratch, or restore an older copy."
         )
+
+    def _attempt(
+        self, step: int, abstract: Mapping[str, Any], with_data: bool
+    ) -> tuple[Restored | None, Exception | None, bool]:
+        """Restores ``step`` on every process, which all get the same verdict:
+        ``(restored, None, False)`` where it restored everywhere, else ``(None, error,
+        gone)`` on every process (``error`` this process's own, or one naming another
+        process's failure; ``gone``: read-only, and the step was deleted under some
+        process by the live run writing the workdir). Processes that decided alone
+        restored different steps, or waited forever for the others in
+        :meth:`_quarantine`."""
+        try:
+            restored, error = self._restore_step(step, abstract, with_data), None
+        except Exception as e:
+            restored, error = None, e
+        # 0: restored; 1: the step directory is gone (a reader only); 2: damaged.
+        gone = self.read_only and not paths.exists(paths.join(self.directory, str(step)))
+        status = 0 if error is None else 1 if gone else 2
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            every = multihost_utils.process_allgather(np.array([status], np.int32))
+            status = int(np.max(np.asarray(every)))
+        if status == 0:
+            return restored, None, False
+        if error is None:
+            error = RuntimeError(
+                f"the checkpoint of step {step} failed to restore on another process"
+            )
+        return None, error, status == 1
 
     def _raise_if_mismatch(self, step: int, abstract: Mapping[str, Any]) -> None:
         """Raises :class:`CheckpointMismatchError` when the metadata of ``step`` reads fine

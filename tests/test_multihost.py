@@ -11,9 +11,11 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 
 from tests.train_helpers import TINY, main_cmd, read_model, subprocess_env
 
@@ -77,3 +79,79 @@ def test_two_processes_equal_one_process(tmp_path):
     assert [x["step"] for x in lines] == [3, 6]
     single_last = json.loads(open(os.path.join(single, "metrics.jsonl")).readlines()[-1])
     np.testing.assert_allclose(lines[-1]["train/loss"], single_last["train/loss"], rtol=1e-5)
+
+
+# Two processes with one CPU device each: write steps 1 and 2 ("write"), or restore the
+# latest with step 2 failing on process 1 alone, after orbax's own collective restore
+# ("train": a writable checkpointer, which moves damage aside; "evaluate": read-only).
+_RESTORE_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+port, pid, directory, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ovaib_jax import checkpointing
+rep = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+ck = checkpointing.Checkpointer(directory, async_save=False, read_only=mode == "evaluate")
+if mode == "write":
+    for step in (1, 2):
+        w = jax.make_array_from_callback((4,), rep, lambda i, s=step: np.full(4, s, np.float32)[i])
+        ck.save(step, {"model": {"w": w}})
+    ck.close()
+    sys.exit(0)
+if pid == 1:  # step 2 reads as damaged on this process alone
+    restore_step = ck._restore_step
+    def damaged(step, abstract, with_data):
+        restored = restore_step(step, abstract, with_data)  # (orbax's collectives run)
+        if step == 2:
+            raise OSError("damaged on process 1")
+        return restored
+    ck._restore_step = damaged
+abstract = {"model": {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=rep)}}
+got = ck.restore(abstract, with_data=False)
+w = np.asarray(got.trees["model"]["w"].addressable_data(0))
+print(json.dumps({"step": got.step, "w": float(w[0]), "steps": ck.all_steps()}))
+"""
+
+
+def _two_processes(directory: str, mode: str) -> list:
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RESTORE_SCRIPT, str(port), str(i), directory, mode],
+            env=subprocess_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=60)
+            assert p.returncode == 0, stderr[-3000:]
+            out.append(json.loads(stdout.strip().splitlines()[-1]) if mode != "write" else None)
+    finally:
+        for p in procs:
+            p.kill()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["train", "evaluate"])
+def test_a_checkpoint_damaged_on_one_process_is_skipped_by_every_process(tmp_path, mode):
+    """Every process restores the same step: one that fails on any process is skipped by
+    all (and moved aside once, by a writable checkpointer). Each process had decided
+    alone: process 0 kept step 2 while process 1 fell back to step 1 and waited forever
+    in orbax's restore (a timeout here)."""
+    directory = str(tmp_path / "checkpoints")
+    _two_processes(directory, "write")
+    got = _two_processes(directory, mode)
+    assert [(g["step"], g["w"]) for g in got] == [(1, 1.0), (1, 1.0)], got
+    left = [1] if mode == "train" else [1, 2]
+    assert [g["steps"] for g in got] == [left, left]
+    corrupt = tmp_path / "checkpoints_corrupt"
+    if mode == "train":
+        assert sorted(os.listdir(corrupt)) == ["2"]
+    else:
+        assert not corrupt.exists()
