@@ -375,8 +375,8 @@ def _sufficiency(
 # over the stacked bases shrinks with M: after / stacked, forward+backward at N = 1024,
 # d = 256, head to head on 2 CPU cores (2026-12-01, 11 rounds): 0.85 at M = 5, 0.91 at
 # M = 6; 1.03 and 1.04 at M = 7 and 8 (9 rounds), where the stacked bases are kept (they
-# also compile faster: 2-3 s against 6-9 s). Below M = 5, 0.57-0.84 in the loss
-# benchmark's runs.
+# also compile faster there: 2.2-3.5 s against 6.0-9.2 s, forward+backward). At M = 2-4,
+# 0.49, 0.74, 0.83 in the loss benchmark's run 12 (0.47-0.85 over runs 4-12).
 _PAIRS_MAX_M = 6
 
 

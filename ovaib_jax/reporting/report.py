@@ -500,43 +500,56 @@ _EMBEDDING_FEATURES = "embedding"
 
 def downstream_features(
     per_obj: PerObjective, evaluator: str = "downstream"
-) -> tuple[PerObjective, bool]:
-    """``(view, on_embeddings)``: when every ``{evaluator}/...`` key of the results is
-    ``{evaluator}/embedding/...`` (the probes read the embeddings z, ``features=
-    "embedding"``), the results with that level removed, so that the downstream tables
-    read them as they read probes of the representation; otherwise the results as they
-    are."""
-    prefix = f"{evaluator}/"
-    keys = [k for k in _keys(per_obj) if k.startswith(prefix)]
-    marked = prefix + _EMBEDDING_FEATURES + "/"
-    if not keys or not all(k.startswith(marked) for k in keys):
-        return per_obj, False
-    view = {
-        obj: [{(prefix + k[len(marked) :] if k.startswith(marked) else k): v for k, v in r.items()}
-              for r in seeds]
-        for obj, seeds in per_obj.items()
-    }  # fmt: skip
-    return view, True
+) -> dict[str, PerObjective]:
+    """The results split by what the ``evaluator``'s probes read: ``{"representation":
+    ..., "embedding": ...}``, each present only when some run has such keys. The
+    ``embedding`` view holds the ``{evaluator}/embedding/...`` keys (``features=
+    "embedding"``) with that level removed, so that the downstream tables read them as
+    they read probes of the representation; the ``representation`` view holds every
+    other key. (A sweep rerun with the other ``features`` keeps its finished runs' keys:
+    both views.)"""
+    marked = f"{evaluator}/{_EMBEDDING_FEATURES}/"
+    plain, on_z = {}, {}
+    for obj, seeds in per_obj.items():
+        plain[obj] = [{k: v for k, v in r.items() if not k.startswith(marked)} for r in seeds]
+        on_z[obj] = [
+            {f"{evaluator}/{k[len(marked) :]}": v for k, v in r.items() if k.startswith(marked)}
+            for r in seeds
+        ]
+    views = {"representation": plain, "embedding": on_z}
+    return {
+        name: view
+        for name, view in views.items()
+        if any(k.startswith(f"{evaluator}/") for k in _keys(view))
+    }
+
+
+def _downstream_tables(view: PerObjective, on_z: bool) -> dict[str, str]:
+    """The main, extra-probe and per-modality tables of one :func:`downstream_features`
+    view, titled for what the probes read."""
+    tables: dict[str, str] = {}
+    read = "all modalities' embeddings z" if on_z else "all modalities"
+    main = downstream_table(view)
+    if main is not None:
+        tables[f"Downstream probe on {read} (test split)"] = main
+    for probe in extra_probes(view):
+        name, _, few = probe.partition("_few")
+        label = name.capitalize() + (f" probe, {few} labels per class," if few else " probe")
+        table = downstream_table(view, probe=probe)
+        if table is not None:
+            tables[f"{label} on {read} (test split)"] = table
+    source = "embedding z" if on_z else "representation"
+    for target, table in per_modality_tables(view).items():
+        tables[f"Decoding each modality's own `{target}` from its {source} (R²)"] = table
+    return tables
 
 
 def sweep_tables(runs: Sequence[RunRecord]) -> dict[str, str]:
     """Every table of a sweep report, ``{section title: markdown}``, in report order."""
     per_obj = per_objective(runs)
     tables: dict[str, str] = {}
-    probed, on_z = downstream_features(per_obj)
-    on = ", on the embeddings z," if on_z else ""
-    main = downstream_table(probed)
-    if main is not None:
-        tables[f"Downstream probe on all modalities{on} (test split)"] = main
-    for probe in extra_probes(probed):
-        name, _, few = probe.partition("_few")
-        label = name.capitalize() + (f" probe, {few} labels per class," if few else " probe")
-        table = downstream_table(probed, probe=probe)
-        if table is not None:
-            tables[f"{label} on all modalities{on} (test split)"] = table
-    source = "embedding z" if on_z else "representation"
-    for target, table in per_modality_tables(probed).items():
-        tables[f"Decoding each modality's own `{target}` from its {source} (R²)"] = table
+    for name, view in downstream_features(per_obj).items():
+        tables.update(_downstream_tables(view, on_z=name == "embedding"))
     for header, table in subsets_tables(per_obj).items():
         tables[f"Modality subsets: {header}"] = table
     for pair, table in retrieval_tables(per_obj).items():

@@ -206,11 +206,10 @@ def _pair_matmuls(m):
 def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_weight, chunk_size):
     """Batch negatives, one device, one block, M <= 6 take the shared-pair path (the
     projections from the pair matrices U_i U_j^T, half the modalities reduced over
-    columns): value,
-    every aux entry and the gradients in z, tau and a traced product weight equal the
-    general path's (stacked bases, forced by chunking), which the literal reference
-    checks. Rows of very small norm (their unit vectors are shorter than 1, so guard
-    factors differ between candidates)."""
+    columns): value, every aux entry and the gradients in z, tau and a traced product
+    weight equal the general path's (stacked bases, forced by chunking), which the
+    literal reference checks. Rows of very small norm (their unit vectors are shorter
+    than 1, so guard factors differ between candidates)."""
     n = 6
     shared = jax.random.normal(jax.random.key(3), (1, n, 5))
     z = shared + 0.8 * jax.random.normal(jax.random.key(4 + m), (m, n, 5))

@@ -234,44 +234,59 @@ def test_sweep_tables_layout_and_numbers():
     )
 
 
+def _on_embeddings(run):
+    """``run`` as ``downstream`` with ``features="embedding"`` reports it: every key of
+    its downstream results under ``embedding/``."""
+    if run.results is None:
+        return run
+    downstream = {f"embedding/{k}": v for k, v in run.results["downstream"].items()}
+    return dataclasses.replace(run, results={**run.results, "downstream": downstream})
+
+
+_ON_Z = {
+    "Downstream probe on all modalities (test split)":
+        "Downstream probe on all modalities' embeddings z (test split)",
+    "Linear probe on all modalities (test split)":
+        "Linear probe on all modalities' embeddings z (test split)",
+    "Linear probe, 10 labels per class, on all modalities (test split)":
+        "Linear probe, 10 labels per class, on all modalities' embeddings z (test split)",
+    "Decoding each modality's own `nuis` from its representation (R²)":
+        "Decoding each modality's own `nuis` from its embedding z (R²)",
+}  # fmt: skip
+
+
 def test_probes_of_the_embeddings_get_the_same_tables():
     """``downstream`` with ``features="embedding"`` prefixes its keys with ``embedding/``:
     the report shows them in the main, extra-probe and per-modality tables, titled for the
     embeddings (they had been read as a per-modality target called "embedding", and the
-    main table was gone)."""
+    main table was gone), and their accuracies in the paired table."""
     plain = _runs()
-    on_z = [
-        dataclasses.replace(
-            r,
-            results=None if r.results is None else {
-                **r.results,
-                "downstream": {f"embedding/{k}": v for k, v in r.results["downstream"].items()},
-            },
-        )
-        for r in plain
-    ]  # fmt: skip
     want = report.sweep_tables(plain)
-    got = report.sweep_tables(on_z)
-    renamed = {
-        "Downstream probe on all modalities (test split)":
-            "Downstream probe on all modalities, on the embeddings z, (test split)",
-        "Linear probe on all modalities (test split)":
-            "Linear probe on all modalities, on the embeddings z, (test split)",
-        "Linear probe, 10 labels per class, on all modalities (test split)":
-            "Linear probe, 10 labels per class, on all modalities, on the embeddings z, "
-            "(test split)",
-        "Decoding each modality's own `nuis` from its representation (R²)":
-            "Decoding each modality's own `nuis` from its embedding z (R²)",
-    }  # fmt: skip
-    assert list(got) == [renamed.get(k, k) for k in want]
-    for title, table in want.items():
-        if not title.startswith("Paired"):  # (its rows name the keys)
-            assert got[renamed.get(title, title)] == table, title
-    # The paired table compares the same metrics (its rows name the keys).
+    got = report.sweep_tables([_on_embeddings(r) for r in plain])
+    assert list(got) == [_ON_Z.get(k, k) for k in want]
     (paired,) = (t for t in want if t.startswith("Paired"))
+    for title, table in want.items():
+        if title != paired:
+            assert got[_ON_Z.get(title, title)] == table, title
     assert got[paired].replace("downstream/embedding/", "downstream/") == want[paired]
-    view, on_embeddings = report.downstream_features(report.per_objective(plain))
-    assert not on_embeddings and view == report.per_objective(plain)
+    assert list(report.downstream_features(report.per_objective(plain))) == ["representation"]
+
+
+def test_runs_probed_on_both_features_get_both_sets_of_tables():
+    """A sweep rerun with the other ``features`` keeps its finished runs' keys: each
+    objective's probes show in the tables of what they read ("-" in the other), none is
+    lost or read as a per-modality target "embedding"."""
+    plain = _runs()
+    mixed = [_on_embeddings(r) if r.objective == "clip" else r for r in plain]
+    tables = report.sweep_tables(mixed)
+    main = tables["Downstream probe on all modalities (test split)"].splitlines()
+    assert main[2] == "| ova_ib | **90.50 ± 0.71** | **0.0895 ± 0.0007** |"
+    assert main[3] == "| clip | - | - |"
+    on_z = tables["Downstream probe on all modalities' embeddings z (test split)"].splitlines()
+    assert on_z[2] == "| ova_ib | - | - |"
+    assert on_z[3] == "| clip | **80.50 ± 0.71** | **0.0995 ± 0.0007** |"
+    assert not [t for t in tables if "`embedding`" in t]
+    assert len([t for t in tables if t.startswith("Decoding each modality's own `nuis`")]) == 2
 
 
 def test_sweep_report_markdown_and_json():
