@@ -191,9 +191,11 @@ def _iterator(
     extra_keys: Sequence[str],
     drop_remainder: bool,
     process: tuple[int, int],
+    cache: bool = True,
 ) -> Any:
     """:func:`create_data_iterator` of a built dataset, for ``process`` = (index, count)
-    with ``batch_size`` examples per process."""
+    with ``batch_size`` examples per process (``cache=False``: never the in-memory
+    cache, for a read of a batch or two)."""
     source = data.make_source(config.dataset.name, split, build=False, **data_kwargs(config))
     keys = None
     if spec is not None:
@@ -202,7 +204,7 @@ def _iterator(
         keep = [m.name for m in spec.modalities] + [t.name for t in spec.targets]
         keys = list(dict.fromkeys([*keep, *extra_keys]))
     limit = float(config.dataset.cache_max_mb or 0) * 2**20
-    if keys is not None and limit and len(source) * example_nbytes(spec) <= limit:
+    if cache and keys is not None and limit and len(source) * example_nbytes(spec) <= limit:
         source = InMemorySource(source, keys=keys)
     return data.make_iterator(
         source,
@@ -266,7 +268,7 @@ def eval_batches(
             # shapes of process 0's first batch.
             first = next(iter(_iterator(
                 config, split, batch_size=local, train=False, spec=spec,
-                extra_keys=extra_keys, drop_remainder=False, process=(0, 1),
+                extra_keys=extra_keys, drop_remainder=False, process=(0, 1), cache=False,
             )))  # fmt: skip
             template = {k: np.zeros((local, *np.shape(v)[1:]), np.asarray(v).dtype)
                         for k, v in first.items()}  # fmt: skip
