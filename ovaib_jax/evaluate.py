@@ -126,9 +126,12 @@ def evaluate_main(
         results = evaluate_checkpoint(config, workdir, step, out)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         console.exit_with(PROGRAM, str(e.naming_flag(manual_dir_flag)), status=1)
-    except data.CorruptDataError as e:  # a damaged file: the message says how to rebuild
-        console.exit_with(PROGRAM, str(e), status=1)
-    except (FileNotFoundError, CheckpointMismatchError, NoRestorableCheckpointError) as e:
+    except (
+        data.CorruptDataError,  # a damaged data file: the message says how to rebuild
+        FileNotFoundError,
+        CheckpointMismatchError,
+        NoRestorableCheckpointError,
+    ) as e:
         console.exit_with(PROGRAM, str(e), status=1)
     if jax.process_index() == 0:
         sys.stdout.write(records.dumps(results, indent=2, sort_keys=True))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -254,8 +254,7 @@ def eval_batches(
     template: dict[str, np.ndarray] | None = None
     for i, batch in enumerate(it):
         rows = len(next(iter(batch.values())))
-        template = template or {k: np.zeros((local, *np.shape(v)[1:]), np.asarray(v).dtype)
-                                for k, v in batch.items()}  # fmt: skip
+        template = template or _zeros_like(batch, local)
         padded = {k: np.concatenate([np.asarray(v), template[k][rows:]]) for k, v in batch.items()}
         padded[VALID] = np.arange(local) < rows
         yield padded
@@ -270,9 +269,13 @@ def eval_batches(
                 config, split, batch_size=local, train=False, spec=spec,
                 extra_keys=extra_keys, drop_remainder=False, process=(0, 1), cache=False,
             )))  # fmt: skip
-            template = {k: np.zeros((local, *np.shape(v)[1:]), np.asarray(v).dtype)
-                        for k, v in first.items()}  # fmt: skip
+            template = _zeros_like(first, local)
         yield {**template, VALID: np.zeros(local, bool)}
+
+
+def _zeros_like(batch: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+    """Zeros of ``batch``'s keys, dtypes and example shapes, ``rows`` examples each."""
+    return {k: np.zeros((rows, *np.shape(v)[1:]), np.asarray(v).dtype) for k, v in batch.items()}
 
 
 def check_eval_batch(config: ml_collections.ConfigDict) -> None:

@@ -172,13 +172,20 @@ def tb_name(key: str) -> str:
     return re.sub(r"[^-/\w.]", "_", key)
 
 
-def _step_of(line: str) -> float:
-    """The step of a ``metrics.jsonl`` line; infinity for a line cut short (a full disk,
-    a kill mid-write), so that resuming drops it."""
+def _record_of(line: str) -> dict[str, Any] | None:
+    """A ``metrics.jsonl`` line read; None for a line cut short (a full disk, a kill
+    mid-write)."""
     try:
-        return json.loads(line).get("step", 0)
+        return json.loads(line)
     except json.JSONDecodeError:
-        return float("inf")
+        return None
+
+
+def _step_of(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinity for a line cut short, so that
+    resuming drops it."""
+    record = _record_of(line)
+    return float("inf") if record is None else record.get("step", 0)
 
 
 class MetricWriter:
@@ -199,12 +206,12 @@ class MetricWriter:
         paths.makedirs(workdir)
         if paths.exists(self.path):
             lines = [ln + "\n" for ln in paths.read_text(self.path).splitlines() if ln.strip()]
-            kept = [ln for ln in lines if _step_of(ln) <= start_step]
+            read = [(ln, _record_of(ln)) for ln in lines]
+            kept = [(ln, r) for ln, r in read if r is not None and r.get("step", 0) <= start_step]
             if len(kept) != len(lines):
-                write_text(self.path, "".join(kept))
-            for ln in kept:
-                record = json.loads(ln)
-                self._kinds.update((record["step"], k.split("/")[0]) for k in record)
+                write_text(self.path, "".join(ln for ln, _ in kept))
+            for _, r in kept:
+                self._kinds.update((r.get("step", 0), k.split("/")[0]) for k in r)
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(paths.join(workdir, "tensorboard"), purge_step=start_step + 1)

@@ -124,23 +124,24 @@ def rebuild_hint(info: Any) -> str:
     root = version_dir.rstrip("/")
     for _ in range(levels):
         root = os.path.dirname(root)
-    command, exact = build_command(info.name, info.config_name, root)
-    same = "" if exact else f" (with the options that made config {info.config_name!r})"
+    command, caveat = build_command(info.name, info.config_name, root)
     return (
         f"Rebuild it: delete the dataset's directory {version_dir} "
-        f"(rm -r {shlex.quote(version_dir)}), then build it again with\n  {command}{same}\n"
+        f"(rm -r {shlex.quote(version_dir)}), then build it again with\n  {command}{caveat}\n"
         "or ovaib_jax.data.prepare(...) / make_source(..., build=True) with the arguments "
         "it was built with."
     )
 
 
-def build_command(name: str, config_name: str | None, data_dir: str) -> tuple[str, bool]:
-    """The ``python -m ovaib_jax.data.build`` command that builds config ``config_name``
-    of dataset ``name`` under ``data_dir``, and whether it is exact (a config whose
-    options cannot be decoded from its name gets only its base config's)."""
+def build_command(name: str, config_name: str | None, data_dir: str) -> tuple[str, str]:
+    """``(command, caveat)``: the ``python -m ovaib_jax.data.build`` command that builds
+    config ``config_name`` of dataset ``name`` under ``data_dir``, and "" or, for a config
+    whose options cannot be decoded from its name (the command then gives only its base
+    config's), " (with the options that made config '<name>')" to print after it."""
     args, exact = _build_args(name, config_name)
     command = ["python", "-m", "ovaib_jax.data.build", name, "--data_dir", os.fspath(data_dir)]
-    return shlex.join([*command, *args]), exact
+    caveat = "" if exact else f" (with the options that made config {config_name!r})"
+    return shlex.join([*command, *args]), caveat
 
 
 # ---- helpers -------------------------------------------------------------------------

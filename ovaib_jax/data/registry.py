@@ -182,13 +182,12 @@ def make_source(
     kwargs = dict(data_dir=data_dir, config=config, manual_dir=manual_dir, **config_kwargs)
     builder = prepare(name, **kwargs) if build else get_builder(name, **kwargs)
     if not is_built(builder):
-        command, exact = integrity.build_command(
+        command, caveat = integrity.build_command(
             name, builder.info.config_name, builder.data_dir_root
         )
-        same = "" if exact else f" with the options that made config {builder.info.config_name!r}"
         raise FileNotFoundError(
             f"Dataset {name!r} ({builder.info.full_name}) is not built in {builder.data_dir_root}; "
-            f"run `{command}`{same} or pass build=True."
+            f"run `{command}`{caveat} or pass build=True."
         )
     source = builder.as_data_source(split=split)
     integrity.check_source(source)  # opens each file once: a truncated one fails here
