@@ -3,10 +3,11 @@
 The ``bash`` blocks of the README are read line by line (continuations joined, ``&&``
 chains split, comments dropped). ``python -m ovaib_jax.{main,evaluate,sweep}`` commands
 run as written with their workdirs moved under a temporary directory and tiny sizes
-appended (``--config.*`` overrides of tests/train_helpers.TINY that the config has, one
-seed for a sweep); ``python -m ovaib_jax.data.build`` runs for the offline datasets that
-need no download. Skipped, with the reason: installs, the test suite itself, benchmarks
-(tests/test_benchmarks.py), commands that need downloaded files.
+appended (``--config.*`` overrides of tests/train_helpers.TINY that the config has, the
+first seed and the first objective for a sweep); ``python -m ovaib_jax.data.build`` runs
+for the offline datasets that need no download. Skipped, with the reason: installs, the
+test suite itself, benchmarks (tests/test_benchmarks.py), commands that need downloaded
+files.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _config_arg(words: list[str]) -> str | None:
 
 def tiny_args(words: list[str]) -> list[str]:
     """The tiny ``--config.*`` overrides (those the command's config has) and, for a sweep,
-    only the first of its seeds."""
+    only the first of its seeds and of its objectives."""
     config_arg = _config_arg(words)
     if config_arg is None:
         return []
@@ -92,8 +93,11 @@ def tiny_args(words: list[str]) -> list[str]:
 
     extra = cli_flags({k: v for k, v in TINY_EVAL.items() if has(k)})
     if words[2] == "ovaib_jax.sweep":
-        seeds = [w.split("=", 1)[1] for w in words if w.startswith("--seeds=")]
-        extra.append(f"--seeds={(seeds[0] if seeds else '42').split(',')[0]}")
+        # (The flags given last win.) Several objectives and seeds are tests/test_sweep.py's.
+        for flag, default in (("--seeds=", "42"), ("--objectives=", None)):
+            given = [w.split("=", 1)[1] for w in words if w.startswith(flag)]
+            if given or default:
+                extra.append(flag + (given[0] if given else default).split(",")[0])
     return extra
 
 
@@ -144,6 +148,10 @@ def test_readme_command_parsing():
     assert skip_reason("pip install -e .") == "installs packages"
     assert "downloaded" in skip_reason("python -m ovaib_jax.data.build wesad --manual_dir ~/x")
     assert skip_reason("python -m ovaib_jax.data.build ovaib_parity --config m3") is None
+    sweep = "python -m ovaib_jax.sweep --config=experiments/parity.py --objectives=ova_ib,symile"
+    first = ["--objectives=ova_ib"]
+    assert tiny_args(shlex.split(sweep + " --seeds=7,0"))[-2:] == ["--seeds=7", *first]
+    assert tiny_args(shlex.split(sweep))[-2:] == ["--seeds=42", *first]
 
 
 @pytest.mark.slow

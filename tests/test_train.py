@@ -183,6 +183,20 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     assert inbatch["x2/top5"] == pytest.approx(split["x0+x1->x2/R@5"])
     assert inbatch["top5"] == pytest.approx(split["R@5"])
 
+    # --out: a diagnostic evaluation writes only its file, the run's results stay.
+    saved = os.path.join(workdir, "eval", "results.json")
+    before = open(saved).read()
+    config.evaluators = "heldout_loss"
+    out_file = str(tmp_path / "diagnostic" / "results.json")
+    again = evaluate.evaluate_checkpoint(config, workdir, out=out_file)
+    assert open(saved).read() == before
+    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
+        "results.json",
+        "results_step_6.json",
+    ]
+    assert json.load(open(out_file)) == json.loads(json.dumps(again))
+    assert again["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
+
     # Resume: 4 more steps start from step 6.
     config.num_train_steps = 10
     out = train.train_and_evaluate(config, workdir)
@@ -217,20 +231,6 @@ def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_pat
     want, _ = losses.get("ova_ib_heads")(z, **kwargs)
     assert results["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
     assert 0.0 <= results["downstream"]["label/accuracy"] <= 1.0
-
-    # --out: a diagnostic evaluation writes only its file, the run's results stay.
-    saved = os.path.join(workdir, "eval", "results.json")
-    before = open(saved).read()
-    config.evaluators = "heldout_loss"
-    out = str(tmp_path / "diagnostic" / "results.json")
-    again = evaluate.evaluate_checkpoint(config, workdir, out=out)
-    assert open(saved).read() == before
-    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
-        "results.json",
-        "results_step_2.json",
-    ]
-    assert json.load(open(out)) == json.loads(json.dumps(again))
-    assert again["heldout_loss"]["loss"] == pytest.approx(float(want), rel=1e-5)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
