@@ -161,8 +161,8 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
         path = paths.join(path, METRICS_FILE)
     if not paths.exists(path):
         return []
-    lines = [line for line in paths.read_text(path).splitlines() if line.strip()]
-    return [json.loads(line) for line in lines if _step_of(line) != float("inf")]
+    read = (_record_of(line) for line in paths.read_text(path).splitlines() if line.strip())
+    return [record for record in read if record is not None]
 
 
 def tb_name(key: str) -> str:
@@ -174,18 +174,11 @@ def tb_name(key: str) -> str:
 
 def _record_of(line: str) -> dict[str, Any] | None:
     """A ``metrics.jsonl`` line read; None for a line cut short (a full disk, a kill
-    mid-write)."""
+    mid-write), which readers skip and resuming drops."""
     try:
         return json.loads(line)
     except json.JSONDecodeError:
         return None
-
-
-def _step_of(line: str) -> float:
-    """The step of a ``metrics.jsonl`` line; infinity for a line cut short, so that
-    resuming drops it."""
-    record = _record_of(line)
-    return float("inf") if record is None else record.get("step", 0)
 
 
 class MetricWriter:

@@ -143,3 +143,15 @@ def test_a_temporary_left_by_a_killed_write_is_removed_by_a_later_write(tmp_path
         os.utime(f, (hours_ago, hours_ago))
     paths.write_text(str(target), "{}")
     assert sorted(os.listdir(tmp_path)) == sorted([other.name, live.name, target.name])
+
+
+def test_read_metrics_skips_a_line_cut_short(tmp_path):
+    """A kill or a full disk mid-write leaves a partial last line: it is skipped, the
+    complete records before it are read."""
+    (tmp_path / records.METRICS_FILE).write_text(
+        '{"step": 1, "train/loss": 2.5}\n\n{"step": 2, "train/loss": 2.0}\n{"step": 3, "tr'
+    )
+    assert records.read_metrics(str(tmp_path)) == [
+        {"step": 1, "train/loss": 2.5},
+        {"step": 2, "train/loss": 2.0},
+    ]

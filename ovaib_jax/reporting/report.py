@@ -498,29 +498,27 @@ def wall_time_table(runs: Sequence[RunRecord]) -> str:
 _EMBEDDING_FEATURES = "embedding"
 
 
-def downstream_features(
-    per_obj: PerObjective, evaluator: str = "downstream"
-) -> dict[str, PerObjective]:
-    """The results split by what the ``evaluator``'s probes read: ``{"representation":
+def downstream_features(per_obj: PerObjective) -> dict[str, PerObjective]:
+    """The results split by what the ``downstream`` probes read: ``{"representation":
     ..., "embedding": ...}``, each present only when some run has such keys. The
-    ``embedding`` view holds the ``{evaluator}/embedding/...`` keys (``features=
+    ``embedding`` view holds the ``downstream/embedding/...`` keys (``features=
     "embedding"``) with that level removed, so that the downstream tables read them as
     they read probes of the representation; the ``representation`` view holds every
     other key. (A sweep rerun with the other ``features`` keeps its finished runs' keys:
     both views.)"""
-    marked = f"{evaluator}/{_EMBEDDING_FEATURES}/"
+    marked = f"downstream/{_EMBEDDING_FEATURES}/"
     plain, on_z = {}, {}
     for obj, seeds in per_obj.items():
         plain[obj] = [{k: v for k, v in r.items() if not k.startswith(marked)} for r in seeds]
         on_z[obj] = [
-            {f"{evaluator}/{k[len(marked) :]}": v for k, v in r.items() if k.startswith(marked)}
+            {f"downstream/{k[len(marked) :]}": v for k, v in r.items() if k.startswith(marked)}
             for r in seeds
         ]
     views = {"representation": plain, "embedding": on_z}
     return {
         name: view
         for name, view in views.items()
-        if any(k.startswith(f"{evaluator}/") for k in _keys(view))
+        if any(k.startswith("downstream/") for k in _keys(view))
     }
 
 

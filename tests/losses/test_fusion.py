@@ -1,7 +1,7 @@
 """The fusion objectives (ConFu, CoMM) against their literal NumPy references (values,
-every aux entry, gradients), the chunked form sharded over devices against the plain one, their
-retrieval scores, the tables that state what they take from the model, and the model's
-fusion modules and their wiring into the run's objective."""
+every aux entry, gradients), the chunked form sharded over devices against the plain
+one, their retrieval scores, the tables that state what they take from the model, and
+the model's fusion modules and their wiring into the run's objective."""
 
 from __future__ import annotations
 
