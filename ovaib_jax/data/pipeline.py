@@ -233,12 +233,15 @@ class _SelectKeys:
 # few first records, a damaged record) is decoded by TFDS itself, so the result is always
 # exactly TFDS's decode stacked by :func:`stack_examples`: the same keys, values and dtypes
 # (a scalar feature is decoded to a Python number, hence stacked as int64, float64 or bool).
+# A feature of size 0 (a dimension 0 in its shape) is an empty list on the wire: its bytes
+# are layout, checked like any other, and it decodes to an empty array.
 
 _FLOAT_LIST, _INT64_LIST = 2, 3  # Feature's field numbers
 _NUMBER_DTYPES = frozenset(
     map(np.dtype, "bool int8 int16 int32 int64 uint8 uint16 uint32 float16 float32 float64".split())
 )
 _FIXED, _OPEN, _CLOSE, _PAYLOAD = range(4)  # steps of a record layout
+_EMPTY = -1  # the slot of a feature stored as an empty list (a size-0 feature)
 _PAD = bytes(64)  # after the last record: reads just past a malformed record stay inside
 _TEMPLATES_PER_BATCH = 4  # layouts tried per batch before TFDS decodes it
 _PART_BYTES = 1 << 20  # a batch of more serialized bytes is read and decoded in parts
@@ -273,6 +276,7 @@ class _Layout:
 
     def __post_init__(self):
         runs = [arg for step, arg in self.steps if step == _FIXED]
+        self.opens = sum(step == _OPEN for step, _ in self.steps)
         self.fixed_bytes = np.frombuffer(b"".join(runs), np.uint8)
         self.fixed_run = np.repeat(np.arange(len(runs)), [len(r) for r in runs])
         self.fixed_offset = np.concatenate([np.arange(len(r)) for r in runs])
@@ -283,6 +287,9 @@ class _Layout:
             reach = max(reach, ahead)
             ahead = 0 if step == _PAYLOAD else ahead
         self.reach = reach + 1
+        # The reach of these steps in any order (the same entries in another map order
+        # can join more fixed bytes between two payloads, e.g. two empty lists).
+        self.any_order_reach = len(self.fixed_bytes) + 5 * (len(self.spans) + self.opens) + 1
 
 
 def _record_fields(source: Any) -> dict[str, _Field] | None:
@@ -318,7 +325,7 @@ def _record_fields(source: Any) -> dict[str, _Field] | None:
         if (
             not same
             or dtype not in _NUMBER_DTYPES
-            or any(not isinstance(d, int) or d <= 0 for d in shape)
+            or any(not isinstance(d, int) or d < 0 for d in shape)
             or getattr(stored, "optional", False)
             or getattr(stored, "sequence_rank", 0)
         ):
@@ -391,8 +398,10 @@ def _layout(record: bytes, fields: Mapping[str, _Field]) -> _Layout:
                         raise _Unsupported("not a number list")
                     kind = tag >> 3
                     pos, list_end = opened(pos, tag, feature_end)
-                    if pos == list_end:
-                        raise _Unsupported("an empty list")
+                    if pos == list_end:  # no values: all layout (a size-0 feature)
+                        slot = _EMPTY
+                        steps.append((_CLOSE, None))
+                        continue
                     if record[pos] != 0x0A:
                         raise _Unsupported("unpacked values")
                     fixed(pos, pos + 1)
@@ -409,7 +418,7 @@ def _layout(record: bytes, fields: Mapping[str, _Field]) -> _Layout:
             name = key.decode("utf-8", "replace") if key is not None else ""
             field = fields.get(name)
             if field is not None:
-                if slot is None or kind != field.wire:
+                if slot is None or kind != field.wire or (slot == _EMPTY) != (not field.size):
                     raise _Unsupported(f"feature {name!r} is not stored as expected")
                 slots[name] = slot  # a repeated key: the last entry wins
         steps.append((_CLOSE, None))
@@ -665,7 +674,7 @@ class _RecordDecoder:
         fresh = layout is None
         if fresh:
             layout = _layout(records[0], fields)
-        pad = max(len(_PAD), layout.reach)
+        pad = max(len(_PAD), layout.any_order_reach)
         buf = np.frombuffer(b"".join([*records, bytes(pad)]), np.uint8)
 
         def new_layout(row: int) -> _Layout:
@@ -690,6 +699,8 @@ class _RecordDecoder:
             if ok.any():
                 done = rows[ok]
                 for key, field in fields.items():
+                    if not field.size:  # an empty list: nothing to fill
+                        continue
                     pos, size = payload_pos[layout.slots[key]], payload_len[layout.slots[key]]
                     if len(done) == n:  # every record: straight into the batch
                         _fill(field, buf, pos, size, flat[key])
@@ -715,6 +726,8 @@ class _RecordDecoder:
         if not (grid[:, keep] == layout.record[keep]).all():
             return False
         for key, field in fields.items():
+            if not field.size:  # an empty list: nothing to fill
+                continue
             start, stop = layout.spans[layout.slots[key]]
             block = grid[:, start:stop]
             if field.wire == _FLOAT_LIST:

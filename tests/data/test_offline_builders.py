@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ovaib_jax import data
-from ovaib_jax.data import build, mfeat, mnist_views, wheels
+from ovaib_jax.data import build, mfeat, mnist_views, pipeline, wheels
 
 PARITY = dict(k=2, dim=16, num_train=4000, num_test=200)
 LATENT = dict(num_train=2000, num_test=100)
@@ -173,6 +173,26 @@ def test_latent_builds_are_deterministic(tmp_path):
     assert len(spec.modalities) == 5 and a["nuisance"].shape == (20, 5, 2)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_latent_without_pair_and_synergy_factors_reads_with_the_batch_decoder(tmp_path):
+    """Factors of dimension 0 are stored as size-0 features, which the vectorised record
+    decoder reads (they used to send every batch through TFDS's per-example decode)."""
+    kw = dict(config="m3", num_train=30, num_test=10, pair_dim=0, synergy_dim=0)
+    builder = data.prepare("ovaib_latent", data_dir=tmp_path, **kw)
+    source = builder.as_data_source("test")
+    decoder = pipeline.record_decoder(source)
+    assert decoder is not None
+    records = pipeline.read_records(source, list(range(10)))
+    decoder.decode(records[:1])  # the first record is checked against TFDS's decode
+    assert decoder.usable
+    decoder.decode_tfds = lambda *a: pytest.fail("fell back to TFDS's decode")
+    got = decoder.decode(records)
+    assert got["pair"].shape == (10, 2, 0) and got["shares"].shape == (10, 3, 0)
+    assert "synergy_label" not in {t.name for t in builder.spec.targets}
+    want = pipeline.stack_examples([source[i] for i in range(10)])  # TFDS's own decode
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 # ------------------------------------------------------------------------ real wheels

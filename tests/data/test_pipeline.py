@@ -415,6 +415,9 @@ class MixedFeatures(tfds.core.GeneratorBasedBuilder):
                     "flag": f.Scalar(dtype=np.bool_),
                     "small": f.Scalar(dtype=np.uint8),
                     "label": f.ClassLabel(num_classes=300),
+                    # Zero-size (a factor of dimension 0): an empty list on the wire.
+                    "none": t(shape=(2, 0), dtype=np.float32),
+                    "none64": t(shape=(0,), dtype=np.int64),
                 }
             ),
         )
@@ -447,6 +450,8 @@ class MixedFeatures(tfds.core.GeneratorBasedBuilder):
                     "flag": bool(i % 2),
                     "small": np.uint8(rng.integers(256)),
                     "label": int(rng.integers(300)),
+                    "none": np.zeros((2, 0), np.float32),
+                    "none64": np.zeros((0,), np.int64),
                 },
             )
 
@@ -528,6 +533,14 @@ def _entries(record: bytes) -> list[bytes]:
     return entries
 
 
+def _key(entry: bytes) -> bytes:
+    """The key of a serialized map entry that starts with its key (as TFDS writes it)."""
+    _, start = pipeline._varint(entry, 1)
+    assert entry[start] == 0x0A
+    length, start = pipeline._varint(entry, start + 1)
+    return entry[start : start + length]
+
+
 def _example(entries: list[bytes]) -> bytes:
     body = b"".join(entries)
     return b"\x0a" + _varint_bytes(len(body)) + body
@@ -570,6 +583,31 @@ def test_record_decoder_layouts_and_fallbacks(mixed):
         decoder.decode_tfds([records[0], b"\x0a\x05junk"], None)
     with pytest.raises(type(want.value)):
         decoder.decode([records[0], b"\x0a\x05junk"])
+
+
+def test_size_zero_features_decode_in_any_entry_order(mixed):
+    """Size-0 features (empty lists on the wire) are layout: decoded without TFDS, also
+    when another entry order joins them into a longer run of layout bytes than the first
+    record's (the padding after the batch covers any order of the same entries)."""
+    decoder = pipeline.record_decoder(mixed)
+    assert decoder is not None  # size-0 features do not disable the decoder
+    records = pipeline.read_records(mixed, list(range(12)))
+    assert_same_decode(decoder.decode(records), decoder.decode_tfds(records, None))
+    assert decoder.usable
+
+    def ordered(record, adjacent):
+        entries = _entries(record)
+        empty = [e for e in entries if _key(e) in (b"none", b"none64")]
+        rest = [e for e in entries if e not in empty]
+        assert len(empty) == 2 and len(rest) == len(entries) - 2
+        if adjacent:  # both empty entries first: one long run of layout bytes
+            return _example([*empty, *rest])
+        return _example([empty[0], *rest[:8], empty[1], *rest[8:]])
+
+    batch = [ordered(r, adjacent=i >= 6) for i, r in enumerate(records)]
+    got = vectorised(decoder, batch)
+    assert got["none"].shape == (12, 2, 0) and got["none64"].shape == (12, 0)
+    assert_same_decode(got, decoder.decode_tfds(batch, None))
 
 
 def test_record_decoder_only_for_plain_number_features(mixed, tmp_path):
