@@ -28,6 +28,7 @@ from typing import Any
 __all__ = [
     "absolute",
     "append_text",
+    "create_exclusive",
     "exists",
     "is_dir",
     "is_local",
@@ -150,6 +151,30 @@ def write_bytes(p: Any, data: bytes) -> None:
         _remove_stale_temporaries(directory, os.path.basename(p))
     else:
         path(p).write_bytes(data)
+
+
+def create_exclusive(p: Any, data: bytes) -> bool:
+    """Writes ``data`` to ``p`` only if ``p`` does not exist, atomically: of several
+    processes creating one path at once, exactly one gets True (on a bucket, an upload
+    with the precondition "no live object", ``ifGenerationMatch=0``). False: it exists.
+    Locally the file is created with ``O_EXCL`` and then written (not atomic for readers).
+    """
+    if is_local(p):
+        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+        try:
+            with open(p, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
+    fs = _fs(p)
+    try:
+        fs.pipe_file(os.fspath(p), data, mode="create")
+    except FileExistsError:
+        return False
+    finally:
+        fs.invalidate_cache()
+    return True
 
 
 # A temporary of write_bytes older than this was left by a write killed before its

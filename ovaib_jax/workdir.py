@@ -38,6 +38,7 @@ __all__ = ["Lock", "ResumeError", "WorkdirBusyError", "check_resume", "identity_
 LOCK_FILE = ".lock"
 # A bucket workdir's lease not renewed for this long belongs to a stopped run.
 LEASE_SECONDS = 120.0
+_LEASE_TRIES = 4  # creations of a bucket lease tried, each after a removed or stale one
 RUN_FILE = "run.json"
 # Schedules whose learning rate at a given step depends on num_train_steps.
 DECAYING_SCHEDULES = ("cosine", "warmup_cosine")
@@ -56,15 +57,20 @@ class Lock:
 
     Local workdirs: ``fcntl.flock`` on ``WORKDIR/.lock``, released by the kernel when the
     holder exits. Buckets (``gs://``), which have no locks: a lease object
-    ``WORKDIR/.lock`` that the holder renews every ``LEASE_SECONDS / 4`` from a background
-    thread; a lease older than :data:`LEASE_SECONDS` is stale (its holder was killed) and
-    may be taken over. A holder whose renewals failed for that long (a network outage, a
-    paused process) may find its lease taken: each renewal first reads the lease, and on
+    ``WORKDIR/.lock``, created only where none exists (:func:`~ovaib_jax.paths.
+    create_exclusive`: of two runs starting at once exactly one creates it), that the
+    holder renews every ``LEASE_SECONDS / 4`` from a background thread; a lease older
+    than :data:`LEASE_SECONDS` is stale (its holder was killed) and is taken over (removed,
+    then created again). A holder whose renewals failed for that long (a network outage,
+    a paused process) may find its lease taken: each renewal first reads the lease, and on
     another run's token stops renewing (it never overwrites that lease) and records the
-    new holder in :meth:`lost`, which the trainer checks before every checkpoint it
-    writes (:meth:`check`). Release removes the lease only while it is this run's. (Two
-    starts, or a renewal and a take-over, within the same fraction of a second on one
-    bucket workdir can both pass: a bucket offers no compare-and-swap through this client.)
+    new holder in :meth:`lost`. The trainer calls :meth:`check` before every checkpoint
+    it writes, which also reads the lease then, so a run whose lease is another's never
+    writes a checkpoint, whenever its renewals last ran. Release removes the lease only
+    while it is this run's. (Left open on a bucket, whose conditional writes this client
+    offers for creation only: two runs taking over one stale lease in the same fraction of
+    a second, or a renewal racing a take-over, can each write their lease; the one whose
+    lease is overwritten stops at its next :meth:`check`.)
 
     Use as a context manager; :meth:`acquire` raises :class:`WorkdirBusyError` naming the
     holder when another live process holds it.
@@ -116,8 +122,21 @@ class Lock:
         import time
         import uuid
 
-        old = records.read_json(self.path)
-        if old is not None:
+        token = uuid.uuid4().hex
+        lease = {"holder": self._holder(), "token": token}
+
+        def current() -> dict[str, Any]:
+            return {**lease, "renewed": time.time()}
+
+        def renew() -> None:
+            records.write_json(self.path, current())
+
+        for _ in range(_LEASE_TRIES):
+            if paths.create_exclusive(self.path, records.dumps(current()).encode()):
+                break
+            old = records.read_json(self.path)
+            if old is None:  # released since: create it again
+                continue
             age = time.time() - float(old.get("renewed", 0))
             if age < LEASE_SECONDS:
                 raise self._busy(
@@ -125,17 +144,16 @@ class Lock:
                     f" (lease renewed {age:.0f} s ago; a stopped run's lease expires after "
                     f"{LEASE_SECONDS:.0f} s)",
                 )
-        token = uuid.uuid4().hex
-        lease = {"holder": self._holder(), "token": token}
-
-        def renew() -> None:
-            records.write_json(self.path, {**lease, "renewed": time.time()})
-
-        renew()
-        time.sleep(0.2)  # a start racing this one has written its own lease by now
-        now = records.read_json(self.path) or {}
-        if now.get("token") != token:
-            raise self._busy(now.get("holder", "another process"))
+            log.warning(
+                "Taking over the workdir lease %s of %s, not renewed for %.0f s.",
+                self.path,
+                old.get("holder", "another process"),
+                age,
+            )
+            paths.remove(self.path)  # then create it: of two runs taking over, one does
+        else:
+            now = records.read_json(self.path) or {}
+            raise self._busy(now.get("holder", "other runs starting at the same time"))
         stop = threading.Event()
 
         def loop() -> None:
@@ -166,8 +184,13 @@ class Lock:
         return self._lost
 
     def check(self) -> None:
-        """Raises :class:`WorkdirBusyError` when the lease was taken over (:meth:`lost`),
-        so that two runs never write one workdir's checkpoints."""
+        """Raises :class:`WorkdirBusyError` when the lease was taken over (:meth:`lost`,
+        and for a bucket lease its token read now), so that two runs never write one
+        workdir's checkpoints."""
+        if self._token is not None and self._lost is None:
+            now = records.read_json(self.path)
+            if now is None or now.get("token") != self._token:
+                self._lost = str((now or {}).get("holder", "nobody (the lease was removed)"))
         holder = self.lost()
         if holder is not None:
             raise WorkdirBusyError(

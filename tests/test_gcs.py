@@ -160,6 +160,94 @@ def test_a_taken_lease_is_never_overwritten(gcs, monkeypatch):
     assert records.read_json(path) == taker
 
 
+def test_create_exclusive_creates_once(gcs, tmp_path):
+    from ovaib_jax import paths
+
+    bucket, _ = gcs
+    for base in (str(tmp_path), bucket):
+        p = paths.join(base, "sub", "once")
+        assert paths.create_exclusive(p, b"first")
+        assert not paths.create_exclusive(p, b"second")
+        assert paths.read_text(p) == "first"
+
+
+def test_a_start_that_saw_no_lease_does_not_take_a_held_one(gcs, monkeypatch):
+    """Two runs starting on one bucket workdir at once: the slower one's look found no
+    lease, but the faster one's exists by the time it writes. The lease is created only
+    where none exists, so the slower start is refused and the held lease stays as it is
+    (it used to be overwritten, and both runs held the workdir)."""
+    from ovaib_jax import records
+    from ovaib_jax import workdir as wd
+
+    bucket, _ = gcs
+    run = f"{bucket}/raced"
+    path = f"{run}/{wd.LOCK_FILE}"
+    first = wd.Lock(run).acquire()
+    held = records.read_json(path)
+    real_read = records.read_json
+    looks = []
+
+    def first_look_sees_none(p):  # the second start's view from before the first wrote
+        looks.append(p)
+        return None if len(looks) == 1 else real_read(p)
+
+    monkeypatch.setattr(records, "read_json", first_look_sees_none)
+    with pytest.raises(wd.WorkdirBusyError, match=f"pid {os.getpid()} on "):
+        wd.Lock(run).acquire()
+    monkeypatch.setattr(records, "read_json", real_read)
+    assert records.read_json(path) == held
+    first.check()  # still the holder
+    first.release()
+
+
+def test_concurrent_starts_give_the_lease_to_exactly_one(gcs):
+    import threading
+
+    from ovaib_jax import workdir as wd
+
+    bucket, _ = gcs
+    run = f"{bucket}/crowd"
+    start = threading.Barrier(4)
+    won, refused = [], []
+
+    def start_one():
+        lock = wd.Lock(run)
+        start.wait()
+        try:
+            won.append(lock.acquire())
+        except wd.WorkdirBusyError:
+            refused.append(lock)
+
+    threads = [threading.Thread(target=start_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1 and len(refused) == 3
+    won[0].check()
+    won[0].release()
+
+
+def test_check_reads_the_lease_before_a_checkpoint(gcs):
+    """A lease taken over since the holder's last renewal (renewals run every
+    LEASE_SECONDS / 4): check(), called before every checkpoint, finds it at once."""
+    from ovaib_jax import records
+    from ovaib_jax import workdir as wd
+
+    bucket, _ = gcs
+    run = f"{bucket}/checked"
+    path = f"{run}/{wd.LOCK_FILE}"
+    first = wd.Lock(run).acquire()
+    first.check()
+    taker = {"holder": "pid 8 on elsewhere", "token": "u" * 32, "renewed": time.time()}
+    records.write_json(path, taker)
+    with pytest.raises(wd.WorkdirBusyError, match="taken over by pid 8 on elsewhere"):
+        first.check()
+    assert first.lost() == "pid 8 on elsewhere"
+    first.release()
+    assert records.read_json(path) == taker
+
+
 def test_damaged_checkpoint_falls_back_on_gcs(gcs):
     import jax.numpy as jnp
 
