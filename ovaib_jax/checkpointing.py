@@ -229,7 +229,12 @@ class Checkpointer:
         items: dict[str, Any] = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
         if with_data:
             items["data"] = ocp.args.JsonRestore()
-        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            if jax.process_count() > 1 and not _is_barrier_error(e):
+                _pass_restore_barrier()
+            raise
         trees = {k: out[k] for k in abstract}
         data = _this_process_state(out["data"]) if with_data else None
         # Fail here, not in the first train step, if any array is unreadable.
@@ -399,6 +404,25 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices(f"ovaib_quarantine_{step}")
         self.manager.reload()
+
+
+# The barrier that ends orbax's restore on every process (Checkpointer.restore, with this
+# module's default multiprocessing options: no key prefix, all processes). Its
+# collectives (jax's sync_global_devices: a process_allgather) run only after the
+# process's own reads, so a process whose reads fail skips it, and the others wait in it.
+_RESTORE_BARRIER = "Checkpointer:restore"
+
+
+def _pass_restore_barrier() -> None:
+    """Passes the barrier of orbax's restore, which this process skipped by failing in
+    it, so that the other processes' restore returns and every process then compares
+    verdicts in the same collective (:meth:`Checkpointer._attempt`)."""
+    ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key(_RESTORE_BARRIER))
+
+
+def _is_barrier_error(e: BaseException) -> bool:
+    """Whether orbax's restore failed in its barrier itself (processes out of step)."""
+    return isinstance(e, AssertionError) and "sync_global_devices" in str(e)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -83,7 +83,8 @@ def test_two_processes_equal_one_process(tmp_path):
 
 # Two processes with one CPU device each: write steps 1 and 2 ("write"), or restore the
 # latest with step 2 failing on process 1 alone, after orbax's own collective restore
-# ("train": a writable checkpointer, which moves damage aside; "evaluate": read-only).
+# ("train": a writable checkpointer, which moves damage aside; "evaluate": read-only), or
+# inside it, before the barrier that ends it ("inside", writable).
 _RESTORE_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
@@ -99,7 +100,15 @@ if mode == "write":
         ck.save(step, {"model": {"w": w}})
     ck.close()
     sys.exit(0)
-if pid == 1:  # step 2 reads as damaged on this process alone
+if pid == 1 and mode == "inside":  # fails inside orbax's restore, before its barrier
+    inner = ck.manager._checkpointer
+    orbax_restore = inner._restore
+    def damaged_inside(directory, *args, **kwargs):
+        if str(directory).rstrip("/").endswith("/2"):
+            raise OSError("damaged on process 1")
+        return orbax_restore(directory, *args, **kwargs)
+    inner._restore = damaged_inside
+elif pid == 1:  # step 2 reads as damaged on this process alone
     restore_step = ck._restore_step
     def damaged(step, abstract, with_data):
         restored = restore_step(step, abstract, with_data)  # (orbax's collectives run)
@@ -138,20 +147,22 @@ def _two_processes(directory: str, mode: str) -> list:
     return out
 
 
-@pytest.mark.parametrize("mode", ["train", "evaluate"])
+@pytest.mark.parametrize("mode", ["train", "evaluate", "inside"])
 def test_a_checkpoint_damaged_on_one_process_is_skipped_by_every_process(tmp_path, mode):
     """Every process restores the same step: one that fails on any process is skipped by
     all (and moved aside once, by a writable checkpointer). Each process had decided
     alone: process 0 kept step 2 while process 1 fell back to step 1 and waited forever
-    in orbax's restore (a timeout here)."""
+    in orbax's restore (a timeout here). "inside": the failure skipped the barrier that
+    ends orbax's restore, so process 0 waited in it while process 1 compared verdicts
+    (their collectives out of step: a timeout here)."""
     directory = str(tmp_path / "checkpoints")
     _two_processes(directory, "write")
     got = _two_processes(directory, mode)
     assert [(g["step"], g["w"]) for g in got] == [(1, 1.0), (1, 1.0)], got
-    left = [1] if mode == "train" else [1, 2]
+    left = [1, 2] if mode == "evaluate" else [1]
     assert [g["steps"] for g in got] == [left, left]
     corrupt = tmp_path / "checkpoints_corrupt"
-    if mode == "train":
+    if mode != "evaluate":
         assert sorted(os.listdir(corrupt)) == ["2"]
     else:
         assert not corrupt.exists()
