@@ -57,20 +57,20 @@ class Lock:
 
     Local workdirs: ``fcntl.flock`` on ``WORKDIR/.lock``, released by the kernel when the
     holder exits. Buckets (``gs://``), which have no locks: a lease object
-    ``WORKDIR/.lock``, created only where none exists (:func:`~ovaib_jax.paths.
-    create_exclusive`: of two runs starting at once exactly one creates it), that the
-    holder renews every ``LEASE_SECONDS / 4`` from a background thread; a lease older
-    than :data:`LEASE_SECONDS` is stale (its holder was killed) and is taken over (removed,
-    then created again). A holder whose renewals failed for that long (a network outage,
-    a paused process) may find its lease taken: each renewal first reads the lease, and on
-    another run's token stops renewing (it never overwrites that lease) and records the
-    new holder in :meth:`lost`. The trainer calls :meth:`check` before every checkpoint
-    it writes, which also reads the lease then, so a run whose lease is another's never
-    writes a checkpoint, whenever its renewals last ran. Release removes the lease only
-    while it is this run's. (Left open on a bucket, whose conditional writes this client
-    offers for creation only: two runs taking over one stale lease in the same fraction of
-    a second, or a renewal racing a take-over, can each write their lease; the one whose
-    lease is overwritten stops at its next :meth:`check`.)
+    ``WORKDIR/.lock``, created only where none exists
+    (:func:`~ovaib_jax.paths.create_exclusive`: of two runs starting at once exactly one
+    creates it), that the holder renews every ``LEASE_SECONDS / 4`` from a background
+    thread; a lease older than :data:`LEASE_SECONDS` is stale (its holder was killed) and is
+    taken over (removed, then created again). A holder whose renewals failed for that long
+    (a network outage, a paused process) may find its lease taken: each renewal first reads
+    the lease, and on another run's token stops renewing (it never overwrites that lease)
+    and records the new holder in :meth:`lost`. The trainer calls :meth:`check` before every
+    checkpoint it writes, which also reads the lease then: a run whose lease is another's at
+    that moment writes no checkpoint, whenever its renewals last ran. Release removes the lease
+    only while it is this run's. (Left open on a bucket, whose conditional writes this
+    client offers for creation only: two runs taking over one stale lease in the same
+    fraction of a second, or a renewal racing a take-over, can each write their lease; the
+    one whose lease is overwritten stops at its next :meth:`check`.)
 
     Use as a context manager; :meth:`acquire` raises :class:`WorkdirBusyError` naming the
     holder when another live process holds it.
@@ -188,9 +188,13 @@ class Lock:
         and for a bucket lease its token read now), so that two runs never write one
         workdir's checkpoints."""
         if self._token is not None and self._lost is None:
-            now = records.read_json(self.path)
-            if now is None or now.get("token") != self._token:
-                self._lost = str((now or {}).get("holder", "nobody (the lease was removed)"))
+            try:
+                now = records.read_json(self.path)
+            except Exception as e:  # unreadable now: the renewals' verdict stands
+                log.warning("Reading the workdir lease %s failed: %s", self.path, e)
+            else:
+                if now is None or now.get("token") != self._token:
+                    self._lost = str((now or {}).get("holder", "nobody (the lease was removed)"))
         holder = self.lost()
         if holder is not None:
             raise WorkdirBusyError(
