@@ -248,6 +248,25 @@ def test_check_reads_the_lease_before_a_checkpoint(gcs):
     assert records.read_json(path) == taker
 
 
+def test_check_keeps_the_run_going_when_the_lease_cannot_be_read(gcs, monkeypatch):
+    """A transient bucket error when check() reads the lease is not a take-over: the
+    renewals' verdict stands (here: held), and the run does not stop."""
+    from ovaib_jax import records
+    from ovaib_jax import workdir as wd
+
+    bucket, _ = gcs
+    held = wd.Lock(f"{bucket}/flaky").acquire()
+
+    def unreachable(p):
+        raise OSError("503 Service Unavailable")
+
+    monkeypatch.setattr(records, "read_json", unreachable)
+    held.check()
+    assert held.lost() is None
+    monkeypatch.undo()
+    held.release()
+
+
 def test_damaged_checkpoint_falls_back_on_gcs(gcs):
     import jax.numpy as jnp
 
