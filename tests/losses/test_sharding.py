@@ -53,9 +53,10 @@ def _sharded(fn, mesh, **kwargs):
     return jax.shard_map(local, mesh=mesh, in_specs=P(None, "data"), out_specs=P())
 
 
-@pytest.mark.parametrize("chunk", [None, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_sharded_equals_unsharded(mesh, case, chunk):
+def test_sharded_equals_unsharded(mesh, case):
+    """Sharded over the mesh, whole or in chunks of 3 candidates: the unsharded value,
+    aux and gradient (computed once for both)."""
     m = 3
     n = 2 * N_DEV if case != "symile_n_squared" else N_DEV  # N^2 candidates for n_squared
     z = jax.random.normal(jax.random.key(1), (m, n, 6))
@@ -65,14 +66,20 @@ def test_sharded_equals_unsharded(mesh, case, chunk):
     fn = _objective(case)
     plain = jax.jit(jax.value_and_grad(lambda z: fn(z, **kwargs), has_aux=True))
     (loss, aux), grad = plain(z)
-    sharded_fn = _sharded(functools.partial(fn, chunk_size=chunk), mesh, **kwargs)
     z_sharded = jax.device_put(z, NamedSharding(mesh, P(None, "data")))
-    (loss_s, aux_s), grad_s = jax.jit(jax.value_and_grad(sharded_fn, has_aux=True))(z_sharded)
-    np.testing.assert_allclose(float(loss_s), float(loss), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(grad_s), np.asarray(grad), rtol=1e-4, atol=1e-6)
-    assert aux_s.keys() == aux.keys()
-    for k in aux:
-        np.testing.assert_allclose(float(aux_s[k]), float(aux[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    for chunk in (None, 3):
+        sharded_fn = _sharded(functools.partial(fn, chunk_size=chunk), mesh, **kwargs)
+        (loss_s, aux_s), grad_s = jax.jit(jax.value_and_grad(sharded_fn, has_aux=True))(z_sharded)
+        msg = f"chunk_size={chunk}"
+        np.testing.assert_allclose(float(loss_s), float(loss), rtol=1e-5, atol=1e-6, err_msg=msg)
+        np.testing.assert_allclose(
+            np.asarray(grad_s), np.asarray(grad), rtol=1e-4, atol=1e-6, err_msg=msg
+        )
+        assert aux_s.keys() == aux.keys(), msg
+        for k in aux:
+            np.testing.assert_allclose(
+                float(aux_s[k]), float(aux[k]), rtol=1e-5, atol=1e-6, err_msg=f"{msg}: {k}"
+            )
 
 
 def test_sharded_without_replication_check(mesh):
