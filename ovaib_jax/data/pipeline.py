@@ -276,7 +276,6 @@ class _Layout:
 
     def __post_init__(self):
         runs = [arg for step, arg in self.steps if step == _FIXED]
-        self.opens = sum(step == _OPEN for step, _ in self.steps)
         self.fixed_bytes = np.frombuffer(b"".join(runs), np.uint8)
         self.fixed_run = np.repeat(np.arange(len(runs)), [len(r) for r in runs])
         self.fixed_offset = np.concatenate([np.arange(len(r)) for r in runs])
@@ -289,7 +288,8 @@ class _Layout:
         self.reach = reach + 1
         # The reach of these steps in any order (the same entries in another map order
         # can join more fixed bytes between two payloads, e.g. two empty lists).
-        self.any_order_reach = len(self.fixed_bytes) + 5 * (len(self.spans) + self.opens) + 1
+        varints = sum(step in (_OPEN, _PAYLOAD) for step, _ in self.steps)
+        self.any_order_reach = len(self.fixed_bytes) + 5 * varints + 1
 
 
 def _record_fields(source: Any) -> dict[str, _Field] | None:
@@ -663,6 +663,7 @@ class _RecordDecoder:
     ) -> Batch:
         n = len(records)
         fields = {k: self._fields[k] for k in keys}
+        filled = {k: f for k, f in fields.items() if f.size}  # size 0: nothing to fill
         if out is None:
             out = self.empty(n, keys)
         elif not all(out[k].flags.c_contiguous for k in keys):
@@ -687,7 +688,7 @@ class _RecordDecoder:
         if (lengths == width).all():  # the usual case with fixed-size values
             if width != len(layout.record) and not fresh:
                 layout, fresh = new_layout(0), True
-            if self._columns(layout, buf[: n * width].reshape(n, width), fields, flat):
+            if self._columns(layout, buf[: n * width].reshape(n, width), filled, flat):
                 self._layouts[tuple(keys)] = layout
                 return out
         starts = np.cumsum(lengths) - lengths
@@ -698,9 +699,7 @@ class _RecordDecoder:
             )
             if ok.any():
                 done = rows[ok]
-                for key, field in fields.items():
-                    if not field.size:  # an empty list: nothing to fill
-                        continue
+                for key, field in filled.items():
                     pos, size = payload_pos[layout.slots[key]], payload_len[layout.slots[key]]
                     if len(done) == n:  # every record: straight into the batch
                         _fill(field, buf, pos, size, flat[key])
@@ -726,8 +725,6 @@ class _RecordDecoder:
         if not (grid[:, keep] == layout.record[keep]).all():
             return False
         for key, field in fields.items():
-            if not field.size:  # an empty list: nothing to fill
-                continue
             start, stop = layout.spans[layout.slots[key]]
             block = grid[:, start:stop]
             if field.wire == _FLOAT_LIST:

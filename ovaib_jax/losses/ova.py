@@ -371,10 +371,10 @@ def _sufficiency(
 
 
 # The shared-pair path is taken up to this M. Its per-candidate combinations are O(M^2)
-# element-wise terms per modality on N x N arrays, and its many N x N x d matmuls run at
-# about half the multiply-adds per second of one large matmul on a CPU (profiled at
-# M = 8, benchmarks/results/loss_benchmark_2026-12-01_cpu.md), so its gain over the
-# stacked bases shrinks with M: after / stacked, forward+backward at N = 1024,
+# element-wise terms per modality on N x N arrays, each a separate pass on a CPU (its
+# matmuls alone take 0.70-0.72 of the floor at M = 7-8, timed without a profiler,
+# benchmarks/results/loss_benchmark_2026-12-02_cpu.md; those passes take the rest), so
+# its gain over the stacked bases shrinks with M: after / stacked, forward+backward at N = 1024,
 # d = 256, head to head on 2 CPU cores (2026-12-01, 11 rounds): 0.85 at M = 5, 0.91 at
 # M = 6; 1.03 and 1.04 at M = 7 and 8 (9 rounds), where the stacked bases are kept (they
 # also compile faster there: 2.2-3.5 s against 6.0-9.2 s, forward+backward). At M = 2-4,
