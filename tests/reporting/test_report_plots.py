@@ -390,3 +390,17 @@ def test_paired_table_differences_intervals_and_verdicts():
     assert report.paired_table(runs[:3]) is None  # one objective
     md = report.sweep_tables(runs)
     assert "Paired differences against ova_ib (bootstrap over seeds)" in md
+
+
+def test_the_trainer_and_evaluate_start_without_matplotlib():
+    """matplotlib (about 0.4 s of a start) is imported by the first figure, not by the
+    CLIs that never draw (the evaluators import this package for its tables)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ovaib_jax.main, ovaib_jax.evaluate, ovaib_jax.reporting; "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported at start'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
