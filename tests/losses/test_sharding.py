@@ -93,7 +93,7 @@ def test_sharded_without_replication_check(mesh):
         check_vma=False,
     )
     g_s = jax.jit(jax.grad(lambda z: f(z)[0]))(z)
-    g = jax.grad(lambda z: losses.ova_ib(z, tau=0.1)[0])(z)
+    g = jax.jit(jax.grad(lambda z: losses.ova_ib(z, tau=0.1)[0]))(z)
     np.testing.assert_allclose(np.asarray(g_s), np.asarray(g), rtol=1e-4, atol=1e-6)
 
 
