@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, objective_of
+from ovaib_jax.evaluators.retrieval import nan_scores_last
 
 
 def batches(test: Embedded, info: RunInfo, evaluator: str) -> Iterator[jax.Array]:
@@ -127,13 +128,11 @@ def _accuracies_fn(
                 scores = losses.fusion_score(rest, z[c], fuse=fuse, subset=others, m=c)
             else:
                 scores = scorer(rest, z[c])  # (N, N)
-            # A NaN score ranks last, never first, as in split retrieval (retrieval.py):
-            # a NaN true score is never a hit, even in a row of NaN scores (a NaN query).
-            true_nan = jnp.isnan(jnp.diagonal(scores))
-            scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+            # NaN scores rank last, as in split retrieval (retrieval.nan_scores_last).
+            scores, true_nan = nan_scores_last(scores, jnp.arange(n))
             true = jnp.diagonal(scores)
-            # rank of the true candidate: how many score strictly higher
-            rank = jnp.where(true_nan, n, jnp.sum(scores > true[:, None], axis=1))
+            # rank of the true candidate (0-based): how many score strictly higher
+            rank = jnp.where(true_nan, n - 1, jnp.sum(scores > true[:, None], axis=1))
             out.append(jnp.stack([jnp.mean(rank < min(k, n)) for k in ks]))
         return jnp.stack(out)
 
@@ -149,7 +148,8 @@ class InBatchRetrieval(Evaluator):
     trained with an OVA projector: :func:`ovaib_jax.losses.projector_score`). Reports
     top-k accuracy per target (``<c>/top1``) and the means over targets (``top1``,
     ``top5``). The rank of the true candidate is the number of candidates scoring
-    strictly higher; a NaN true score ranks last (never a hit), as in ``retrieval``.
+    strictly higher; a NaN true score ranks last (a hit only when k >= B), as in
+    ``retrieval``.
     """
 
     name = "inbatch_retrieval"

@@ -39,7 +39,8 @@ strictly highest score, give R@1 = mAP = 1 under every convention.
 
 A NaN score (a NaN embedding) ranks below every number; with index relevance a NaN
 true score ranks last under every convention, also in a row of NaN scores (a NaN
-query), so it is never a hit.
+query), so it is a hit only for k >= N, where every candidate is one
+(:func:`nan_scores_last`, which in-batch retrieval shares).
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ def _hash_uniform(rows: jax.Array, n: int, seed: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def nan_scores_last(s: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The NaN rule of split and in-batch retrieval: scores ``s`` (C, N) with every NaN
+    set to -inf (below every number, never first), and whether each row's true score,
+    column ``rows`` (C,), was NaN (C,). Such a true candidate ranks last, N (1-based),
+    whatever the tie convention, also in a row of NaN scores (a NaN query, where every
+    -inf ties): a hit only for k >= N, where every candidate is one."""
+    true_nan = jnp.isnan(jnp.take_along_axis(s, rows[:, None], axis=1))[:, 0]
+    return jnp.where(jnp.isnan(s), -jnp.inf, s), true_nan
+
+
 @functools.lru_cache(maxsize=32)
 def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[int, ...]):
     """Jitted per-chunk statistics: ``(queries (Q, C, d), cands (N, d), rows (C,),
@@ -174,8 +185,7 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
         true = jnp.take_along_axis(s, rows[:, None], axis=1)  # (C, 1)
         higher = jnp.sum(s > true, axis=1).astype(jnp.float32)
         ties_ = jnp.sum(s == true, axis=1).astype(jnp.float32) - 1.0  # minus the true one
-        # A NaN true score ranks last whatever the convention, also among other NaN
-        # (-inf) scores: a NaN query's row is all NaN, and is never a hit.
+        # A NaN true score ranks last (nan_scores_last).
         higher = jnp.where(true_nan, s.shape[1] - 1.0, higher)
         ties_ = jnp.where(true_nan, 0.0, ties_)
         if ties == "pessimistic":
@@ -213,8 +223,7 @@ def _chunk_fn(scorer: Callable, kw: tuple, relevance: str, ties: str, ks: tuple[
 
     def fn(queries, cands, rows, labels_q, labels_c, seed):
         s = scorer(queries, cands, **kwargs).astype(jnp.float32)  # (C, N)
-        true_nan = jnp.isnan(jnp.take_along_axis(s, rows[:, None], axis=1))[:, 0]
-        s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a NaN score ranks last, never first
+        s, true_nan = nan_scores_last(s, rows)
         if relevance == "index":
             return index_stats(s, rows, true_nan)
         return label_stats(s, rows, labels_q, labels_c, seed)

@@ -396,6 +396,15 @@ def test_inbatch_nan_scores_rank_last_as_in_split_retrieval():
         split = evaluators.create("retrieval", {"ties": ties}).run(None, _emb(z), info)
         assert split["a+b->c/R@1"] == pytest.approx(28 / 32), ties
         assert split["a+b->c/mean_rank"] == pytest.approx((28 + 4 * n) / n), ties  # last: n
+    # Last is still a place: top-k with k >= N holds every candidate, the NaN one too (in a
+    # batch of 4, top-5 accuracy is 1 in batch as over the split, NaN true scores or not).
+    z = np.stack([base[:4], base[:4], -base[:4]])
+    z[2] = np.nan
+    info = RunInfo(objective="pairwise_clip", batch_size=4)
+    inbatch = evaluators.create("inbatch_retrieval").run(None, _emb(z), info)
+    split = evaluators.create("retrieval", {"ties": "optimistic"}).run(None, _emb(z), info)
+    assert inbatch["c/top1"] == 0.0 and split["a+b->c/R@1"] == 0.0
+    assert inbatch["c/top5"] == 1.0 and split["a+b->c/R@5"] == 1.0
 
 
 def test_default_label_target_skips_candidate_targets():
