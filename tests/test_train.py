@@ -165,11 +165,11 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
 
     # evaluate: one batch = the whole 64-example test split. The held-out loss is computed
     # again by hand; in-batch retrieval must agree with the split-level retrieval of the
-    # ovaib_jax.evaluators package (same scorer, ties counted the same way).
+    # ovaib_jax.evaluators package (same scorer, ties counted the same way: both default
+    # to ties against the true candidate).
     config.eval_num_batches = 1
     config.eval_batch_size = 64
     config.evaluators = "heldout_loss,inbatch_retrieval,retrieval"
-    config.evaluator_kwargs = {"retrieval": {"ties": "optimistic"}}
     results = evaluate.evaluate_checkpoint(config, workdir)
     assert results["step"] == 6
     saved = json.load(open(os.path.join(workdir, "eval", "results.json")))
@@ -302,7 +302,25 @@ def test_prefetcher_state_is_that_of_the_consumed_batches():
     failing = inputs.Prefetcher(data.make_iterator(src, batch_size=8, seed=0), boom)
     with pytest.raises(RuntimeError, match="bad batch"):
         next(failing)
+    # A second next raises it again (it waited forever on the empty queue): called in a
+    # daemon thread, so that a regression fails here instead of hanging the suite.
+    import threading
+
+    second: list = []
+    caller = threading.Thread(target=lambda: second.append(_raised(next, failing)), daemon=True)
+    caller.start()
+    caller.join(timeout=30)
     failing.close()
+    assert second and isinstance(second[0], RuntimeError), "a second next did not raise"
+
+
+def _raised(fn, *args):
+    """The exception ``fn(*args)`` raises (None if it returns)."""
+    try:
+        fn(*args)
+    except Exception as e:
+        return e
+    return None
 
 
 @pytest.mark.parametrize("projector", ["mlp", "product", "span+product"])
@@ -321,7 +339,6 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
     config.eval_batch_size = 64
     config.evaluators = "inbatch_retrieval,retrieval,mi_bounds"
     config.evaluator_kwargs = {
-        "retrieval": {"ties": "optimistic"},
         "mi_bounds": {"batch_size": 64, "max_batches": 1, "shuffle": False},
     }
     results = evaluate.evaluate_checkpoint(config, workdir)
@@ -351,7 +368,7 @@ def test_retrieval_of_a_projector_run_uses_the_projector(data_dir, tmp_path, pro
                 )
             pred /= np.linalg.norm(pred, axis=1, keepdims=True)
             scores = pred @ (z[m] / np.linalg.norm(z[m], axis=1, keepdims=True)).T
-        higher = np.sum(scores > np.diag(scores)[:, None] + 1e-6, axis=1)  # optimistic ties
+        higher = np.sum(scores > np.diag(scores)[:, None] + 1e-6, axis=1)  # (no exact ties)
         name = f"x{m}"
         pair = "+".join(f"x{i}" for i in range(3) if i != m) + f"->{name}"
         top1 = np.mean(higher == 0)

@@ -131,8 +131,10 @@ def _accuracies_fn(
             # NaN scores rank last, as in split retrieval (retrieval.nan_scores_last).
             scores, true_nan = nan_scores_last(scores, jnp.arange(n))
             true = jnp.diagonal(scores)
-            # rank of the true candidate (0-based): how many score strictly higher
-            rank = jnp.where(true_nan, n - 1, jnp.sum(scores > true[:, None], axis=1))
+            # rank of the true candidate (0-based): how many others score at least as
+            # high (ties count against it, retrieval's default "pessimistic" convention:
+            # collapsed embeddings, all tied, retrieve nothing)
+            rank = jnp.where(true_nan, n - 1, jnp.sum(scores >= true[:, None], axis=1) - 1)
             out.append(jnp.stack([jnp.mean(rank < min(k, n)) for k in ks]))
         return jnp.stack(out)
 
@@ -147,9 +149,10 @@ class InBatchRetrieval(Evaluator):
     own similarity (``ovaib_jax.losses.get_scorer`` with ``info.scorer_kwargs``; a run
     trained with an OVA projector: :func:`ovaib_jax.losses.projector_score`). Reports
     top-k accuracy per target (``<c>/top1``) and the means over targets (``top1``,
-    ``top5``). The rank of the true candidate is the number of candidates scoring
-    strictly higher; a NaN true score ranks last (a hit only when k >= B), as in
-    ``retrieval``.
+    ``top5``). The rank of the true candidate counts the other candidates scoring at
+    least as high: ties count against it, as in ``retrieval``'s default ("pessimistic"),
+    so collapsed embeddings (every score tied) retrieve nothing; a NaN true score ranks
+    last (a hit only when k >= B), as in ``retrieval``.
     """
 
     name = "inbatch_retrieval"

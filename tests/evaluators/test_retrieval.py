@@ -402,9 +402,28 @@ def test_inbatch_nan_scores_rank_last_as_in_split_retrieval():
     z[2] = np.nan
     info = RunInfo(objective="pairwise_clip", batch_size=4)
     inbatch = evaluators.create("inbatch_retrieval").run(None, _emb(z), info)
-    split = evaluators.create("retrieval", {"ties": "optimistic"}).run(None, _emb(z), info)
+    split = evaluators.create("retrieval").run(None, _emb(z), info)
     assert inbatch["c/top1"] == 0.0 and split["a+b->c/R@1"] == 0.0
     assert inbatch["c/top5"] == 1.0 and split["a+b->c/R@5"] == 1.0
+
+
+@pytest.mark.parametrize("objective", ["pairwise_clip", "ova_ib"])
+def test_inbatch_ties_count_against_the_true_candidate(objective):
+    """In-batch retrieval counts ties as split retrieval does by default (pessimistic):
+    collapsed embeddings, every score tied, retrieve nothing (they scored top-1 = 1 when
+    only strictly higher scores counted), and a true candidate tied with one other of 8
+    ranks second."""
+    n = 8
+    info = RunInfo(objective=objective, batch_size=n)
+    z = np.ones((3, n, 4), np.float32)
+    inbatch = evaluators.create("inbatch_retrieval").run(None, _emb(z), info)
+    split = evaluators.create("retrieval").run(None, _emb(z), info)
+    assert inbatch["top1"] == 0.0 and inbatch["top5"] == 0.0 and split["R@1"] == 0.0
+    base = _unit(np.random.default_rng(1).normal(size=(n, 4))).astype(np.float32)
+    z = np.stack([base, base, base])
+    z[:, 1] = z[:, 0]  # samples 0 and 1 identical in every modality: tied pairs
+    inbatch = evaluators.create("inbatch_retrieval", {"ks": (1, 2)}).run(None, _emb(z), info)
+    assert inbatch["top1"] == pytest.approx(6 / 8) and inbatch["top2"] == 1.0
 
 
 def test_default_label_target_skips_candidate_targets():
