@@ -123,6 +123,7 @@ class Prefetcher:
             self._put(self._END)
             raise StopIteration
         if isinstance(item, BaseException):
+            self._put(item)  # the worker has stopped: a later next raises it again
             raise item
         batch, self._state = item
         return batch

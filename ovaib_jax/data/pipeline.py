@@ -912,7 +912,7 @@ class _Stream:
         if drop_remainder:
             stream_batches = self.total // batch_size
         else:
-            stream_batches = math.ceil(self.total / batch_size)
+            stream_batches = -(-self.total // batch_size)  # exact (no float) for any total
         if process_count > 1 and drop_remainder and num_epochs is not None:
             # Keep only complete global batches: every process gets the same count.
             stream_batches = stream_batches // process_count * process_count

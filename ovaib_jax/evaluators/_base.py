@@ -257,7 +257,10 @@ C = TypeVar("C")
 def parse_config(cls: type[C], config: Mapping[str, Any] | None, evaluator: str) -> C:
     """``cls(**config)`` for a config dataclass; unknown keys raise a ValueError listing
     the valid ones. Accepts a dict or an ``ml_collections.ConfigDict``; lists become
-    tuples (configs travel through JSON)."""
+    tuples (configs travel through JSON), and a string or a number given for a tuple
+    field becomes a tuple of its comma-separated items: ``--config`` overrides of keys
+    that default to None arrive as the string typed (``modalities=rgb,force`` ->
+    ``("rgb", "force")``, ``hidden=64`` -> ``(64,)``), not a string split into letters."""
     if config is None:
         config = {}
     if hasattr(config, "to_dict"):
@@ -276,7 +279,17 @@ def parse_config(cls: type[C], config: Mapping[str, Any] | None, evaluator: str)
             return tuple(fix(x) for x in v)
         return v
 
-    return cls(**{k: fix(v) for k, v in config.items()})
+    tuples = {f.name: str(f.type) for f in dataclasses.fields(cls) if "tuple[" in str(f.type)}
+
+    def as_tuple(key, v):
+        if key not in tuples or isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            items = tuple(x.strip() for x in v.split(",") if x.strip())
+            return tuple(map(int, items)) if tuples[key].startswith("tuple[int") else items
+        return (v,) if isinstance(v, int) else v
+
+    return cls(**{k: as_tuple(k, fix(v)) for k, v in config.items()})
 
 
 @dataclasses.dataclass(frozen=True)

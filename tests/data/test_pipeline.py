@@ -149,6 +149,19 @@ def test_infinite_sharded_streams_are_disjoint_per_epoch():
         assert sorted(epoch) == list(range(n))
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_an_endless_stream_keeps_partial_batches(batch_size):
+    """drop_remainder=False on an endless stream, one process: batches cross the epochs
+    in order (batch size 1 overflowed: ceil(sys.maxsize / 1) in floats is 2**63)."""
+    n = 10
+    it = data.make_iterator(
+        toy_source(n), batch_size=batch_size, seed=0, num_epochs=None, drop_remainder=False,
+        shuffle=False, prefetch=0,
+    )  # fmt: skip
+    got = np.concatenate([ids([next(it)]) for _ in range(25 // batch_size)])
+    np.testing.assert_array_equal(got, np.arange(len(got)) % n)
+
+
 def test_transform_is_applied_per_example():
     def double(ex):
         return {**ex, "x": ex["x"] * 2}

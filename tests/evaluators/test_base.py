@@ -123,3 +123,34 @@ def test_default_targets():
     specs = {"declared": TargetInfo("declared", "regression", dim=2)}
     emb = Embedded(None, {}, targets, ("a", "b", "c"), target_specs=specs)
     assert emb.default_targets() == ["label", "reg", "declared"]
+
+
+def test_a_string_for_a_tuple_key_is_its_comma_separated_items():
+    """Keys that default to None (not in the config) reach the evaluator as the string
+    typed, e.g. ``evaluate --set evaluator_kwargs.downstream.modalities=rgb,force``: a
+    tuple field takes its comma-separated items (a string was split into letters:
+    modalities ['r', 'g', 'b'], pairs 'r', 'g', ...), and a number one item."""
+    import ml_collections
+
+    from ovaib_jax import configs
+    from ovaib_jax.evaluators import RunInfo
+
+    cfg = ml_collections.ConfigDict({"evaluator_kwargs": {"downstream": {}, "retrieval": {}}})
+    configs.apply_overrides(
+        cfg,
+        [
+            "evaluator_kwargs.downstream.modalities=rgb,force",
+            "evaluator_kwargs.downstream.targets=label",
+            "evaluator_kwargs.retrieval.pairs=rgb+force->depth",
+            "evaluator_kwargs.retrieval.ks=2",
+        ],
+    )
+    down = evaluators.create("downstream", cfg.evaluator_kwargs.downstream).config
+    assert down.modalities == ("rgb", "force") and down.targets == ("label",)
+    ev = evaluators.create("retrieval", cfg.evaluator_kwargs.retrieval)
+    assert ev.config.pairs == ("rgb+force->depth",) and ev.config.ks == (2,)
+    assert evaluators.create("downstream", {"hidden": "8, 4"}).config.hidden == (8, 4)
+    z = np.random.default_rng(0).normal(size=(3, 12, 4)).astype(np.float32)
+    emb = Embedded(z, {}, {}, ("rgb", "force", "depth"))
+    out = ev.run(None, emb, RunInfo(objective="pairwise_clip"))
+    assert set(out) >= {"rgb+force->depth/R@2", "R@2"}
