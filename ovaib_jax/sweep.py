@@ -65,7 +65,11 @@ def load_experiment(config_file: str, objective: str) -> ml_collections.ConfigDi
     try:
         return configs.load_experiment(path, ",".join([*items, f"objective={objective}"]))
     except ValueError as e:
-        raise ValueError(f"{path}: {e} (a sweep needs the argument objective=NAME).") from None
+        # The hint only where the file does not take the argument the sweep passes.
+        msg = str(e).rstrip(".")
+        if "argument 'objective'" in msg:
+            msg += " (a sweep needs the argument objective=NAME)"
+        raise ValueError(f"{path}: {msg}.") from None
 
 
 def objective_configs(
@@ -185,6 +189,26 @@ def embed_test_split(config: ml_collections.ConfigDict, workdir: str) -> tuple[A
     return emb.z, emb.targets[cls[0]] if cls else None, emb.modality_names
 
 
+def check_seeds(seeds: Sequence[Any]) -> list[int]:
+    """The seeds as ints, checked before any run: each an integer in [0, 2**32) (as
+    ``config.seed``) and given once (a repeated seed would be averaged twice into the
+    report's mean ± std)."""
+    out = []
+    for s in seeds:
+        try:
+            seed = int(str(s).strip())
+        except ValueError:
+            raise ValueError(f"--seeds: {s!r} is not an integer.") from None
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"--seeds: {seed} is not in [0, 2**32).")
+        if seed in out:
+            raise ValueError(f"--seeds: seed {seed} is given twice; give each seed once.")
+        out.append(seed)
+    if not out:
+        raise ValueError("--seeds: give at least one seed.")
+    return out
+
+
 def sweep(
     config_file: str,
     objectives: Sequence[str],
@@ -196,6 +220,7 @@ def sweep(
 ) -> dict[str, Any]:
     """Runs the sweep (module docstring) and writes the report; returns report.json's
     content."""
+    seeds = check_seeds(seeds)
     per_objective, notes = objective_configs(config_file, objectives, overrides or {})
     runs: list[RunRecord] = []
     for seed in seeds:  # seed-major: after the first pass every objective has one run
@@ -239,7 +264,7 @@ def main(argv: list[str]) -> None:
         sweep(
             config_flags.get_config_filename(flag),
             [o.strip() for o in flags.FLAGS.objectives if o.strip()],
-            [int(s) for s in flags.FLAGS.seeds],
+            flags.FLAGS.seeds,
             flags.FLAGS.workdir,
             overrides=config_flags.get_override_values(flag),
             command=command,

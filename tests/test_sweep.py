@@ -172,6 +172,28 @@ def test_unknown_objective_lists_the_valid_ones():
         sweep.objective_configs(config, ["ova_ib"], {"seed": 3})
 
 
+def test_seeds_are_checked_before_any_run(tmp_path):
+    """A repeated seed was run once and averaged twice into mean ± std (86.67 ± 5.77 for
+    0.90, 0.80, 0.90); a seed out of range failed in its turn, after the earlier seeds'
+    runs. Both are one error before anything runs, as a seed that is not a number."""
+    config = os.path.join(ROOT, "experiments", "parity.py") + ":runlocal"
+    for seeds, match in (
+        ([42, 0, 42], "seed 42 is given twice"),
+        (["42", "-1"], r"-1 is not in \[0, 2\*\*32\)"),
+        (["42", "x"], "'x' is not an integer"),
+        ([], "at least one seed"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            sweep.sweep(config, ["ova_ib"], seeds, str(tmp_path / "w"))
+        assert not os.path.exists(tmp_path / "w")
+    assert sweep.check_seeds(["42", " 0", 1]) == [42, 0, 1]
+
+
+def test_the_objective_hint_is_added_only_where_the_file_lacks_the_argument():
+    with pytest.raises(ValueError, match=r"applies to ova_ib / ova_sufficiency only\.$"):
+        sweep.load_experiment(os.path.join(ROOT, "experiments", "mlp_projector.py"), "symile")
+
+
 def test_each_objective_keeps_its_defaults_and_overrides_apply_where_they_apply():
     """Each objective's config is the file's with objective=NAME (ova_ib: default.py's tau
     0.1 and beta 0; symile: its own logit_scale); shared overrides reach every run, an
