@@ -77,9 +77,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
             raise ValueError(f"Unknown config argument {key!r}; valid arguments are {sorted(out)}.")
         kind = type(out[key])
         if kind is bool:
+            if value.lower() not in ("", "1", "true", "yes", "0", "false", "no"):
+                raise ValueError(
+                    f"Config argument {key}={value}: expected {key} alone or {key}=true / false."
+                )
             out[key] = value.lower() in ("", "1", "true", "yes")
         else:
-            out[key] = kind(value)
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+                raise ValueError(f"Config argument {key}={value}: expected {what}.") from None
     return ml_collections.ConfigDict(out)
 
 
@@ -197,10 +205,11 @@ def apply_overrides(
     given: the sweep's ``--config.*`` flags, already typed) or a sequence of
     ``"KEY=VALUE"`` strings (``evaluate --set``), each VALUE parsed as the type of the
     value it replaces (bool: true/false/1/0; int; float; tuple: comma-separated items of
-    the first item's type, or a Python literal; str: as given; None: a Python literal,
-    else the string). Every key must exist, except a new key under
-    ``evaluator_kwargs.<evaluator>`` (a config written before the evaluator gained that
-    key; the evaluator checks it).
+    the first item's type, or a Python literal; str: as given; None: true/false as
+    bools, else a Python literal, else the string). Every key must exist, except a new
+    key under ``evaluator_kwargs.<evaluator>`` (a config written before the evaluator
+    gained that key, or without that evaluator's section: the section is added;
+    validation checks both).
 
     Raises:
       ValueError: an unknown key (listing the keys there) or a value that does not parse.
@@ -217,6 +226,11 @@ def apply_overrides(
     for key, value, parse in items:
         parts = key.split(".")
         parent = config
+        kwargs = config.get("evaluator_kwargs")
+        if len(parts) == 3 and parts[0] == "evaluator_kwargs" and parts[1] not in (kwargs or {}):
+            if isinstance(kwargs, ml_collections.ConfigDict):  # this evaluator's first key
+                with config.unlocked():
+                    kwargs[parts[1]] = ml_collections.ConfigDict()
         for i, part in enumerate(parts[:-1]):
             if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
                 have = sorted(parent.keys())
@@ -228,8 +242,14 @@ def apply_overrides(
         new_evaluator_key = len(parts) == 3 and parts[0] == "evaluator_kwargs"
         if leaf not in parent and not new_evaluator_key:
             raise ValueError(f"{key}: unknown key {leaf!r}; keys there: {sorted(parent)}.")
+        if isinstance(parent.get(leaf), ml_collections.ConfigDict):
+            raise ValueError(f"{key} is a section; set its keys ({key}.KEY=VALUE).")
+        new = _parse_like(value, parent.get(leaf), key) if parse else value
         with config.unlocked():
-            parent[leaf] = _parse_like(value, parent.get(leaf), key) if parse else value
+            try:
+                parent[leaf] = new
+            except TypeError as e:  # a typed field (a placeholder) given another type
+                raise ValueError(f"{key}={value}: {e}") from None
 
 
 def _parse_like(raw: str, old: Any, key: str) -> Any:
@@ -246,11 +266,14 @@ def _parse_like(raw: str, old: Any, key: str) -> Any:
             return float(raw)
         if isinstance(old, (tuple, list)):
             if raw.strip().startswith(("(", "[")):
-                return tuple(ast.literal_eval(raw))
+                value = ast.literal_eval(raw)  # "(64)" is the int 64
+                return tuple(value) if isinstance(value, (tuple, list)) else (value,)
             kind = type(old[0]) if old else str
             return tuple(kind(v.strip()) for v in raw.split(",") if v.strip())
         if isinstance(old, str):
             return raw
+        if raw.strip().lower() in ("true", "false"):  # as a bool field takes them
+            return raw.strip().lower() == "true"
         try:
             return ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -237,6 +237,15 @@ def test_bad_projector_value():
 def test_config_argument_errors():
     with pytest.raises(ValueError, match="valid arguments"):
         load("default", "objectve=symile")
+    # A typo'd bool was silently False (runlocal=ture: the full 3000-step run).
+    with pytest.raises(ValueError, match=r"runlocal=ture: expected runlocal alone or"):
+        load("parity", "runlocal=ture")
+    assert (
+        load("parity", "runlocal=false").num_train_steps
+        > load("parity", "runlocal").num_train_steps
+    )
+    with pytest.raises(ValueError, match="M=five: expected an integer"):
+        load("parity", "M=five")
 
 
 def test_evaluate_set_overrides_parse_as_the_replaced_type():
@@ -275,9 +284,47 @@ def test_evaluate_set_overrides_parse_as_the_replaced_type():
         ("seed=abc", "cannot parse as int"),
         ("async_checkpointing=maybe", "cannot parse as bool"),
         ("model.mlp.depth=3", "unknown key 'depth'"),
+        ("model=foo", r"model is a section; set its keys"),
     ]:
         with pytest.raises(ValueError, match=msg):
             configs.apply_overrides(config, [bad])
+
+
+def test_evaluate_set_edge_values():
+    """Found by a review: on a key that is None (or new), lowercase false was the string
+    'false', which counts as True; a one-item tuple written (64) raised a TypeError; an
+    evaluator key where the config has no section for that evaluator was refused (the
+    example in evaluate's docstring, on most experiment files); a typed placeholder given
+    another type raised a TypeError. Each is a value now, or one ValueError."""
+    config = configs.from_json(
+        {
+            "model": {"projector_hidden": [128], "normalize_embeddings": None},
+            "evaluator_kwargs": {"retrieval": {"ks": [1]}},
+        }
+    )
+    configs.apply_overrides(
+        config,
+        [
+            "model.normalize_embeddings=false",
+            "model.projector_hidden=(64)",
+            "evaluator_kwargs.retrieval.standardize=true",  # a key the old config lacks
+            "evaluator_kwargs.downstream.features=embedding",  # a section it lacks
+        ],
+    )
+    assert config.model.normalize_embeddings is False
+    assert config.model.projector_hidden == (64,)
+    assert config.evaluator_kwargs.retrieval.standardize is True
+    assert config.evaluator_kwargs.downstream.features == "embedding"
+    # The experiment files' own configs: a placeholder(bool) and an empty section.
+    default = load("default")
+    configs.apply_overrides(
+        default,
+        ["model.normalize_embeddings=true", "evaluator_kwargs.downstream.features=embedding"],
+    )
+    assert default.model.normalize_embeddings is True
+    assert default.evaluator_kwargs.downstream.features == "embedding"
+    with pytest.raises(ValueError, match=r"model\.normalize_embeddings=3"):
+        configs.apply_overrides(default, ["model.normalize_embeddings=3"])
 
 
 def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
