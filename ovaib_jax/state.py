@@ -137,17 +137,22 @@ def save(ckpt: checkpointing.Checkpointer, step: int, state: TrainState, data_st
 
 
 def last_good(ckpt: checkpointing.Checkpointer | None) -> str:
-    """What to do after a divergence, naming the last good checkpoint (every saved one
-    is :func:`healthy`)."""
+    """What to do after a divergence, naming the last checkpoint (every saved one is
+    :func:`healthy`: finite, bounded parameters and optimizer state; the loss they give
+    may still be non-finite, as training from them diverged). The settings that could
+    help are not ones a rerun of the same workdir may change (``workdir.check_resume``),
+    so the advice is a new workdir."""
     last = ckpt.latest_step() if ckpt is not None else None
-    where = (
-        f"The last good checkpoint is step {last}; resume from it"
+    saved = (
+        f"The last checkpoint, step {last}, has finite parameters, but training from it "
+        "diverged; rerunning this workdir repeats it (its settings cannot change on a "
+        "resume). Start a new workdir"
         if last is not None
         else "No checkpoint was saved yet; start again"
     )
     return (
-        f"{where} after lowering optimizer.learning_rate, setting optimizer.grad_clip_norm, "
-        "or raising objective.tau."
+        f"{saved} with a lower optimizer.learning_rate, optimizer.grad_clip_norm set, or a "
+        "larger objective.tau."
     )
 
 

@@ -39,10 +39,11 @@ def create_optimizer(
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup_steps=warmup, decay_steps=max(num_train_steps, warmup + 1)
         )
+    elif opt.schedule == "warmup_constant" and warmup == 0:  # as warmup_cosine: full rate
+        schedule = optax.constant_schedule(lr)
     elif opt.schedule == "warmup_constant":
         schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)],
-            [max(warmup, 1)],
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
         )
     else:
         raise ValueError(f"Unknown schedule {opt.schedule!r}; valid: {configs.SCHEDULES}.")

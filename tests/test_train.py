@@ -276,6 +276,28 @@ def test_in_memory_source_matches_source():
     assert set(inputs.InMemorySource(src, keys=["a"])[3]) == {"a"}
 
 
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_warmup_schedules_start_alike(warmup):
+    """Both warmup schedules ramp linearly from 0 over warmup_steps and start at the full
+    rate without warmup (warmup_constant with 0 steps gave the first update rate 0)."""
+    import ml_collections
+
+    lr = 0.5
+    for name in ("warmup_constant", "warmup_cosine"):
+        opt = ml_collections.ConfigDict(
+            {"name": "sgd", "momentum": 0.0, "learning_rate": lr, "schedule": name,
+             "warmup_steps": warmup, "grad_clip_norm": 0.0, "weight_decay": 0.0}
+        )  # fmt: skip
+        _, schedule = create_optimizer(opt, 100)
+        want = [lr * min(s / warmup, 1.0) if warmup else lr for s in range(5)]
+        got = [float(schedule(s)) for s in range(5)]
+        if name == "warmup_cosine":  # the cosine decay after the warmup: at most lr
+            assert got[: warmup + 1] == pytest.approx(want[: warmup + 1]), name
+            assert all(g <= lr for g in got)
+        else:
+            assert got == pytest.approx(want), name
+
+
 def test_prefetcher_state_is_that_of_the_consumed_batches():
     """Batches come out in order and get_state() resumes right after the last one handed
     out, however many the thread has prepared ahead."""

@@ -135,7 +135,8 @@ def test_nothing_exploded_is_saved(data_dir, tmp_path):
         train.train_and_evaluate(config, wd)
     saved = state.saved_steps(wd)
     if saved:
-        assert f"last good checkpoint is step {saved[-1]};" in str(err.value)
+        assert f"The last checkpoint, step {saved[-1]}, has finite" in str(err.value)
+        assert "Start a new workdir with a lower optimizer.learning_rate" in str(err.value)
     else:
         assert "No checkpoint was saved yet" in str(err.value)
     for s in saved:
