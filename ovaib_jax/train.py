@@ -414,11 +414,14 @@ def _loop(
                 result["train"] = scalars
                 t_last, step_last = time.perf_counter(), s
             progress.update(s, result["train"] if log_now else None)
+            paused = time.perf_counter()
             if ckpt_now or preempted:
                 _check_lock(lock)
                 state.save(ckpt, s, train_state, batches.get_state())
             if eval_now:  # after the (asynchronous) save: a SIGTERM's grace period is short
                 result["eval"] = _evaluate(evaluation, train_state, s, writer)
+            if ckpt_now or preempted or eval_now:  # steps/s counts training steps only
+                t_last += time.perf_counter() - paused
             result["step"] = s
             if preempted:
                 log.warning("SIGTERM received: saved the checkpoint of step %d and stopped.", s)

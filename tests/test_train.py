@@ -233,6 +233,30 @@ def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_pat
     assert 0.0 <= results["downstream"]["label/accuracy"] <= 1.0
 
 
+def test_steps_per_sec_leaves_out_evaluations_and_checkpoints(data_dir, tmp_path, monkeypatch):
+    """The logged steps/s counts the training steps' time only: an evaluation (here made
+    to take 2 s) and a checkpoint between two log lines were charged to the next window
+    (6 steps in over 2 s: under 3 steps/s, where tiny steps run at tens per second)."""
+    import time
+
+    real = train._evaluate
+
+    def slow(*args, **kwargs):
+        time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_evaluate", slow)
+    workdir = str(tmp_path / "rate")
+    config = tiny_config(
+        data_dir, num_train_steps=12, log_every_steps=6, eval_every_steps=6,
+        checkpoint_every_steps=6,
+    )  # fmt: skip
+    train.train_and_evaluate(config, workdir)
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    rate = [x["train/steps_per_sec"] for x in lines if x["step"] == 12 and "train/loss" in x]
+    assert len(rate) == 1 and rate[0] > 12.0, rate
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     config = tiny_config(
