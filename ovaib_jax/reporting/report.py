@@ -433,9 +433,9 @@ def headline_keys(per_obj: PerObjective) -> list[str]:
 def paired_table(runs: Sequence[RunRecord], reference: str | None = None) -> str | None:
     """Each other objective against ``reference`` (default the sweep's first objective)
     on :func:`headline_keys`, paired by seed: ``reference - objective`` with its paired
-    bootstrap 95 % interval (:func:`ovaib_jax.reporting.stats.paired_bootstrap`) and the
-    verdict ("tie" when the interval covers 0). None with fewer than two objectives or
-    two common seeds."""
+    95 % t interval (:func:`ovaib_jax.reporting.stats.paired_t`, which keeps its coverage
+    at the few seeds of a sweep) and the verdict ("tie" when the interval covers 0). None
+    with fewer than two objectives or two common seeds."""
     by_seed: dict[str, dict[int, dict[str, float]]] = {}
     for r in runs:
         if r.results is not None:
@@ -458,7 +458,7 @@ def paired_table(runs: Sequence[RunRecord], reference: str | None = None) -> str
             ]
             if len(seeds) < 2:
                 continue
-            diff = stats.paired_bootstrap(
+            diff = stats.paired_t(
                 [by_seed[reference][s][key] for s in seeds],
                 [by_seed[other][s][key] for s in seeds],
             )
@@ -474,7 +474,7 @@ def paired_table(runs: Sequence[RunRecord], reference: str | None = None) -> str
     if not body:
         return None
     return markdown_table(
-        ["metric", "objective", f"{reference} - objective [95 % interval]", "verdict", "seeds"],
+        ["metric", "objective", f"{reference} - objective [95 % t interval]", "verdict", "seeds"],
         body,
     )
 
@@ -558,7 +558,7 @@ def sweep_tables(runs: Sequence[RunRecord]) -> dict[str, str]:
     paired = paired_table(runs)
     if paired is not None:
         first = next(r.objective for r in runs if r.results is not None)
-        tables[f"Paired differences against {first} (bootstrap over seeds)"] = paired
+        tables[f"Paired differences against {first} (t interval over seeds)"] = paired
     tables["Wall time per run (minutes)"] = wall_time_table(runs)
     return tables
 

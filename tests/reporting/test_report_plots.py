@@ -367,7 +367,8 @@ def test_grouped_training_curves_and_sweep_figures(tmp_path):
 
 def test_paired_table_differences_intervals_and_verdicts():
     """ova_ib beats clip by exactly 0.1 on every seed (a point interval), ties gram (+-0.05
-    around 0), and a seed only one objective ran is left out of the pairs."""
+    around 0: the t interval +-4.303 * 0.05 / sqrt(3)), and a seed only one objective ran
+    is left out of the pairs."""
     acc = {"ova_ib": (0.9, 0.8, 0.7), "clip": (0.8, 0.7, 0.6), "gram": (0.95, 0.75, 0.7)}
     runs = [
         report.RunRecord(obj, seed, f"/r/{obj}/{seed}",
@@ -378,18 +379,18 @@ def test_paired_table_differences_intervals_and_verdicts():
     only_clip = {"downstream": {"label/accuracy": 0.0}}
     runs.append(report.RunRecord("clip", 7, "/r/clip/7", only_clip, 1.0))
     lines = report.paired_table(runs).splitlines()
-    head = "| metric | objective | ova_ib - objective [95 % interval] | verdict | seeds |"
+    head = "| metric | objective | ova_ib - objective [95 % t interval] | verdict | seeds |"
     assert lines[0] == head
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in lines[2:]}
     clip = rows[("downstream/label/accuracy", "clip")]
     assert "+0.1000 [+0.1000, +0.1000]" in clip and "ova_ib better" in clip
     assert clip.endswith("| 3 |")
     gram = rows[("downstream/label/accuracy", "gram")]  # differences -0.05, +0.05, 0
-    assert "+0.0000 [-0.0500, +0.0500]" in gram and "| tie |" in gram
+    assert "+0.0000 [-0.1242, +0.1242]" in gram and "| tie |" in gram
     assert "| tie |" in rows[("retrieval/R@1", "clip")]  # equal values: a zero interval
     assert report.paired_table(runs[:3]) is None  # one objective
     md = report.sweep_tables(runs)
-    assert "Paired differences against ova_ib (bootstrap over seeds)" in md
+    assert "Paired differences against ova_ib (t interval over seeds)" in md
 
 
 def test_the_trainer_and_evaluate_start_without_matplotlib():
