@@ -30,6 +30,31 @@ import numpy as np
 
 from ovaib_jax.models.heads import MaskedFusion, MLPProjector, ProjectionHead
 
+
+@jax.custom_vjp
+def clip_back_in(x: jax.Array, lo: float, hi: float) -> jax.Array:
+    """``clip(x, lo, hi)`` whose gradient at a clipped value is kept when a descent step
+    moves x back inside (below lo: a negative gradient; above hi: a positive one) and is 0
+    when it would move x further out. With ``jnp.clip`` a learned temperature or weight
+    that passed its bound had gradient 0 for good (CLIP clamps its parameter after each
+    update instead, so that it can come back). Scalars or arrays; ``lo``, ``hi`` get no
+    gradient."""
+    return jnp.clip(x, lo, hi)
+
+
+def _clip_back_in_fwd(x, lo, hi):
+    return jnp.clip(x, lo, hi), (x, lo, hi)
+
+
+def _clip_back_in_bwd(res, g):
+    x, lo, hi = res
+    keep = ((x >= lo) & (x <= hi)) | ((x < lo) & (g < 0)) | ((x > hi) & (g > 0))
+    zero = jax.tree.map(jnp.zeros_like, (lo, hi))
+    return (jnp.where(keep, g, 0.0).astype(x.dtype), *zero)
+
+
+clip_back_in.defvjp(_clip_back_in_fwd, _clip_back_in_bwd)
+
 __all__ = ["EncoderDef", "MultiModalModel"]
 
 # (modality name, encoder registry name, encoder keyword arguments as sorted pairs).
@@ -68,7 +93,8 @@ class MultiModalModel(nn.Module):
       learnable_temperature: create the ``log_temperature`` parameter.
       init_temperature: its initial value tau_0 (``log_temperature = log tau_0``).
       min_temperature, max_temperature: tau is clipped to this range (CLIP clips its
-        logit scale at 100, i.e. tau >= 0.01).
+        logit scale at 100, i.e. tau >= 0.01), by :func:`clip_back_in`: a tau past a
+        bound keeps the gradient that would bring it back.
       learnable_product_weight: create the ``log_product_weight`` parameter: the weight
         w of OVA's span + product score learned in training (``product_weight`` method).
       init_product_weight: its initial value w_0 > 0 (``log_product_weight = log w_0``).
@@ -251,7 +277,8 @@ class MultiModalModel(nn.Module):
         small steps on log tau would round away in bfloat16)."""
         if not self.learnable_temperature:
             raise ValueError("temperature(): the model was built with learnable_temperature=False.")
-        tau = jnp.clip(jnp.exp(self.log_temperature), self.min_temperature, self.max_temperature)
+        tau = jnp.exp(self.log_temperature)
+        tau = clip_back_in(tau, self.min_temperature, self.max_temperature)
         return tau.astype(self.objective_dtype)
 
     def product_weight(self) -> jax.Array:
@@ -261,7 +288,7 @@ class MultiModalModel(nn.Module):
             raise ValueError(
                 "product_weight(): the model was built with learnable_product_weight=False."
             )
-        return jnp.clip(jnp.exp(self.log_product_weight), 1e-3, 1e3)
+        return clip_back_in(jnp.exp(self.log_product_weight), 1e-3, 1e3)
 
     def project(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
         """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d).

@@ -193,6 +193,31 @@ def test_multimodal_normalisation_temperature_projector():
     assert out.shape == (3, 4)
 
 
+def test_a_learned_temperature_past_its_bound_can_come_back():
+    """tau = clip(exp(log tau)) had gradient 0 past a bound, so Adam's momentum carried log
+    tau further out and it never returned. Past the lower bound the gradient of a loss
+    that wants a larger tau now reaches log tau (d/dlog tau = 2 (tau_c - 0.05) * tau for
+    the clipped tau_c = 0.01); one that wants it smaller still gets 0; inside the bounds
+    it is the plain derivative."""
+    model, _ = _model(learnable_temperature=True, init_temperature=0.05)
+    inputs = {"a": jnp.ones((3, 5)), "img": jnp.ones((3, 8, 8, 1), jnp.uint8)}
+    variables = model.init(KEY, inputs)
+
+    def grad(log_tau, target):
+        params = dict(variables["params"], log_temperature=jnp.float32(log_tau))
+        return jax.grad(
+            lambda p: (model.apply({"params": p}, method=models.MultiModalModel.temperature)
+                       - target) ** 2
+        )(params)["log_temperature"]  # fmt: skip
+
+    lo = model.min_temperature
+    below = float(np.log(lo / 2))
+    np.testing.assert_allclose(grad(below, 0.05), 2 * (lo - 0.05) * lo / 2, rtol=1e-5)
+    assert float(grad(below, 0.0)) == 0.0  # a step would move it further out
+    inside = float(np.log(0.03))
+    np.testing.assert_allclose(grad(inside, 0.05), 2 * (0.03 - 0.05) * 0.03, rtol=1e-5)
+
+
 def test_branches_are_separate_models_writing_their_slices_of_z():
     """With branch_dims (2, 1, 1) each branch is the one-branch model of its width on its
     own parameters (encoder_{m}_b{k}, head_{m}_b{k}): z[..., slice k] is that model's z,
