@@ -175,6 +175,12 @@ Building needs the h5py package (pip install h5py)."""
         import_h5py(self.name)  # Fail before any file is written when h5py is absent.
         by_name = {p.name: p for p in files}
         train, test = holdout_split(list(by_name), config.test_fraction, config.split_seed)
+        if not test:
+            raise ValueError(
+                f"{self.name}: test_fraction={config.test_fraction} of {len(files)} episode "
+                "file(s) holds out none; the test split needs at least one (a fraction > 0 "
+                "and at least 2 files)."
+            )
         return {
             "train": self._generate_examples([by_name[n] for n in train]),
             "test": self._generate_examples([by_name[n] for n in test]),

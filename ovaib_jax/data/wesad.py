@@ -159,6 +159,11 @@ Only the S*/S*.pkl files are read; the other files of each subject folder may st
             )
         _samples(config.stride_s, CHEST_HZ, "stride_s")
         _samples(config.stride_s, BVP_HZ, "stride_s")
+        if not test:
+            raise ValueError(
+                "WESAD: test_subjects is empty; the test split needs at least one subject "
+                "(the evaluators read it), e.g. test_subjects=('S17',)."
+            )
         train = [s for s in found if s not in set(valid) | set(test)]
         if not train:
             raise ValueError(

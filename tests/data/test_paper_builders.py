@@ -167,6 +167,23 @@ def test_wesad_missing_files_one_clear_error(tmp_path):
     _assert_nothing_built(tmp_path / "data")
 
 
+def test_an_empty_held_out_split_is_one_clear_error_before_anything_is_built(tmp_path, h5py):
+    """test_subjects=() (WESAD) or test_fraction=0 (Vision&Touch) built the train split,
+    then failed inside TFDS ("No examples were yielded") naming no config field."""
+    write_wesad(tmp_path / "manual", ["S2", "S3"])
+    config = Wesad.make_config(valid_subjects=("S3",), test_subjects=())
+    builder = Wesad(config=config, data_dir=tmp_path / "data", manual_dir=tmp_path / "manual")
+    with pytest.raises(ValueError, match="test_subjects is empty"):
+        builder.download_and_prepare()
+    _assert_nothing_built(tmp_path / "data")
+    write_vision_touch(tmp_path / "vt", h5py)
+    config = VisionTouch.make_config("vfpdo", test_fraction=0.0)
+    builder = VisionTouch(config=config, data_dir=tmp_path / "data2", manual_dir=tmp_path / "vt")
+    with pytest.raises(ValueError, match=r"test_fraction=0\.0 of 3 episode file\(s\) holds out"):
+        builder.download_and_prepare()
+    _assert_nothing_built(tmp_path / "data2")
+
+
 def test_wesad_bad_file_midway_leaves_nothing_built(tmp_path):
     write_wesad(tmp_path / "manual", ["S2", "S3"])
     with open(tmp_path / "manual" / "S3" / "S3.pkl", "wb") as f:
