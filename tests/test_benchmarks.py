@@ -131,9 +131,13 @@ def test_input_benchmark_quick(tmp_path):
     each part's ratios with a verdict (the numbers of a smoke run mean nothing)."""
     env = dict(os.environ)
     one_real_device(env)
+    # The default config's parity data, smaller, built under tmp_path (it was built at
+    # full size, 24k examples, into ~/tensorflow_datasets).
+    env["OVAIB_DATA_DIR"] = str(tmp_path / "data")
+    small = ["--config.dataset.config.num_train=2048", "--config.dataset.config.num_test=512"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "input_benchmark.py"), "--quick",
-         f"--out={tmp_path}"],
+         f"--out={tmp_path}", *small],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
