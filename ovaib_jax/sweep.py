@@ -49,7 +49,7 @@ import ml_collections
 
 from ovaib_jax import configs, console, data, evaluation, losses, paths, records, train
 from ovaib_jax.reporting import RunRecord, sweep_figures, sweep_report
-from ovaib_jax.validation import validate_config
+from ovaib_jax.validation import check_seed, validate_config
 from ovaib_jax.workdir import WorkdirBusyError
 
 log = logging.getLogger(__name__)
@@ -189,18 +189,17 @@ def embed_test_split(config: ml_collections.ConfigDict, workdir: str) -> tuple[A
     return emb.z, emb.targets[cls[0]] if cls else None, emb.modality_names
 
 
-def check_seeds(seeds: Sequence[Any]) -> list[int]:
-    """The seeds as ints, checked before any run: each an integer in [0, 2**32) (as
-    ``config.seed``) and given once (a repeated seed would be averaged twice into the
-    report's mean ± std)."""
+def check_seeds(seeds: Sequence[int | str]) -> list[int]:
+    """The seeds as ints, checked before any run: each valid as ``config.seed``
+    (:func:`~ovaib_jax.validation.check_seed`) and given once (a repeated seed would be
+    averaged twice into the report's mean ± std)."""
     out = []
     for s in seeds:
         try:
             seed = int(str(s).strip())
         except ValueError:
             raise ValueError(f"--seeds: {s!r} is not an integer.") from None
-        if not 0 <= seed < 2**32:
-            raise ValueError(f"--seeds: {seed} is not in [0, 2**32).")
+        check_seed(seed, "--seeds: each seed")
         if seed in out:
             raise ValueError(f"--seeds: seed {seed} is given twice; give each seed once.")
         out.append(seed)
@@ -212,7 +211,7 @@ def check_seeds(seeds: Sequence[Any]) -> list[int]:
 def sweep(
     config_file: str,
     objectives: Sequence[str],
-    seeds: Sequence[int],
+    seeds: Sequence[int | str],
     workdir: str,
     *,
     overrides: Mapping[str, Any] | None = None,

@@ -191,6 +191,14 @@ def _required(config: ml_collections.ConfigDict, path: str) -> Any:
     return node
 
 
+def check_seed(seed: Any, name: str) -> int:
+    """``seed`` if it is an integer in [0, 2**32) (a PRNG seed of every run), else a
+    ValueError naming ``name``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}.")
+    return seed
+
+
 def _positive_int(config: ml_collections.ConfigDict, path: str, allow_zero: bool = False) -> int:
     value = _required(config, path)
     ok = (
@@ -221,9 +229,7 @@ def _check_schedule(config: ml_collections.ConfigDict, device_count: int, proces
     for path in ("eval_every_steps", "eval_batch_size", "eval_num_batches"):
         _positive_int(config, path, allow_zero=True)
     _positive_int(config, "dataset.shuffle_block")
-    seed = config.seed
-    if not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"config.seed must be an integer in [0, 2**32), got {seed!r}.")
+    check_seed(config.seed, "config.seed")
     for path in ("batch_size", "eval_batch_size"):
         size = config[path] or config.batch_size
         if size % device_count:

@@ -179,7 +179,7 @@ def test_seeds_are_checked_before_any_run(tmp_path):
     config = os.path.join(ROOT, "experiments", "parity.py") + ":runlocal"
     for seeds, match in (
         ([42, 0, 42], "seed 42 is given twice"),
-        (["42", "-1"], r"-1 is not in \[0, 2\*\*32\)"),
+        (["42", "-1"], r"each seed must be an integer in \[0, 2\*\*32\), got -1"),
         (["42", "x"], "'x' is not an integer"),
         ([], "at least one seed"),
     ):
