@@ -378,6 +378,24 @@ def test_published_tables_render_from_their_archive():
         assert render(item, source)[0].strip() == text.strip(), title
 
 
+def test_interval_t_renders_comparisons_with_the_paired_t_interval(tmp_path, monkeypatch):
+    """--interval t: three small same-sign differences (0.001, 0.05, 0.002) are "A better"
+    under the bootstrap's [min, max] and a tie under the t interval (0.0177 +- 0.0697)."""
+    rt = _module()
+    for seed, (a, d) in zip((0, 1, 2), ((0.5, 0.001), (0.6, 0.05), (0.7, 0.002))):
+        for obj, v in (("a", a + d), ("b", a)):
+            _run(str(tmp_path), "s", obj, seed, {"downstream": {"label/accuracy": v}})
+    comp = rt.Comparison(
+        "t", rt.Row("A", "s", "a"), rt.Row("B", "s", "b"), (("acc", "downstream/label/accuracy"),)
+    )
+    assert rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4].split(" | ")[4] == (
+        "A better"
+    )
+    monkeypatch.setattr(rt, "PAIRED", [rt.INTERVALS["t"]])
+    row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
+    assert row.split(" | ")[4] == "tie" and "+0.018 [-0.052, +0.087]" in row
+
+
 def test_lower_is_better_metrics_get_the_right_verdict_and_best(tmp_path):
     """A nuisance (or style) R², an MSE and a rank are better lower: A keeping 0.4 more
     nuisance than B is "B better" (it had read "A better"), and the best other of an
