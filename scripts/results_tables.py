@@ -23,9 +23,10 @@ directories of the rows already published (which hold checkpoints and are not ke
 one run directory under --root (the others keep their text).
 
 A :class:`Comparison` prints, per metric, "A - B" over the seeds both rows ran, with its
-paired bootstrap 95 % interval (``ovaib_jax.reporting.stats.paired_bootstrap``, exact
-enumeration of the resamples at 5 seeds) and the verdict: "A better", "B better" or "tie"
-when the interval covers 0.
+paired Student t 95 % interval (``ovaib_jax.reporting.stats.paired_t``) and the verdict:
+"A better", "B better" or "tie" when the interval covers 0. ``--interval bootstrap``
+renders the percentile bootstrap the tables used before 2026-12-02 instead; at 3 to 5 seeds
+it is far narrower than its 95 % label (docs/RESULTS.md's note on the intervals).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ import numpy as np
 from ovaib_jax.reporting import stats
 from ovaib_jax.reporting.report import lower_is_better
 
-# The paired interval of comparisons, against-best and retention tests: the percentile
-# bootstrap the published tables use, or (--interval t) the paired t interval, which keeps
-# its 95 % at 5 seeds where the bootstrap does not (docs/RESULTS.md's caveat).
+# The paired interval of comparisons, against-best and retention tests: the paired t
+# interval (the published tables), or (--interval bootstrap) the percentile bootstrap they
+# used before 2026-12-02, which covers far less than 95 % at 3-5 seeds (tests/test_stats.py).
 INTERVALS = {"bootstrap": stats.paired_bootstrap, "t": stats.paired_t}
-PAIRED = [stats.paired_bootstrap]
+PAIRED = [stats.paired_t]
 
 
 @dataclass(frozen=True)
@@ -723,7 +724,7 @@ def render(table: Table, root: str | Source) -> tuple[str, dict]:
 
 def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
     """Per metric: A and B (mean ± std over the seeds both ran), A - B with its paired
-    bootstrap 95 % interval, and the verdict."""
+    t 95 % interval, and the verdict."""
     head = ["metric", comp.a.label, comp.b.label, "A - B [95 % interval]", "verdict", "seeds"]
     lines = [f"#### {comp.title}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "|".join([":---"] + ["---:"] * 3 + [":---", "---:"]) + "|")
@@ -755,7 +756,7 @@ def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
 def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dict]:
     """Per metric: the best of the others (highest mean over the seeds it shares with the
     candidate; lowest for a :func:`lower_is_better` metric), candidate - best with its
-    paired bootstrap 95 % interval, and the
+    paired t 95 % interval (:data:`PAIRED`), and the
     verdict: "best" (candidate above, interval above 0), "tie with the best" or "below
     the best"."""
     head = ["metric", "best other", "best", item.candidate.label, "cand. - best [95 %]",
@@ -795,7 +796,7 @@ def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dic
 
 def render_retention(item: Retention, root: str | Source) -> tuple[str, dict]:
     """Per metric: reference and candidate (mean ± std over the seeds both ran), their
-    ratio of means, candidate - fraction x reference with its paired bootstrap 95 %
+    ratio of means, candidate - fraction x reference with its paired t 95 %
     interval, and the verdict: "keeps" (interval above 0), "fails" (below) or "cannot
     tell" (it covers 0)."""
     f = item.fraction
@@ -875,8 +876,8 @@ def main() -> None:
         help="a --json file of published values: seeds without a run under --root (repeatable)",
     )
     parser.add_argument(
-        "--interval", choices=sorted(INTERVALS), default="bootstrap",
-        help="paired interval of the comparisons (t: the paired t interval)",
+        "--interval", choices=sorted(INTERVALS), default="t",
+        help="paired interval of the comparisons (bootstrap: the percentile bootstrap)",
     )  # fmt: skip
     args = parser.parse_args()
     PAIRED[0] = INTERVALS[args.interval]

@@ -77,7 +77,7 @@ def test_tables_are_mean_and_sample_std_over_seeds(tmp_path):
     assert "old" not in new and text in new and "<!-- table: u -->\nx\n" in new
 
 
-def test_comparison_pairs_seeds_and_prints_the_bootstrap_interval(tmp_path):
+def test_comparison_pairs_seeds_and_prints_the_paired_interval(tmp_path):
     """A beats B by exactly 0.1 on the three seeds both ran (a point interval); B's extra
     seed is not paired; a metric only one side has is "not run"."""
     rt = _module()
@@ -378,9 +378,10 @@ def test_published_tables_render_from_their_archive():
         assert render(item, source)[0].strip() == text.strip(), title
 
 
-def test_interval_t_renders_comparisons_with_the_paired_t_interval(tmp_path, monkeypatch):
-    """--interval t: three small same-sign differences (0.001, 0.05, 0.002) are "A better"
-    under the bootstrap's [min, max] and a tie under the t interval (0.0177 +- 0.0697)."""
+def test_comparisons_use_the_t_interval_and_bootstrap_on_request(tmp_path, monkeypatch):
+    """Three small same-sign differences (0.001, 0.05, 0.002) are a tie under the paired t
+    interval (0.0177 +- 0.0697, the default) and "A better" under the percentile
+    bootstrap (--interval bootstrap: [min, max] of the resampled means at 3 seeds)."""
     rt = _module()
     for seed, (a, d) in zip((0, 1, 2), ((0.5, 0.001), (0.6, 0.05), (0.7, 0.002))):
         for obj, v in (("a", a + d), ("b", a)):
@@ -388,12 +389,11 @@ def test_interval_t_renders_comparisons_with_the_paired_t_interval(tmp_path, mon
     comp = rt.Comparison(
         "t", rt.Row("A", "s", "a"), rt.Row("B", "s", "b"), (("acc", "downstream/label/accuracy"),)
     )
-    assert rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4].split(" | ")[4] == (
-        "A better"
-    )
-    monkeypatch.setattr(rt, "PAIRED", [rt.INTERVALS["t"]])
     row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
     assert row.split(" | ")[4] == "tie" and "+0.018 [-0.052, +0.087]" in row
+    monkeypatch.setattr(rt, "PAIRED", [rt.INTERVALS["bootstrap"]])
+    row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
+    assert row.split(" | ")[4] == "A better"
 
 
 def test_lower_is_better_metrics_get_the_right_verdict_and_best(tmp_path):
