@@ -149,6 +149,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.schedule = "constant"  # constant | cosine | warmup_cosine | warmup_constant
     config.optimizer.warmup_steps = 0  # linear warmup of the warmup_* schedules
     config.optimizer.weight_decay = 0.0  # decoupled weight decay (adamw only)
+    # what it decays: "matrices" (kernels and tables: not biases, norm scales, the
+    # temperature or product weight) | "all"
+    config.optimizer.weight_decay_mask = "matrices"
     config.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm (0: off)
     config.optimizer.b1 = 0.9  # Adam beta1
     config.optimizer.b2 = 0.999  # Adam beta2

@@ -30,6 +30,8 @@ __all__ = [
     "PROJECTOR_CHOICES",
     "RESUMABLE_FIELDS",
     "SCHEDULES",
+    "WEIGHT_DECAY_MASKS",
+    "added_fields",
     "apply_overrides",
     "changed_keys",
     "dataset_kwargs",
@@ -58,6 +60,10 @@ OBJECTIVE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 PROJECTOR_CHOICES = ("none", "mlp", "product")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# What adamw's decoupled weight decay applies to: every parameter, or only those of two or
+# more dimensions (dense and convolution kernels, embedding tables), leaving biases, norm
+# scales and the learnable temperature and product weight undecayed (CLIP, big_vision).
+WEIGHT_DECAY_MASKS = ("all", "matrices")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
 
 
@@ -297,19 +303,32 @@ RESUMABLE_FIELDS = (
     "dataset.cache_max_mb", "distributed",
 )  # fmt: skip
 # Fields added to the config after runs were recorded without them, with the value that
-# reproduces how those runs behaved (not defaults: experiments/default.py holds those). A
-# recorded config.json lacking one reads as having that value: it can be evaluated, and a
-# rerun holding that value continues it.
+# reproduces how those runs behaved (not defaults: experiments/default.py holds those), or
+# a function of the recorded config (flat, dotted keys) giving it. A recorded config.json
+# lacking one reads as having that value: it can be evaluated, and a rerun holding that
+# value continues it.
 ADDED_FIELDS: dict[str, Any] = {
     "dataset.shuffle_block": 1,
     "model.branches": "",
     "model.dtype": "float32",
     "model.learnable_product_weight": False,
     "model.objective_dtype": "float32",
+    "optimizer.weight_decay_mask": lambda recorded: (
+        # every parameter was decayed: that matters only where adamw decayed
+        "all"
+        if recorded.get("optimizer.name") == "adamw" and recorded.get("optimizer.weight_decay")
+        else "matrices"
+    ),
 }
 # The fields of the evaluation only (a sweep keeps a finished run's results when only
 # these differ).
 EVALUATION_FIELDS = ("evaluators", "final_evaluators", "evaluator_kwargs")
+
+
+def added_fields(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`ADDED_FIELDS` with the value each has for a run recorded as ``recorded``
+    (its config.json, flat: dotted keys) before the field existed."""
+    return {k: v(recorded) if callable(v) else v for k, v in ADDED_FIELDS.items()}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -341,7 +360,7 @@ def changed_keys(recorded: Mapping[str, Any], config: ml_collections.ConfigDict)
         defaults = flatten({"objective": objective_config(config.objective.name).to_dict()})
     except ValueError:
         defaults = {}
-    defaults.update(ADDED_FIELDS)
+    defaults.update(added_fields(was))
     return [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
 
 
@@ -362,7 +381,7 @@ def from_json(raw: Mapping[str, Any]) -> ml_collections.ConfigDict:
         return x
 
     config = ml_collections.ConfigDict(fix(dict(raw)))
-    for key, value in ADDED_FIELDS.items():  # recorded before the field existed
+    for key, value in added_fields(flatten(raw)).items():  # recorded before the field existed
         *parents, leaf = key.split(".")
         node = config
         if all(p in node and isinstance(node := node[p], ml_collections.ConfigDict)

@@ -22,7 +22,13 @@ from ovaib_jax import configs, models
 from ovaib_jax.runtime import DATA_AXIS, example_inputs
 from ovaib_jax.state import TrainState, variables
 
-__all__ = ["create_optimizer", "create_train_state", "make_train_step", "train_step"]
+__all__ = [
+    "create_optimizer",
+    "create_train_state",
+    "make_train_step",
+    "train_step",
+    "weight_decay_mask",
+]
 
 
 def create_optimizer(
@@ -54,13 +60,32 @@ def create_optimizer(
         parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
     elif opt.name == "adamw":
         parts.append(
-            optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+            optax.adamw(
+                schedule,
+                b1=opt.b1,
+                b2=opt.b2,
+                eps=opt.eps,
+                weight_decay=opt.weight_decay,
+                mask=weight_decay_mask(opt.weight_decay_mask),
+            )
         )
     elif opt.name == "sgd":
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None))
     else:
         raise ValueError(f"Unknown optimizer {opt.name!r}; valid: {configs.OPTIMIZERS}.")
     return optax.chain(*parts), schedule
+
+
+def weight_decay_mask(name: str) -> Callable[[Any], Any] | None:
+    """optax's ``mask`` for ``config.optimizer.weight_decay_mask``: None (every parameter)
+    for "all"; for "matrices", True exactly for parameters of two or more dimensions
+    (kernels, embedding tables), so biases, norm scales and scalar parameters (the
+    learnable log temperature and log product weight) are not decayed."""
+    if name == "all":
+        return None
+    if name == "matrices":
+        return lambda params: jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+    raise ValueError(f"Unknown weight_decay_mask {name!r}; valid: {configs.WEIGHT_DECAY_MASKS}.")
 
 
 def create_train_state(

@@ -33,8 +33,8 @@ REQUIRED_FIELDS = (
     "model.min_temperature", "model.max_temperature", "model.projector_hidden",
     "model.dtype", "model.objective_dtype", "model.branches",
     "optimizer.name", "optimizer.learning_rate", "optimizer.schedule", "optimizer.warmup_steps",
-    "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.b1", "optimizer.b2",
-    "optimizer.eps", "optimizer.momentum",
+    "optimizer.weight_decay", "optimizer.weight_decay_mask", "optimizer.grad_clip_norm",
+    "optimizer.b1", "optimizer.b2", "optimizer.eps", "optimizer.momentum",
     "distributed.initialize", "distributed.coordinator_address", "distributed.num_processes",
     "distributed.process_id",
 )  # fmt: skip
@@ -451,6 +451,11 @@ def _check_optimizer(opt: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
     if opt.warmup_steps < 0 or opt.grad_clip_norm < 0:
         raise ValueError("config.optimizer.warmup_steps and grad_clip_norm must be >= 0.")
+    if opt.weight_decay_mask not in configs.WEIGHT_DECAY_MASKS:
+        raise ValueError(
+            f"config.optimizer.weight_decay_mask={opt.weight_decay_mask!r}; valid masks are "
+            f"{configs.WEIGHT_DECAY_MASKS}."
+        )
     if opt.name != "adamw" and opt.weight_decay:
         raise ValueError(
             f"config.optimizer.weight_decay={opt.weight_decay} needs "

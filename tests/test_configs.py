@@ -348,6 +348,31 @@ def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
     assert configs.changed_keys(recorded, config) == ["model.dtype"]
 
 
+def test_an_adamw_run_recorded_before_the_decay_mask_reads_as_decaying_everything():
+    """Every adamw run before optimizer.weight_decay_mask decayed all parameters: its
+    config.json reads as "all" (evaluate rebuilds that optimizer; a rerun with today's
+    default "matrices" is another run), while a run without decay reads as the default
+    (the mask changes nothing there, so it stays the same run)."""
+    import json
+
+    config = load("default")
+    with config.unlocked():
+        config.optimizer.name = "adamw"
+        config.optimizer.weight_decay = 0.05
+    recorded = json.loads(configs.to_json(config))
+    del recorded["optimizer"]["weight_decay_mask"]
+    assert configs.from_json(recorded).optimizer.weight_decay_mask == "all"
+    assert configs.changed_keys(recorded, config) == ["optimizer.weight_decay_mask"]
+    config.optimizer.weight_decay_mask = "all"
+    assert configs.changed_keys(recorded, config) == []
+    recorded["optimizer"]["weight_decay"] = 0.0
+    assert configs.from_json(recorded).optimizer.weight_decay_mask == "matrices"
+    _bad(
+        lambda c: setattr(c.optimizer, "weight_decay_mask", "kernels"),
+        r"weight_decay_mask='kernels'; valid masks are \('all', 'matrices'\)",
+    )
+
+
 def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
     """tests/fixtures holds the config.json that the release of commit fd0c915 recorded
     for a sweep run (trifeature M = 5, ConFu, seed 42). The same settings today must be

@@ -480,3 +480,33 @@ def test_a_process_with_no_rows_of_a_small_eval_split_yields_padding(data_dir, m
         k: (v.shape, v.dtype) for k, v in first.items()
     }
     assert all(not np.any(v) for v in empty.values())
+
+
+@pytest.mark.parametrize("mask", ["matrices", "all"])
+def test_weight_decay_mask_leaves_biases_and_scalars_alone(mask):
+    """adamw's decoupled decay with zero gradients moves p to (1 - lr * wd) p: with the
+    default "matrices" mask only the kernel (ndim >= 2) moves, not the bias, a norm scale
+    or the learnable log temperature; with "all" every parameter does (optax's default,
+    what every adamw run did before the mask existed)."""
+    import ml_collections
+
+    opt = ml_collections.ConfigDict(
+        {"name": "adamw", "learning_rate": 0.5, "schedule": "constant", "warmup_steps": 0,
+         "grad_clip_norm": 0.0, "weight_decay": 0.1, "weight_decay_mask": mask,
+         "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    )  # fmt: skip
+    tx, _ = create_optimizer(opt, 10)
+    params = {
+        "Dense_0": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.full((2,), 2.0)},
+        "LayerNorm_0": {"scale": jnp.full((2,), 2.0)},
+        "log_temperature": jnp.asarray(2.0),
+    }
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    decayed = 2.0 * (1 - 0.5 * 0.1)
+    want_small = decayed if mask == "all" else 2.0
+    np.testing.assert_allclose(new["Dense_0"]["kernel"], decayed, rtol=1e-6)
+    np.testing.assert_allclose(new["Dense_0"]["bias"], want_small, rtol=1e-6)
+    np.testing.assert_allclose(new["LayerNorm_0"]["scale"], want_small, rtol=1e-6)
+    np.testing.assert_allclose(new["log_temperature"], want_small, rtol=1e-6)
