@@ -7,7 +7,8 @@
 Restores the model variables of step N (default: the latest good checkpoint), runs every
 evaluator named in ``config.evaluators`` and ``config.final_evaluators`` on the embedded
 splits and writes ``DIR/eval/results_step_N.json`` (and ``DIR/eval/results.json`` when
-the latest checkpoint was evaluated): ``{"step": N, "<evaluator>": {"<metric>":
+no ``--step`` was given, so the latest good checkpoint was evaluated; an explicit
+``--step`` never replaces it): ``{"step": N, "<evaluator>": {"<metric>":
 value}}``; with ``--out=PATH`` only PATH, and nothing under DIR (a diagnostic evaluation,
 e.g. with other ``--set`` values, then leaves the run's results as they were). Without
 ``--config`` the run's own ``DIR/config.json`` is used; ``--set=KEY=VALUE`` (repeatable)

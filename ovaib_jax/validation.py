@@ -173,6 +173,13 @@ def _check_product_weight(
             f"value config.objective.product_weight, which must be > 0; got {w!r} "
             "(e.g. --config.objective.product_weight=1.0)."
         )
+    lo, hi = models.PRODUCT_WEIGHT_BOUNDS
+    if not lo <= w <= hi:
+        raise ValueError(
+            f"config.model.learnable_product_weight=True keeps the weight inside [{lo:g}, "
+            f"{hi:g}]; its initial value config.objective.product_weight={w!r} is outside "
+            "(it would train at the bound): start inside, or set learnable_product_weight=False."
+        )
     return True
 
 
@@ -368,7 +375,7 @@ def _check_model(
     """Encoders and their overrides, dimensions, the learnable temperature: returns
     ``(encoder per modality, temperature parameter or None, initial tau)``."""
     mc = config.model
-    for path in ("model.representation_dim", "model.embedding_dim"):
+    for path in ("model.representation_dim", "model.embedding_dim", "model.head_layers"):
         _positive_int(config, path)
     try:
         overrides = models.parse_encoder_overrides(mc.encoders)

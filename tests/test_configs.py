@@ -407,3 +407,9 @@ def test_keep_checkpoints_is_a_positive_integer():
     with config.unlocked():
         config.keep_checkpoints = None  # keep every checkpoint (orbax's max_to_keep=None)
     validate_config(config, device_count=1, process_count=1)
+
+
+def test_head_layers_is_a_positive_integer():
+    """head_layers=0 (or -2) built a one-layer linear head without a word."""
+    for bad in (0, -2):
+        _bad(lambda c, bad=bad: setattr(c.model, "head_layers", bad), r"model\.head_layers")

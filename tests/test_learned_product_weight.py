@@ -71,6 +71,10 @@ def test_validation_names_the_fix():
         _validate(lambda c: None, "symile")
     resolved = _validate(lambda c: setattr(c.objective, "product_weight", 0.5))
     assert resolved.learn_product_weight and resolved.hparams["product_weight"] == 0.5
+    # outside the clip bounds the run trained at the bound (w = 1000 for an initial 2000)
+    for w in (2000.0, 1e-4):
+        with pytest.raises(ValueError, match=r"inside \[0\.001, 1000\]; its initial value"):
+            _validate(lambda c, w=w: setattr(c.objective, "product_weight", w))
 
 
 def test_a_run_learns_the_weight_and_evaluates_with_the_learned_value():

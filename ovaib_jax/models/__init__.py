@@ -19,11 +19,12 @@ import jax.numpy as jnp
 
 from ovaib_jax.models.encoders import CNN1D, LSTM, MLP, ResNet18, SmallCNN
 from ovaib_jax.models.heads import MLPProjector, ProjectionHead
-from ovaib_jax.models.multimodal import EncoderDef, MultiModalModel
+from ovaib_jax.models.multimodal import PRODUCT_WEIGHT_BOUNDS, EncoderDef, MultiModalModel
 
 __all__ = [
     "DTYPES",
     "ENCODERS",
+    "PRODUCT_WEIGHT_BOUNDS",
     "EncoderDef",
     "MLPProjector",
     "MultiModalModel",

@@ -153,6 +153,8 @@ class LSTM(nn.Module):
         del train
         if x.ndim == 2:
             x = x[..., None]
+        if x.ndim != 3:
+            raise ValueError(f"lstm expects (N, T, F) or (N, T) sequences, got shape {x.shape}.")
         h = x
         carry = None
         for _ in range(self.num_layers):
@@ -261,6 +263,12 @@ class ResNet18(nn.Module):
             x = x[..., None]
         if x.ndim != 4:
             raise ValueError(f"resnet18 expects (N, H, W, C) images, got shape {x.shape}.")
+        if self.input_channels and x.shape[-1] > self.input_channels:
+            raise ValueError(
+                f"resnet18 with input_channels={self.input_channels} got images of "
+                f"{x.shape[-1]} channels (shape {x.shape}): it would drop channels. Set "
+                "model.resnet18.input_channels=0 (the channels as stored) or to their number."
+            )
         if self.input_channels and x.shape[-1] != self.input_channels:
             reps = -(-self.input_channels // x.shape[-1])
             x = jnp.tile(x, (1, 1, 1, reps))[..., : self.input_channels]

@@ -28,14 +28,15 @@ class ProjectionHead(nn.Module):
 
     Attributes:
       out_dim: embedding dimension d.
-      hidden: width of the hidden layers.
+      hidden: width of the hidden layers, or one width per hidden layer (a sequence of
+        ``num_layers - 1`` widths).
       num_layers: number of Dense layers (>= 1; 1 is a linear head).
       act: activation name.
       dtype: the compute dtype (parameters are float32).
     """
 
     out_dim: int
-    hidden: int = 256
+    hidden: int | Sequence[int] = 256
     num_layers: int = 3
     act: str = "relu"
     dtype: Any = jnp.float32
@@ -43,8 +44,17 @@ class ProjectionHead(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         """``h`` (N, r) -> (N, out_dim) in ``dtype``."""
-        for _ in range(self.num_layers - 1):
-            dense = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=PARAM_DTYPE)
+        if isinstance(self.hidden, int):
+            widths = [self.hidden] * (self.num_layers - 1)
+        else:
+            widths = list(self.hidden)
+        if self.num_layers < 1 or len(widths) != self.num_layers - 1:
+            raise ValueError(
+                f"ProjectionHead: num_layers={self.num_layers} needs >= 1 layers and "
+                f"num_layers - 1 hidden widths, got hidden={self.hidden!r}."
+            )
+        for width in widths:
+            dense = nn.Dense(width, dtype=self.dtype, param_dtype=PARAM_DTYPE)
             h = activation(self.act)(dense(h))
         return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=PARAM_DTYPE)(h)
 
@@ -75,7 +85,7 @@ class MLPProjector(nn.Module):
         self.mlps = [
             ProjectionHead(
                 out_dim=self.out_dim,
-                hidden=self.hidden[0] if self.hidden else self.out_dim,
+                hidden=tuple(self.hidden),
                 num_layers=len(self.hidden) + 1,
                 act=self.act,
                 dtype=self.dtype,
@@ -117,8 +127,7 @@ class MaskedFusion(nn.Module):
     Attributes:
       num_modalities: M.
       out_dim: output dimension (the embedding dimension d).
-      hidden: hidden widths of the MLP (every hidden layer takes the first width, as in
-        :class:`MLPProjector`).
+      hidden: hidden widths of the MLP, one per hidden layer.
       act: activation name.
       dtype: the compute dtype (parameters are float32).
     """
@@ -156,7 +165,7 @@ class MaskedFusion(nn.Module):
         flat = jnp.concatenate([*slots, jnp.broadcast_to(visible, (n, m_count))], axis=-1)
         return ProjectionHead(
             out_dim=self.out_dim,
-            hidden=self.hidden[0] if self.hidden else self.out_dim,
+            hidden=tuple(self.hidden),
             num_layers=len(self.hidden) + 1,
             act=self.act,
             dtype=self.dtype,

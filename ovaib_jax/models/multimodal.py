@@ -55,7 +55,15 @@ def _clip_back_in_bwd(res, g):
 
 clip_back_in.defvjp(_clip_back_in_fwd, _clip_back_in_bwd)
 
-__all__ = ["EncoderDef", "MultiModalModel"]
+__all__ = ["PRODUCT_WEIGHT_BOUNDS", "EncoderDef", "MultiModalModel"]
+
+# The learned product weight w = exp(log w) is kept inside these bounds (clip_back_in).
+PRODUCT_WEIGHT_BOUNDS = (1e-3, 1e3)
+# Squared-norm floor of the embeddings' L2 normalisation, as the objectives' own
+# (ovaib_jax.losses l2_normalize): rsqrt's derivative at a lower floor overflows float32,
+# and a zero embedding (a zero input row through bias-free-at-init layers) got NaN
+# gradients.
+_NORM_FLOOR_SQ = 1e-24
 
 # (modality name, encoder registry name, encoder keyword arguments as sorted pairs).
 # Tuples (not dicts) so that the linen module stays hashable.
@@ -257,7 +265,7 @@ class MultiModalModel(nn.Module):
         reps = {n: _concat(r) for n, r in branch_reps.items()}
         z = z.astype(self.objective_dtype)
         if self.normalize_embeddings:
-            z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-30))
+            z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), _NORM_FLOOR_SQ))
         if self.is_initializing():
             # Create every parameter at init, also those only used by other methods.
             if self.learnable_temperature:
@@ -283,12 +291,13 @@ class MultiModalModel(nn.Module):
 
     def product_weight(self) -> jax.Array:
         """The learned weight w = exp(log_product_weight) of OVA's span + product score,
-        clipped to [1e-3, 1e3]; a float32 scalar (so w >= 0 whatever Adam does)."""
+        clipped to :data:`PRODUCT_WEIGHT_BOUNDS`; a float32 scalar (so w >= 0 whatever
+        Adam does)."""
         if not self.learnable_product_weight:
             raise ValueError(
                 "product_weight(): the model was built with learnable_product_weight=False."
             )
-        return clip_back_in(jnp.exp(self.log_product_weight), 1e-3, 1e3)
+        return clip_back_in(jnp.exp(self.log_product_weight), *PRODUCT_WEIGHT_BOUNDS)
 
     def project(self, rest: jax.Array, m: int | jax.Array) -> jax.Array:
         """The MLP projector t_m: (M-1, N, d) remaining embeddings -> (N, d).

@@ -361,3 +361,48 @@ def test_multimodal_dtypes():
         assert tau.dtype == np.dtype(objective_dtype)
     with pytest.raises(ValueError, match=r"'float16'.*valid dtypes are float32, bfloat16"):
         models.get_dtype("float16")
+
+
+def test_normalised_embeddings_of_a_zero_row_have_finite_gradients():
+    """A zero input row through bias-free-at-init layers gives z = 0; normalising it with a
+    squared-norm floor of 1e-30 made rsqrt's derivative overflow (inf * 0 = NaN gradients,
+    the run stopped at step 0). The floor of the objectives' own normalisation keeps them
+    finite, and z stays 0 there."""
+    model, _ = _model(normalize_embeddings=True)
+    a = jax.random.normal(KEY, (3, 5)).at[1].set(0.0)
+    img = jnp.ones((3, 8, 8, 1), jnp.uint8)
+    variables = model.init(KEY, {"a": a, "img": img})
+
+    def f(params):
+        z, _ = model.apply({**variables, "params": params}, {"a": a, "img": img})
+        return jnp.sum(z[..., 0] * jnp.arange(1.0, 4.0)[None]), z
+
+    grads, z = jax.grad(f, has_aux=True)(variables["params"])
+    np.testing.assert_array_equal(z[0, 1], 0.0)
+    np.testing.assert_allclose(jnp.linalg.norm(z[:, [0, 2]], axis=-1), 1.0, rtol=1e-5)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_sequence_and_image_encoders_refuse_inputs_they_would_misread():
+    """An LSTM given 4-D input scanned over the wrong axis (z of shape (N, 5, d)); a
+    ResNet-18 told input_channels=3 silently dropped the channels past the third."""
+    lstm = encoders.LSTM(out_dim=3, hidden=4)
+    with pytest.raises(ValueError, match=r"lstm expects \(N, T, F\)"):
+        lstm.init(KEY, jnp.zeros((2, 5, 6, 7)))
+    net = encoders.ResNet18(out_dim=3, width=4, stage_sizes=(1,), input_channels=3)
+    with pytest.raises(ValueError, match=r"got images of 5 channels .* would drop channels"):
+        net.init(KEY, jnp.zeros((2, 8, 8, 5)))
+    x = jax.random.normal(KEY, (2, 8, 8, 1))  # fewer channels are still tiled
+    assert net.apply(net.init(KEY, x), x).shape == (2, 3)
+
+
+def test_projectors_use_every_hidden_width():
+    """projector_hidden=(8, 16) built (in, 8), (8, 8), (8, 4): only the first width."""
+    proj = heads.MLPProjector(num_modalities=3, out_dim=4, hidden=(8, 16))
+    params = proj.init(KEY, jnp.zeros((2, 6, 4)), 0)["params"]["held_out_0"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(8, 8), (8, 16), (16, 4)]
+    fusion = heads.MaskedFusion(num_modalities=2, out_dim=4, hidden=(8, 16))
+    params = fusion.init(KEY, jnp.zeros((1, 2, 4)), (0,))["params"]["mlp"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(10, 8), (8, 16), (16, 4)]
+    with pytest.raises(ValueError, match="needs >= 1 layers"):
+        heads.ProjectionHead(out_dim=4, hidden=6, num_layers=0).init(KEY, jnp.zeros((2, 5)))
