@@ -96,6 +96,11 @@ def parse_encoder_overrides(spec: str | Mapping[str, str] | None) -> dict[str, s
                     "separated by commas, e.g. 'rgb=small_cnn,force=cnn1d'."
                 )
             key, value = (s.strip() for s in item.split("=", 1))
+            if key in pairs:
+                raise ValueError(
+                    f"model.encoders names modality {key!r} twice ({pairs[key]!r} and "
+                    f"{value!r}); give each modality one encoder."
+                )
             pairs[key] = value
     for value in pairs.values():
         get_encoder(value)

@@ -267,6 +267,8 @@ def test_encoder_overrides():
     ]
     with pytest.raises(ValueError, match="malformed"):
         models.parse_encoder_overrides("b:mlp")
+    with pytest.raises(ValueError, match=r"names modality 'b' twice \('mlp' and 'cnn1d'\)"):
+        models.parse_encoder_overrides("b=mlp, b=cnn1d")  # the last one silently won
     with pytest.raises(ValueError, match=r"\['c'\]"):
         models.resolve_encoders(mods, {"c": "mlp"})
 
