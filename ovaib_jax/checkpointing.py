@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from ovaib_jax import paths
 
 __all__ = [
+    "CORRUPT_DIR",
     "CheckpointMismatchError",
     "CheckpointSaveError",
     "Checkpointer",
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Beside the checkpoint directory: where steps that failed to restore are moved, once an
+# older step restored in their place.
+CORRUPT_DIR = "checkpoints_corrupt"
 
 
 def gather_process_json(obj: Any) -> list[Any]:
@@ -124,7 +129,7 @@ class Checkpointer:
         self.directory = paths.absolute(directory)
         self.read_only = read_only
         parent = self.directory.rsplit("/", 1)[0] if "/" in self.directory else "."
-        self.corrupt_directory = paths.join(parent, "checkpoints_corrupt")
+        self.corrupt_directory = paths.join(parent, CORRUPT_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
@@ -274,11 +279,16 @@ class Checkpointer:
             self._raise_if_mismatch(step, abstract)
             restored, error, _ = self._attempt(step, abstract, with_data)
             if error is not None:
-                raise error
+                raise NoRestorableCheckpointError(
+                    f"The checkpoint of step {step} in {self.directory} does not restore "
+                    f"({type(error).__name__}: {str(error)[:300]}); saved steps: {steps}. "
+                    "Pick another step, or leave the step out for the latest good one."
+                ) from error
             return restored
         if not steps:
             return None
         errors: list[str] = []
+        failed: list[int] = []  # moved aside only once an older step restores
         tried: set[int] = set()
         vanished = 0
         while todo := [s for s in reversed(steps) if s not in tried]:
@@ -288,6 +298,8 @@ class Checkpointer:
             self._raise_if_mismatch(s, abstract)
             restored, e, gone = self._attempt(s, abstract, with_data)
             if e is None:
+                for bad in failed:
+                    self._quarantine(bad)
                 return restored
             if gone:
                 # Deleted under a reader by the live run writing the workdir (its
@@ -313,12 +325,18 @@ class Checkpointer:
                 self.directory,
                 type(e).__name__,
                 str(e)[:500],
-                "" if self.read_only else f" and moving this one to {self.corrupt_directory}",
+                ""
+                if self.read_only
+                else f" (this one goes to {self.corrupt_directory} if an older one restores)",
             )
-            self._quarantine(s)
+            failed.append(s)
+        # Nothing is moved: where every step fails, the cause may be elsewhere (memory,
+        # storage, a changed library), and a rerun must not silently start from step 0.
         raise NoRestorableCheckpointError(
-            f"None of the checkpoints in {self.directory} restores ({'; '.join(errors)[:2000]}). "
-            "Remove the directory to start from scratch, or restore an older copy."
+            f"None of the checkpoints in {self.directory} restores ({'; '.join(errors)[:2000]}); "
+            "they were left in place. If the cause is outside them (memory, storage "
+            "access), fix it and rerun; if they are damaged, restore a copy, or start from "
+            "scratch in a new workdir."
         )
 
     def _attempt(
@@ -352,34 +370,35 @@ class Checkpointer:
         return None, error, status == 1
 
     def _raise_if_mismatch(self, step: int, abstract: Mapping[str, Any]) -> None:
-        """Raises :class:`CheckpointMismatchError` when the metadata of ``step`` reads fine
-        and its model arrays differ from ``abstract["model"]`` in structure or shape
-        (unreadable metadata is damage: nothing is raised). Called before orbax starts
-        the restore: one that fails part-way leaves its pending array reads to be
-        garbage-collected later, as "Exception ignored in: <coroutine ...>"."""
-        if "model" not in abstract:
-            return
-        # The model item's own metadata: the manager's item_metadata reads None for an
-        # item it has no handler for yet (a freshly opened manager, before any restore).
-        # Nested dicts, whose key paths read the same in metadata.
-        path = paths.join(self.directory, str(step), "model")
-        try:
-            with ocp.StandardCheckpointer() as reader:
-                stored = _shapes(reader.metadata(path).item_metadata.tree)
-        except Exception:
-            return
-        want = _shapes(abstract["model"])
-        diffs = [
-            f"{k}: checkpoint {stored.get(k, 'absent')}, model {want.get(k, 'absent')}"
-            for k in sorted(set(want) | set(stored))
-            if stored.get(k) != want.get(k)
-        ]
+        """Raises :class:`CheckpointMismatchError` when the metadata of an item of ``step``
+        reads fine and its arrays differ from ``abstract``'s (the model, and the optimizer
+        state when restored) in structure or shape (unreadable metadata is damage: nothing
+        is raised). Called before orbax starts the restore: one that fails part-way leaves
+        its pending array reads to be garbage-collected later, as "Exception ignored in:
+        <coroutine ...>"."""
+        diffs = []
+        for item, tree in abstract.items():
+            # The item's own metadata: the manager's item_metadata reads None for an item
+            # it has no handler for yet (a freshly opened manager, before any restore).
+            path = paths.join(self.directory, str(step), item)
+            try:
+                with ocp.StandardCheckpointer() as reader:
+                    stored = _shapes(reader.metadata(path).item_metadata.tree)
+            except Exception:
+                continue
+            want = _shapes(tree)
+            diffs += [
+                f"{item}{k}: checkpoint {stored.get(k, 'absent')}, run {want.get(k, 'absent')}"
+                for k in sorted(set(want) | set(stored))
+                if stored.get(k) != want.get(k)
+            ]
         if diffs:
             raise CheckpointMismatchError(
-                f"The checkpoint of step {step} in {self.directory} does not match the model "
-                f"({len(diffs)} difference(s): {'; '.join(diffs[:5])}). It was written by a "
-                "run with another model config: it is not damaged and was left in place. "
-                "Rerun with that run's config (WORKDIR/config.json), or use another --workdir."
+                f"The checkpoint of step {step} in {self.directory} does not match this "
+                f"run's {' and '.join(abstract)} ({len(diffs)} difference(s): "
+                f"{'; '.join(diffs[:5])}). It was written by a run with another model or "
+                "optimizer config: it is not damaged and was left in place. Rerun with "
+                "that run's config (WORKDIR/config.json), or use another --workdir."
             )
 
     def _quarantine(self, step: int) -> None:
@@ -426,9 +445,21 @@ def _is_barrier_error(e: BaseException) -> bool:
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``{key path: shape}`` of the array leaves of a tree (metadata or abstract)."""
+    """``{key path: shape}`` of the array leaves of a tree (metadata or abstract), keys
+    written alike for both: orbax's metadata holds dicts and lists where the state has
+    named tuples (optax's states), so an attribute reads as a dict key."""
+
+    def key(entry: Any) -> str:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            return f"[{entry.name!r}]"
+        if isinstance(entry, jax.tree_util.DictKey):
+            return f"[{entry.key!r}]"
+        if isinstance(entry, jax.tree_util.SequenceKey):
+            return f"[{entry.idx}]"
+        return str(entry)
+
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat if hasattr(x, "shape")}
+    return {"".join(map(key, p)): tuple(x.shape) for p, x in flat if hasattr(x, "shape")}
 
 
 def _this_process_state(saved: Any) -> Any:

@@ -9,8 +9,11 @@ evaluator named in ``config.evaluators`` and ``config.final_evaluators`` on the 
 splits and writes ``DIR/eval/results_step_N.json`` (and ``DIR/eval/results.json`` when
 no ``--step`` was given, so the latest good checkpoint was evaluated; an explicit
 ``--step`` never replaces it): ``{"step": N, "<evaluator>": {"<metric>":
-value}}``; with ``--out=PATH`` only PATH, and nothing under DIR (a diagnostic evaluation,
-e.g. with other ``--set`` values, then leaves the run's results as they were). Without
+value}}``, and ``"config_changes": {key: {"run": ..., "evaluated": ...}}`` where the
+config evaluated differs from the run's beyond its evaluators and data paths (e.g.
+``--set=objective.tau=0.5``); with ``--out=PATH`` only PATH, and nothing under DIR (a
+diagnostic evaluation, e.g. with other ``--set`` values, then leaves the run's results as
+they were). Without
 ``--config`` the run's own ``DIR/config.json`` is used; ``--set=KEY=VALUE`` (repeatable)
 overrides one of its keys (dotted, parsed as the type of the value it replaces; see
 :func:`ovaib_jax.configs.apply_overrides`).
@@ -53,12 +56,32 @@ def evaluate_checkpoint(
     names = configs.evaluator_names(config) + configs.evaluator_names(config, "final_evaluators")
     names = list(dict.fromkeys(names)) or DEFAULT_EVALUATORS
     results = {"step": restored.step, **restored.evaluation(names).run(restored.variables)}
+    changes = _config_changes(config, workdir)
+    if changes:  # the results are not the run's as trained: say so in them
+        results["config_changes"] = changes
     if out:
         if jax.process_index() == 0:
             records.write_json(out, results, indent=2, sort_keys=True)
     else:
         records.write_eval_results(workdir, results, latest=step is None)
     return results
+
+
+def _config_changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``{key: {"run": recorded value, "evaluated": value}}`` for the keys in which
+    ``config`` differs from the run's ``config.json`` beyond what a rerun may change
+    (:data:`ovaib_jax.configs.RESUMABLE_FIELDS`: evaluators, their kwargs, data paths)."""
+    recorded = records.read_config_json(workdir)
+    if recorded is None:
+        return {}
+    keys = [
+        k
+        for k in configs.changed_keys(recorded, config)
+        if not configs.is_under(k, configs.RESUMABLE_FIELDS)
+    ]
+    was = configs.flatten(configs.from_json(recorded).to_dict())
+    now = configs.flatten(config.to_dict())
+    return {k: {"run": was.get(k), "evaluated": now.get(k)} for k in keys}
 
 
 def load_config(

@@ -39,6 +39,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+# The file orbax writes last into a step directory saved in place (in a bucket).
+COMMIT_MARKER = "commit_success.txt"
 
 
 @flax.struct.dataclass
@@ -157,10 +159,15 @@ def last_good(ckpt: checkpointing.Checkpointer | None) -> str:
 
 
 def saved_steps(workdir: str) -> list[int]:
-    """The steps of the complete checkpoints in ``WORKDIR/checkpoints`` (read from the
-    directory names: temporary directories of unfinished saves are not steps)."""
+    """The steps of the complete checkpoints in ``WORKDIR/checkpoints``: on a local disk
+    the step directories (orbax writes a temporary directory and renames it when
+    complete); in a bucket, where orbax writes the step directory in place, those holding
+    its commit marker (``commit_success.txt``: a save killed part-way leaves none)."""
     directory = paths.join(workdir, CHECKPOINT_DIR)
-    return sorted(int(n) for n in paths.listdir(directory) if n.isdigit())
+    steps = sorted(int(n) for n in paths.listdir(directory) if n.isdigit())
+    if paths.is_local(directory):
+        return steps
+    return [s for s in steps if paths.exists(paths.join(directory, str(s), COMMIT_MARKER))]
 
 
 def restore(

@@ -288,17 +288,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         lock.release()
         raise
     preemption.checkpointer = run.checkpointer
-    start = int(host.to_host(run.state.step))
-    workdir_lib.record_start(config, workdir, start)  # only a config that builds
-    writer = records.MetricWriter(workdir, start)
-    batches = inputs.device_batches(
-        run.train_iter, run.mesh, run.modality_names, int(config.dataset.device_prefetch)
-    )
-    closers = [batches.close, preemption.restore, writer.close]
+    closers = [preemption.restore]  # in closing order; the writer and batches join below
     if run.checkpointer is not None:
         closers.append(run.checkpointer.close)  # raises if the last save failed
     closers.append(lock.release)
-    try:
+    try:  # the first writes too (a disk that is still full on the rerun): one error
+        start = int(host.to_host(run.state.step))
+        workdir_lib.record_start(config, workdir, start)  # only a config that builds
+        writer = records.MetricWriter(workdir, start)
+        closers.insert(1, writer.close)
+        batches = inputs.device_batches(
+            run.train_iter, run.mesh, run.modality_names, int(config.dataset.device_prefetch)
+        )
+        closers.insert(0, batches.close)
         result = _loop(config, run, workdir, start, batches, writer, preemption, lock)
     except OSError as e:  # e.g. a full disk while logging
         raise WriteError(_write_failed(workdir, run.checkpointer, e)) from e

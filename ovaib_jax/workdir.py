@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from ovaib_jax import configs, paths, records, state
+from ovaib_jax import checkpointing, configs, paths, records, state
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,14 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     recorded = records.read_config_json(workdir)
     steps = state.saved_steps(workdir)
+    moved = sorted(paths.listdir(paths.join(workdir, checkpointing.CORRUPT_DIR)))
+    if moved and not steps:
+        raise ResumeError(
+            f"{workdir} holds no checkpoint, but {checkpointing.CORRUPT_DIR}/ holds {moved}, "
+            "moved aside when they failed to restore: a rerun would train again from step 0 "
+            f"over this run's records. Move them back into {workdir}/{state.CHECKPOINT_DIR}/ "
+            "to retry them (if the cause was elsewhere), or use another --workdir."
+        )
     if recorded is None:
         if steps:
             raise ResumeError(

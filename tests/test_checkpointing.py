@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovaib_jax.checkpointing import Checkpointer, CheckpointMismatchError
+from ovaib_jax.checkpointing import (
+    Checkpointer,
+    CheckpointMismatchError,
+    NoRestorableCheckpointError,
+)
 from tests.train_helpers import ROOT, TINY, main_cmd, read_model, subprocess_env
 
 # ---------------------------------------------------------------- damaged checkpoints
@@ -101,6 +105,9 @@ def test_a_reader_of_a_live_run_follows_its_newer_checkpoints(tmp_path, caplog, 
 
 
 def test_explicit_step_and_all_damaged(tmp_path):
+    """An explicit damaged step is one error naming the saved steps; where every step
+    fails nothing is moved aside (they were all moved, and a rerun then silently trained
+    from step 0)."""
     directory = str(tmp_path / "checkpoints")
     ckpt = Checkpointer(directory, async_save=False)
     ckpt.save(5, _tree(5.0), None)
@@ -108,10 +115,64 @@ def test_explicit_step_and_all_damaged(tmp_path):
     with pytest.raises(FileNotFoundError, match="saved steps: \\[5\\]"):
         ckpt.restore(_abstract(), step=4)
     _damage(os.path.join(directory, "5"))
-    with pytest.raises(RuntimeError, match="None of the checkpoints"):
+    with pytest.raises(NoRestorableCheckpointError, match=r"step 5 .* does not restore .*saved"):
+        ckpt.restore(_abstract(), step=5, with_data=False)
+    with pytest.raises(NoRestorableCheckpointError, match=r"None of the.*left in place"):
         ckpt.restore(_abstract(), with_data=False)
+    assert ckpt.all_steps() == [5] and not os.path.exists(tmp_path / "checkpoints_corrupt")
     ckpt.close()
     assert Checkpointer(str(tmp_path / "empty")).restore(_abstract()) is None
+
+
+def test_good_checkpoints_that_fail_for_another_reason_are_not_moved_aside(tmp_path, monkeypatch):
+    """A restore failing for a cause outside the checkpoints (memory, storage access) on
+    every step moved all of them to checkpoints_corrupt; the next run started from step 0.
+    Failed steps are moved aside only once an older one restores."""
+    directory = str(tmp_path / "checkpoints")
+    ckpt = Checkpointer(directory, async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, _tree(float(step)), None)
+    ckpt.wait_until_finished()
+    real = Checkpointer._restore_step
+
+    def out_of_memory(self, step, abstract, with_data):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+    monkeypatch.setattr(Checkpointer, "_restore_step", out_of_memory)
+    with pytest.raises(NoRestorableCheckpointError, match="RESOURCE_EXHAUSTED"):
+        ckpt.restore(_abstract(), with_data=False)
+    assert ckpt.all_steps() == [1, 2] and not os.path.exists(tmp_path / "checkpoints_corrupt")
+    monkeypatch.setattr(Checkpointer, "_restore_step", real)
+    assert ckpt.restore(_abstract(), with_data=False).step == 2
+    ckpt.close()
+
+
+def test_another_optimizers_state_is_a_mismatch_not_damage(tmp_path):
+    """The optimizer item's structure was not compared (only the model's): SGD with
+    momentum restoring Adam's state failed on every step, each then moved aside as
+    damaged. Optax's named-tuple states compare equal to orbax's metadata of them."""
+    import optax
+
+    directory = str(tmp_path / "checkpoints")
+    params = _tree(1.0)["model"]
+    adam = {"opt_state": optax.adam(1e-3).init(params)}
+    ckpt = Checkpointer(directory, async_save=False)
+    ckpt.save(1, {"model": params, "optimizer": adam}, None)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    ckpt = Checkpointer(directory, async_save=False)
+
+    def abstract(opt):
+        tree = {"model": params, "optimizer": {"opt_state": opt.init(params)}}
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+    restored = ckpt.restore(abstract(optax.adam(1e-3)), with_data=False)
+    assert int(restored.trees["optimizer"]["opt_state"][0].count) == 0
+    sgd = optax.sgd(1e-3, momentum=0.9)
+    with pytest.raises(CheckpointMismatchError, match=r"optimizer\['opt_state'\]"):
+        ckpt.restore(abstract(sgd), with_data=False)
+    assert ckpt.all_steps() == [1] and not os.path.exists(tmp_path / "checkpoints_corrupt")
+    ckpt.close()
 
 
 def test_another_models_checkpoint_is_refused_before_any_read(tmp_path, monkeypatch):

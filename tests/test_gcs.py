@@ -171,6 +171,21 @@ def test_create_exclusive_creates_once(gcs, tmp_path):
         assert paths.read_text(p) == "first"
 
 
+def test_a_step_saved_in_place_without_its_commit_marker_is_not_a_saved_step(gcs):
+    """In a bucket orbax writes a step's directory in place and its commit marker last;
+    a save killed part-way left checkpoints/6 without it, and saved_steps counted it, so
+    check_resume refused num_train_steps=5 as "below the latest checkpoint (step 6)"."""
+    from ovaib_jax import paths, state
+
+    bucket, _ = gcs
+    wd = paths.join(bucket, "unfinished_save")
+    ckpts = paths.join(wd, "checkpoints")
+    paths.write_text(paths.join(ckpts, "3", "commit_success.txt"), "done")
+    paths.write_text(paths.join(ckpts, "3", "model", "x"), "x")
+    paths.write_text(paths.join(ckpts, "6", "model", "x"), "x")  # killed before its marker
+    assert state.saved_steps(wd) == [3]
+
+
 def test_a_start_that_saw_no_lease_does_not_take_a_held_one(gcs, monkeypatch):
     """Two runs starting on one bucket workdir at once: the slower one's look found no
     lease, but the faster one's exists by the time it writes. The lease is created only

@@ -90,6 +90,64 @@ def test_a_checkpoint_of_another_model_is_not_damage(finished, tmp_path):
     assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
 
 
+def test_a_workdir_whose_checkpoints_were_all_moved_aside_is_not_restarted(finished, tmp_path):
+    """Every checkpoint moved to checkpoints_corrupt (as an earlier version did when none
+    restored, whatever the cause): the rerun trained again from step 0 over the run's
+    records. check_resume refuses it, naming both ways out."""
+    import shutil
+
+    wd = str(tmp_path / "run")
+    shutil.copytree(finished[0], wd)
+    os.rename(os.path.join(wd, "checkpoints"), os.path.join(wd, "checkpoints_corrupt"))
+    config = tiny_config(finished[1].dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    with pytest.raises(workdir.ResumeError, match=r"checkpoints_corrupt/ holds \['3', '6'\]"):
+        workdir.check_resume(config, wd)
+
+
+def test_a_full_disk_at_the_start_of_a_rerun_is_one_error_and_releases_the_workdir(
+    finished, tmp_path, monkeypatch
+):
+    """record_start and the metric writer ran outside the trainer's OSError handling: a
+    disk still full on the rerun gave a raw traceback and left the lock and the SIGTERM
+    handler installed (an in-process sweep could not run again)."""
+    import shutil
+
+    wd = str(tmp_path / "run")
+    shutil.copytree(finished[0], wd)
+    config = tiny_config(finished[1].dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    config.num_train_steps = 8
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train.workdir_lib, "record_start", full)
+    with pytest.raises(train.WriteError, match=r"No space left.*checkpoint is step 6"):
+        train.train_and_evaluate(config, wd)
+    assert signal.getsignal(signal.SIGTERM) == handler
+    workdir.Lock(wd).acquire().release()  # released: a second run may take it
+
+
+def test_an_evaluation_with_another_config_says_so_in_its_results(finished, tmp_path):
+    """evaluate with a config that differs from the run's beyond its evaluators (here the
+    objective's tau) wrote eval/results.json as if it were the run's; the file now names
+    the keys that differ. The run's own config records none."""
+    import shutil
+
+    from ovaib_jax import evaluate
+
+    wd = str(tmp_path / "run")
+    shutil.copytree(finished[0], wd)
+    config = tiny_config(finished[1].dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    config.evaluators = "heldout_loss"  # an evaluation field: not a change of the run
+    assert "config_changes" not in evaluate.evaluate_checkpoint(config, wd)
+    tau = config.objective.tau
+    config.objective.tau = 0.5
+    evaluate.evaluate_checkpoint(config, wd)
+    saved = json.load(open(os.path.join(wd, "eval", "results.json")))
+    assert saved["config_changes"] == {"objective.tau": {"run": tau, "evaluated": 0.5}}
+
+
 def test_num_train_steps_below_the_latest_checkpoint_is_refused(finished):
     """Item 3: results of the step-6 model must never be labelled step 3."""
     wd, base = finished
