@@ -401,6 +401,9 @@ def _loop(
             ckpt_now = ckpt is not None and (s % config.checkpoint_every_steps == 0 or is_last)
             eval_now = evaluates_at(s)
             preempted = preemption.reached(s)
+            if s == start + 1 and not (log_now or ckpt_now or preempted):
+                # The first step's call waited for its compilation: the rate leaves it out.
+                t_last, step_last = time.perf_counter(), s
             if log_now or ckpt_now or eval_now or preempted:
                 metrics.drain()
             # A train line at every checkpoint too: the running sums are not saved, so a
