@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 500  # run config.evaluators on the eval split (0: never)
     config.eval_num_batches = 0  # eval batches per evaluation (0: the whole eval split)
     config.checkpoint_every_steps = 500  # also saved at the last step and on SIGTERM
-    config.keep_checkpoints = 3  # most recent checkpoints kept (None: all)
+    config.keep_checkpoints = 3  # most recent checkpoints kept (0 or None: all)
     config.async_checkpointing = True  # write checkpoints in a background thread
     # Comma-separated evaluator names: heldout_loss, inbatch_retrieval (ovaib_jax.evaluate)
     # and those of ovaib_jax.evaluators (downstream, modality_subsets, retrieval, mi_bounds).

@@ -18,6 +18,7 @@ Added on top of orbax:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -382,7 +383,7 @@ class Checkpointer:
             # it has no handler for yet (a freshly opened manager, before any restore).
             path = paths.join(self.directory, str(step), item)
             try:
-                with ocp.StandardCheckpointer() as reader:
+                with _quiet_absl(), ocp.StandardCheckpointer() as reader:
                     stored = _shapes(reader.metadata(path).item_metadata.tree)
             except Exception:
                 continue
@@ -442,6 +443,20 @@ def _pass_restore_barrier() -> None:
 def _is_barrier_error(e: BaseException) -> bool:
     """Whether orbax's restore failed in its barrier itself (processes out of step)."""
     return isinstance(e, AssertionError) and "sync_global_devices" in str(e)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Silences absl's warnings for a while: orbax warns "Metadata file does not exist:
+    .../<item>/_CHECKPOINT_METADATA" when an item's metadata is read on its own (that
+    file sits one level up, in the step), which read as damage on every resume."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -116,6 +116,8 @@ PROGRAM = "ovaib_jax.evaluate"
 def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
     """The config with the ``--set`` overrides, validated; a config error is one line on
     stderr and exit status 2 (the closest valid key for a mistyped one)."""
+    if not f.workdir.strip():
+        console.exit_with(PROGRAM, "--workdir is empty: name the run's directory.")
     try:
         config = load_config(f.config, f.workdir)
     except FileNotFoundError as e:
@@ -128,8 +130,8 @@ def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
         keys = [k for k in keys if not (k.startswith("evaluator_kwargs.") and k.count(".") == 2)]
         messages = [m for k in keys if (m := console.unknown_key_message(config, k, flag="--set="))]
         console.exit_with(PROGRAM, messages[0] if messages else str(e))
-    runtime.initialize_distributed(config)  # before anything touches the devices
     try:
+        runtime.initialize_distributed(config)  # before anything touches the devices
         validate_config(config)
     except ValueError as e:
         console.exit_with(PROGRAM, f"config error: {e}")

@@ -23,7 +23,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ovaib_jax import console, data, runtime, train
+from ovaib_jax import console, data, paths, runtime, train
 from ovaib_jax.checkpointing import (
     CheckpointMismatchError,
     CheckpointSaveError,
@@ -72,7 +72,16 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     """What ``main`` does with the parsed flags: validates ``config`` (a config error is
     one line and exit status 2), trains, and logs the summary table; missing raw files
     exit with one message naming ``--config.dataset.manual_dir`` (status 1)."""
-    runtime.initialize_distributed(config)  # before anything touches the devices
+    if not str(workdir or "").strip():
+        console.exit_with(PROGRAM, "--workdir is empty: name the run's directory.")
+    try:
+        runtime.initialize_distributed(config)  # before anything touches the devices
+    except ValueError as e:
+        console.exit_with(PROGRAM, f"config error: {e}")
+    try:
+        paths.makedirs(workdir)
+    except OSError as e:  # e.g. the workdir is a file, or its parent is read-only
+        console.exit_with(PROGRAM, f"cannot use --workdir={workdir}: {e}", status=1)
     try:
         resolved = check_config(config)
         out = train.train_and_evaluate(config, workdir)
@@ -81,7 +90,7 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
         sys.exit(1)
     except (ResumeError, WorkdirBusyError, CheckpointMismatchError) as e:
         console.exit_with(PROGRAM, str(e), status=1)  # nothing was changed in the workdir
-    except NoRestorableCheckpointError as e:  # damaged ones were moved aside, as it says
+    except NoRestorableCheckpointError as e:  # nothing was moved: the message says why
         console.exit_with(PROGRAM, str(e), status=1)
     except (CheckpointSaveError, train.WriteError) as e:
         # One message; then exit without tearing down orbax's failed background writes

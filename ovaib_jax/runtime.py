@@ -40,21 +40,48 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
     TPU pods, SLURM, Open MPI, ...), when ``config.distributed.coordinator_address`` is set
     (explicit, with ``num_processes`` and ``process_id``), or when the environment sets
     ``JAX_COORDINATOR_ADDRESS``. Returns whether JAX runs distributed.
+
+    Raises:
+      ValueError: settings that cannot start a distributed run (a process count or id
+        without a coordinator, an address without a port, an id out of range), or
+        ``jax.distributed.initialize``'s own failure, with what to set.
     """
     if jax.distributed.is_initialized():
         return True
     dist = config.distributed
+    env_address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     address = dist.coordinator_address or None
-    if not (dist.initialize or address or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    n, rank = int(dist.num_processes), int(dist.process_id)
+    if not (dist.initialize or address or env_address):
+        if n > 0 or rank >= 0:
+            raise ValueError(
+                f"config.distributed.num_processes={n} / process_id={rank} are set, but "
+                "nothing starts a distributed run: also set "
+                "--config.distributed.coordinator_address=HOST:PORT (or "
+                "--config.distributed.initialize=True on a cluster JAX detects)."
+            )
         return False
+    for name, value in (("config.distributed.coordinator_address", address),
+                        ("JAX_COORDINATOR_ADDRESS", env_address)):  # fmt: skip
+        if value and not value.rpartition(":")[2].isdigit():
+            raise ValueError(f"{name}={value!r} must be HOST:PORT (e.g. 10.0.0.1:1234).")
+    if n > 0 and rank >= n:
+        raise ValueError(f"config.distributed.process_id={rank} must be in [0, num_processes={n}).")
     kwargs: dict[str, Any] = {}
     if address:
         kwargs["coordinator_address"] = address
-    if dist.num_processes > 0:
-        kwargs["num_processes"] = int(dist.num_processes)
-    if dist.process_id >= 0:
-        kwargs["process_id"] = int(dist.process_id)
-    jax.distributed.initialize(**kwargs)
+    if n > 0:
+        kwargs["num_processes"] = n
+    if rank >= 0:
+        kwargs["process_id"] = rank
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, IndexError) as e:  # what JAX could not work out
+        raise ValueError(
+            f"jax.distributed.initialize failed ({e}). Outside a cluster JAX detects "
+            "(SLURM, TPU pods, Open MPI), set all of --config.distributed.coordinator_address"
+            "=HOST:PORT, num_processes=N and process_id=RANK (0 to N-1)."
+        ) from e
     log.info(
         "jax.distributed: process %d of %d, %d local / %d global devices.",
         jax.process_index(),

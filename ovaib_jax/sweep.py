@@ -253,6 +253,8 @@ def main(argv: list[str]) -> None:
     from ml_collections import config_flags
 
     console.setup_logging(argv)
+    if not flags.FLAGS.workdir.strip():
+        console.exit_with("ovaib_jax.sweep", "--workdir is empty: name the sweep's directory.")
     if flags.FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
         # Runs of one objective differ only in the seed (data, not code): with a persistent
         # compilation cache the later seeds skip compiling (minutes for ResNet on CPU).

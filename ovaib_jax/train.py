@@ -117,7 +117,9 @@ def build(
     ckpt = None
     if workdir is not None:
         ckpt = state.open_checkpointer(
-            workdir, max_to_keep=config.keep_checkpoints, async_save=config.async_checkpointing
+            workdir,
+            max_to_keep=config.keep_checkpoints or None,  # 0 (the command line's None): all
+            async_save=config.async_checkpointing,
         )
         if restore:
             train_state = state.restore(ckpt, train_state, train_iter)

@@ -231,8 +231,8 @@ def _check_schedule(config: ml_collections.ConfigDict, device_count: int, proces
         "batch_size",
     ):
         _positive_int(config, path)
-    if config.get("keep_checkpoints", 0) is not None:  # None: keep every checkpoint
-        _positive_int(config, "keep_checkpoints")
+    if config.get("keep_checkpoints", 0) is not None:  # None or 0: keep every checkpoint
+        _positive_int(config, "keep_checkpoints", allow_zero=True)
     for path in ("eval_every_steps", "eval_batch_size", "eval_num_batches"):
         _positive_int(config, path, allow_zero=True)
     _positive_int(config, "dataset.shuffle_block")

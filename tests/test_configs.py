@@ -395,18 +395,19 @@ def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
     validate_config(configs.from_json(recorded), device_count=1, process_count=1)
 
 
-def test_keep_checkpoints_is_a_positive_integer():
-    """0 would have orbax delete every checkpoint as soon as it is written (and the run's
-    earlier ones), and a negative value failed deep inside orbax."""
-    for bad in (0, -1):
-        _bad(
-            lambda c, bad=bad: setattr(c, "keep_checkpoints", bad),
-            r"config.keep_checkpoints must be an integer > 0",
-        )
-    config = load("default")
-    with config.unlocked():
-        config.keep_checkpoints = None  # keep every checkpoint (orbax's max_to_keep=None)
-    validate_config(config, device_count=1, process_count=1)
+def test_keep_checkpoints_is_a_count_or_0_for_all():
+    """A negative value failed deep inside orbax; 0 (which orbax would take as "delete
+    every checkpoint as soon as it is written") and None keep every checkpoint: None
+    cannot be given on the command line, 0 can."""
+    _bad(
+        lambda c: setattr(c, "keep_checkpoints", -1),
+        r"config.keep_checkpoints must be an integer >= 0",
+    )
+    for every in (None, 0):
+        config = load("default")
+        with config.unlocked():
+            config.keep_checkpoints = every
+        validate_config(config, device_count=1, process_count=1)
 
 
 def test_head_layers_is_a_positive_integer():

@@ -326,3 +326,55 @@ def test_damaged_data_files_are_one_line_in_train_and_evaluate(tmp_path, capsys,
                 call()
             err = capsys.readouterr().err
             assert e.value.code == 1 and err == f"{program}: {error}\n", err
+
+
+def test_distributed_settings_that_cannot_start_are_one_config_error(tmp_path, capsys, monkeypatch):
+    """Half-given distributed settings reached jax.distributed.initialize (tracebacks:
+    "Number of processes must be defined.", an IndexError for an address without a port)
+    or were silently ignored (num_processes and process_id without a coordinator trained
+    alone); each is one config-error line now, before any device is touched."""
+    from ovaib_jax import main, runtime, train
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+    cases = [
+        ({"num_processes": 2, "process_id": 0}, r"nothing starts a distributed run"),
+        ({"coordinator_address": "localhost"}, r"must be HOST:PORT"),
+        ({"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 2},
+         r"process_id=2 must be in \[0, num_processes=2\)"),
+    ]  # fmt: skip
+    for settings, match in cases:
+        config = tiny_config(str(tmp_path))
+        config.distributed.update(settings)
+        with pytest.raises(ValueError, match=match):
+            runtime.initialize_distributed(config)
+        with pytest.raises(SystemExit) as e:
+            main.train_main(config, str(tmp_path / "w"))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and "config error" in err[0], err
+
+    def jax_fails(**kwargs):
+        raise ValueError("Number of processes must be defined.")
+
+    monkeypatch.setattr(runtime.jax.distributed, "initialize", jax_fails)
+    config = tiny_config(str(tmp_path))
+    config.distributed.coordinator_address = "localhost:1234"
+    with pytest.raises(ValueError, match=r"Number of processes.*set all of"):
+        runtime.initialize_distributed(config)
+
+
+def test_an_empty_or_unusable_workdir_is_one_line(tmp_path, capsys):
+    """--workdir= trained into the current directory; a workdir that is a file was a
+    FileExistsError traceback."""
+    from ovaib_jax import main
+
+    config = tiny_config(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main.train_main(config, " ")
+    assert e.value.code == 2 and "--workdir is empty" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main.train_main(config, str(afile))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1 and "cannot use --workdir=" in err[0], err

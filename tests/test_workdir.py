@@ -452,3 +452,13 @@ def _session_logs(path: str) -> list[tuple[int, int]]:
         if event.HasField("session_log"):
             out.append((event.step, event.session_log.status))
     return out
+
+
+def test_keep_checkpoints_0_keeps_every_checkpoint(data_dir, tmp_path):
+    """0 is the command line's "keep all" (None cannot be typed there); orbax itself would
+    read max_to_keep=0 as keeping none."""
+    wd = str(tmp_path / "all")
+    config = tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=1)
+    config.keep_checkpoints = 0
+    train.train_and_evaluate(config, wd)
+    assert state.saved_steps(wd) == [1, 2, 3, 4]
