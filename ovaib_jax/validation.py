@@ -126,7 +126,7 @@ def validate_config(
     encoders, temperature_param, init_temperature = _check_model(config, name, hparams, modalities)
     learn_product_weight = _check_product_weight(config, name, hparams)
     _check_optimizer(config.optimizer)
-    _check_evaluators(config)
+    _check_evaluators(config, tuple(m.name for m in modalities))
     # No objective needs the model to normalise: the cosine-, projection- and volume-based
     # ones normalise inside, and Symile's MIP is left unnormalised so that the encoders
     # learn its scale (with unit vectors and the default logit_scale = 1 its logits stay
@@ -395,13 +395,22 @@ def _check_model(
                 f"set config.model.dtype ({', '.join(models.DTYPES)}) instead."
             )
         kwargs = dict(models.encoder_kwargs(mc, enc))
-        fields = {f.name for f in dataclasses.fields(models.get_encoder(enc))}
+        types = {f.name: str(f.type) for f in dataclasses.fields(models.get_encoder(enc))}
+        fields = set(types)
         bad = sorted(set(kwargs) - fields)
         if bad:
             raise ValueError(
                 f"config.model.{enc} has {bad}, which encoder {enc!r} does not take; it takes "
                 f"{sorted(fields - {'parent', 'name', 'out_dim'})}."
             )
+        for key, value in kwargs.items():
+            _check_encoder_value(f"config.model.{enc}.{key}", value, types[key])
+    projector_hidden = mc.get("projector_hidden", ())
+    if not _widths(projector_hidden):
+        raise ValueError(
+            f"config.model.projector_hidden={projector_hidden!r} must be positive integer "
+            "widths, e.g. (256,)."
+        )
     if not mc.learnable_temperature:
         return encoders, None, 0.07  # the initial temperature is unused then
     param = losses.TEMPERATURE.get(objective)
@@ -418,6 +427,30 @@ def _check_model(
             f"[model.min_temperature, model.max_temperature] = [{lo}, {hi}]."
         )
     return encoders, param, init_temperature
+
+
+def _widths(value: Any, allow_int: bool = False) -> bool:
+    """Whether ``value`` is a tuple or list of integers >= 1 (or, with ``allow_int``, one)."""
+    if allow_int and not isinstance(value, (tuple, list)):
+        value = (value,)
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    )
+
+
+def _check_encoder_value(path: str, value: Any, annotation: str) -> None:
+    """An encoder setting of the types the encoders take: integers >= 1 (``input_channels``
+    >= 0: 0 keeps the channels as stored), tuples of them, a known activation name. They
+    failed inside flax at model build (a string or 1.5 for a width, a kernel of 0)."""
+    if annotation == "int":
+        low = 0 if path.endswith(".input_channels") else 1
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            raise ValueError(f"{path}={value!r} must be an integer >= {low}.")
+    elif annotation in ("Sequence[int]", "int | Sequence[int]"):
+        if not _widths(value, allow_int=annotation.startswith("int |")):
+            raise ValueError(f"{path}={value!r} must be a tuple of integers >= 1, e.g. (64, 64).")
+    elif path.endswith(".act"):
+        models.activation(value)  # an unknown name lists the valid ones
 
 
 def _check_branches(
@@ -470,7 +503,7 @@ def _check_optimizer(opt: ml_collections.ConfigDict) -> None:
         )
 
 
-def _check_evaluators(config: ml_collections.ConfigDict) -> None:
+def _check_evaluators(config: ml_collections.ConfigDict, modality_names: tuple) -> None:
     valid = sorted(evaluators.names())
     for field in ("evaluators", "final_evaluators"):
         for ev in configs.evaluator_names(config, field):
@@ -486,6 +519,6 @@ def _check_evaluators(config: ml_collections.ConfigDict) -> None:
                 f"evaluators are {valid}."
             )
         try:  # builds the config dataclass: unknown keys raise
-            evaluators.create(ev, kwargs_all[ev])
+            evaluators.create(ev, kwargs_all[ev]).check(modality_names)
         except (TypeError, ValueError) as e:
             raise ValueError(f"config.evaluator_kwargs.{ev}: {e}") from None

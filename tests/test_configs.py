@@ -414,3 +414,40 @@ def test_head_layers_is_a_positive_integer():
     """head_layers=0 (or -2) built a one-layer linear head without a word."""
     for bad in (0, -2):
         _bad(lambda c, bad=bad: setattr(c.model, "head_layers", bad), r"model\.head_layers")
+
+
+def test_evaluator_settings_naming_a_missing_modality_stop_the_run_at_start():
+    """A typo'd modality in a retrieval pair or a probe's modalities was found by the
+    final evaluation, after the whole training run."""
+    for key, value, match in (
+        ("retrieval", {"pairs": ("x0->x9",)}, r"Unknown modality 'x9'"),
+        ("downstream", {"modalities": ("x0", "x7")}, r"modalities \['x7'\] are not the run's"),
+        ("modality_subsets", {"modalities": ("y",)}, r"modalities \['y'\] are not the run's"),
+    ):
+        config = load("parity", "runlocal")
+        with config.unlocked():
+            config.evaluator_kwargs[key] = value
+        with pytest.raises(ValueError, match=rf"evaluator_kwargs\.{key}: .*{match}"):
+            validate_config(config, device_count=1, process_count=1)
+    config = load("parity", "runlocal")
+    with config.unlocked():
+        config.evaluator_kwargs.retrieval = {"pairs": ("x0+x1->x2",)}
+    validate_config(config, device_count=1, process_count=1)
+
+
+def test_encoder_settings_of_the_wrong_type_are_config_errors():
+    """Widths given as a string or 1.5, a kernel of 0, an unknown activation: each failed
+    inside flax when the model was built (a TypeError or ZeroDivisionError traceback)."""
+    for mutate, match in (
+        (lambda c: setattr(c.model.mlp, "hidden", ("abc",)), r"model\.mlp\.hidden=\('abc',\)"),
+        (lambda c: setattr(c.model.mlp, "hidden", (32, 1.5)), r"model\.mlp\.hidden=\(32, 1\.5\)"),
+        (lambda c: setattr(c.model.mlp, "act", "relux"), r"Unknown activation 'relux'"),
+        (lambda c: setattr(c.model, "projector_hidden", ("abc",)), r"projector_hidden"),
+    ):
+        _bad(mutate, match)
+    config = load("default")
+    with config.unlocked():
+        config.model.encoders = "x0=cnn1d"
+        config.model.cnn1d.kernel_size = 0
+    with pytest.raises(ValueError, match=r"model\.cnn1d\.kernel_size=0 must be an integer >= 1"):
+        validate_config(config, device_count=1, process_count=1)

@@ -345,6 +345,12 @@ class Evaluator(abc.ABC):
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         """Flat ``{metric: value}`` (floats; a markdown string under ``"table"``)."""
 
+    def check(self, modality_names: Sequence[str]) -> None:
+        """Raises ValueError for a config value that names a modality the run does not
+        have, before any training (a typo otherwise surfaced in the final evaluation,
+        after the whole run). The default checks nothing."""
+        del modality_names
+
     def extra_keys(self) -> tuple[str, ...]:
         """Example keys this evaluator reads beyond the dataset's declared targets (e.g. a
         stored latent factor to decode); the caller embeds them as targets."""
@@ -352,6 +358,16 @@ class Evaluator(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def check_modalities(evaluator: str, wanted: Sequence[str] | None, have: Sequence[str]) -> None:
+    """A ValueError naming the modalities of ``wanted`` (a config's) not in ``have``."""
+    unknown = [m for m in wanted or () if m not in have]
+    if unknown:
+        raise ValueError(
+            f"Evaluator {evaluator!r}: modalities {unknown} are not the run's; its "
+            f"modalities are {list(have)}."
+        )
 
 
 def objective_of(info: RunInfo, evaluator: str) -> str:

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ovaib_jax.evaluators._base import Embedded, Evaluator, RunInfo, TargetInfo
+from ovaib_jax.evaluators._base import (
+    Embedded,
+    Evaluator,
+    RunInfo,
+    TargetInfo,
+    check_modalities,
+)
 from ovaib_jax.evaluators.probe import (
     PROBES,
     ProbeConfig,
@@ -182,6 +188,9 @@ class Downstream(Evaluator):
     def extra_keys(self) -> tuple[str, ...]:
         return tuple(self.config.targets or ()) + tuple(self.config.per_modality_targets)
 
+    def check(self, modality_names: Sequence[str]) -> None:
+        check_modalities(self.name, self.config.modalities, modality_names)
+
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         seed = info.seed
         cfg = self.config
@@ -311,6 +320,9 @@ class ModalitySubsets(Evaluator):
 
     def extra_keys(self) -> tuple[str, ...]:
         return tuple(self.config.targets or ())
+
+    def check(self, modality_names: Sequence[str]) -> None:
+        check_modalities(self.name, self.config.modalities, modality_names)
 
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         seed = info.seed

@@ -379,6 +379,11 @@ class Retrieval(Evaluator):
             cols.append(t[:, c])
         return joint_labels(*cols)
 
+    def check(self, modality_names: Sequence[str]) -> None:
+        names = tuple(modality_names)
+        for pair in self.config.pairs or ():
+            parse_pair(pair, Embedded(None, {}, {}, names))
+
     def run(self, train: Embedded | None, test: Embedded, info: RunInfo) -> dict[str, Any]:
         from ovaib_jax import losses
 

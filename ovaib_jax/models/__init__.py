@@ -17,7 +17,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from ovaib_jax.models.encoders import CNN1D, LSTM, MLP, ResNet18, SmallCNN
+from ovaib_jax.models.encoders import CNN1D, LSTM, MLP, ResNet18, SmallCNN, activation
 from ovaib_jax.models.heads import MLPProjector, ProjectionHead
 from ovaib_jax.models.multimodal import PRODUCT_WEIGHT_BOUNDS, EncoderDef, MultiModalModel
 
@@ -29,6 +29,7 @@ __all__ = [
     "MLPProjector",
     "MultiModalModel",
     "ProjectionHead",
+    "activation",
     "create_model",
     "encoder_kwargs",
     "get_dtype",
