@@ -1080,6 +1080,10 @@ def make_dataset(
     Arguments as in :func:`make_iterator`. Element ``i`` is the ``i``-th batch of process
     ``process_index``: a dict ``{key: array (batch_size, *shape)}``.
     """
+    for name, value in (("batch_size", batch_size), ("process_index", process_index),
+                        ("process_count", process_count), ("num_epochs", num_epochs)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or int(value) != value):
+            raise ValueError(f"{name} must be an integer, got {value!r}.")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if not 0 <= process_index < process_count:
@@ -1119,7 +1123,9 @@ def make_dataset(
         ds = ds.map(transform)
     if keys is not None:
         ds = ds.map(_SelectKeys(keys))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # An endless stream has no last partial batch; grain's length of one not dropping it
+    # overflows (a float ceil of sys.maxsize / batch_size).
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder or num_epochs is None)
     if process_count > 1:
         if drop_remainder and num_epochs is not None:
             ds = ds[: len(ds) // process_count * process_count]

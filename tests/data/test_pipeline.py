@@ -160,6 +160,14 @@ def test_an_endless_stream_keeps_partial_batches(batch_size):
     )  # fmt: skip
     got = np.concatenate([ids([next(it)]) for _ in range(25 // batch_size)])
     np.testing.assert_array_equal(got, np.arange(len(got)) % n)
+    # the per-example reference path too (it overflowed when the dataset was made)
+    ds = data.make_dataset(
+        toy_source(n), batch_size=batch_size, seed=0, num_epochs=None, drop_remainder=False,
+        shuffle=False, batched=False,
+    )  # fmt: skip
+    assert len(ds) > 10**9  # endless (its length overflowed)
+    ref = np.concatenate([np.asarray(ds[i]["id"]) for i in range(25 // batch_size)])
+    np.testing.assert_array_equal(ref, got)
 
 
 def test_transform_is_applied_per_example():
@@ -178,6 +186,9 @@ def test_bad_arguments():
         data.make_iterator(toy_source(4), batch_size=0, seed=0)
     with pytest.raises(ValueError, match="empty"):
         data.make_iterator([], batch_size=1, seed=0)
+    for name, value in (("batch_size", 4.0 + 0.5), ("num_epochs", 1.5), ("process_count", 2.5)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            data.make_iterator(toy_source(4), seed=0, **{"batch_size": 2, name: value})
     for block in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="shuffle_block must be a positive integer"):
             data.make_iterator(toy_source(4), batch_size=2, seed=0, shuffle_block=block)
