@@ -445,7 +445,22 @@ def unknown_key_message(
                 f"(--config={path or 'FILE'}:{pick})"
             )
     close = closest_key(config, key)
-    return msg + (f". Did you mean {flag}{close}?" if close else ".")
+    if close:
+        return msg + f". Did you mean {flag}{close}?"
+    parent = _node(config, key.rpartition(".")[0]) if "." in key else None
+    if parent is not None and _section(parent):  # nothing close: what the section holds
+        return msg + f"; {key.rpartition('.')[0]} holds {', '.join(sorted(map(str, parent)))}."
+    return msg + "."
+
+
+def _node(config: Any, key: str) -> Any:
+    """The value at dotted ``key`` of ``config``, or None."""
+    node = config
+    for part in key.split("."):
+        if not _section(node) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _section(node: Any) -> bool:
@@ -501,6 +516,26 @@ def short_flag_error(message: str) -> str:
     return " ".join(lines)
 
 
+def _section_message(
+    config: Any, config_file: str, keys: Sequence[str], config_flag: str
+) -> str | None:
+    """One line for the first of ``keys`` that names a section (given one value, e.g.
+    ``--config.objective=symile``): set its keys, or (the objective) the file's argument."""
+    for key in keys:
+        if _section(_node(config, key)):
+            path, _, arg = config_file.partition(":")
+            hint = ""
+            if key == "objective":
+                items = [a for a in arg.split(",") if a and not a.startswith("objective=")]
+                pick = ",".join([*items, "objective=NAME"])
+                hint = f", or pick the objective with --{config_flag}={path}:{pick}"
+            return (
+                f"--{config_flag}.{key} is a section, not a value: set its keys "
+                f"(--{config_flag}.{key}.KEY=VALUE){hint}."
+            )
+    return None
+
+
 def _overrides(argv: Sequence[str], name: str) -> tuple[str, list[str]]:
     """``(value of --name, [KEY of each --name.KEY=VALUE])`` in ``argv``."""
     config_file, keys = "", []
@@ -534,7 +569,15 @@ def parse_flags(
             getattr(fv[config_flag].value, "keys")  # noqa: B009
         return args
     except flags.Error as e:
-        exit_with(program, f"{short_flag_error(str(e))} (see --helpshort).")
+        message = None
+        if "as a ConfigDict" in str(e):  # a whole section given one value
+            config_file, keys = _overrides(argv, config_flag)
+            try:
+                config = configs.load_experiment(config_file)
+                message = _section_message(config, config_file, keys, config_flag)
+            except Exception:
+                message = None
+        exit_with(program, message or f"{short_flag_error(str(e))} (see --helpshort).")
     except OSError as e:  # no such experiment file (ml_collections defers the error)
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         exit_with(program, f"--{config_flag}: {lines[-1] if lines else e}")
@@ -550,6 +593,7 @@ def parse_flags(
                 )
                 if message:
                     break
+            message = message or _section_message(config, config_file, keys, config_flag)
         except Exception:  # the experiment file itself fails: absl reports that
             message = None
         detail = str(e).strip().strip("'\"").splitlines()[0] if str(e).strip() else ""

@@ -378,3 +378,24 @@ def test_an_empty_or_unusable_workdir_is_one_line(tmp_path, capsys):
         main.train_main(config, str(afile))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 1 and len(err) == 1 and "cannot use --workdir=" in err[0], err
+
+
+def test_an_unknown_key_with_nothing_close_lists_its_section():
+    """--config.optimizer.lr=3e-4 said only "no such config key"."""
+    config = tiny_config("/tmp")
+    msg = console.unknown_key_message(config, "optimizer.lr")
+    assert msg.startswith("--config.optimizer.lr: no such config key; optimizer holds ")
+    assert "learning_rate" in msg and "weight_decay" in msg
+    near = console.unknown_key_message(config, "optimizer.learning_rat")
+    assert near.endswith("Did you mean --config.optimizer.learning_rate?")
+
+
+def test_a_section_given_one_value_names_its_keys_and_the_objective_argument(tmp_path):
+    """--config.objective=symile was "bad --config override: ValueError: Failed to parse
+    'symile' as a ConfigDict"."""
+    proc = _main("--config=experiments/parity.py:runlocal", f"--workdir={tmp_path}",
+                 "--config.objective=symile")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "--config.objective is a section, not a value" in err[0], err
+    assert "--config=experiments/parity.py:runlocal,objective=NAME" in err[0]
