@@ -407,13 +407,11 @@ def config_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+_MISSING = object()
+
+
 def _has_key(config: Any, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not _section(node) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return _node(config, key, _MISSING) is not _MISSING
 
 
 def unknown_key_message(
@@ -453,12 +451,12 @@ def unknown_key_message(
     return msg + "."
 
 
-def _node(config: Any, key: str) -> Any:
-    """The value at dotted ``key`` of ``config``, or None."""
+def _node(config: Any, key: str, default: Any = None) -> Any:
+    """The value at dotted ``key`` of ``config``, or ``default`` where there is none."""
     node = config
     for part in key.split("."):
         if not _section(node) or part not in node:
-            return None
+            return default
         node = node[part]
     return node
 
