@@ -459,6 +459,6 @@ def test_keep_checkpoints_0_keeps_every_checkpoint(data_dir, tmp_path):
     read max_to_keep=0 as keeping none."""
     wd = str(tmp_path / "all")
     config = tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=1)
-    config.keep_checkpoints = 0
+    config.keep_checkpoints, config.final_evaluators = 0, ""
     train.train_and_evaluate(config, wd)
     assert state.saved_steps(wd) == [1, 2, 3, 4]

@@ -199,8 +199,7 @@ def _pair_matmuls(m):
         (3, True, 0.5, 0.7, None),
         (4, False, 0.5, "traced", None),
         (4, True, 1e-8, 0.0, 6),
-        (5, False, 1e-8, 0.0, None),
-        (6, True, 0.5, 0.0, None),  # (the product term: M = 3, 4)
+        (6, True, 0.5, 0.0, None),  # (the product term: M = 3, 4; odd M: 3)
     ],
 )
 def test_shared_pair_path_equals_general_path(m, exclude_positive, lam, product_weight, chunk_size):
