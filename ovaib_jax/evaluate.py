@@ -131,7 +131,9 @@ def _config_or_exit(f: Any) -> ml_collections.ConfigDict:
         messages = [m for k in keys if (m := console.unknown_key_message(config, k, flag="--set="))]
         console.exit_with(PROGRAM, messages[0] if messages else str(e))
     try:
-        runtime.initialize_distributed(config)  # before anything touches the devices
+        # Before anything touches the devices; a recorded multi-host run's process count
+        # without its (environment's) coordinator evaluates on one process.
+        runtime.initialize_distributed(config, training=False)
         validate_config(config)
     except ValueError as e:
         console.exit_with(PROGRAM, f"config error: {e}")

@@ -131,7 +131,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
     Raises:
       FileNotFoundError: no checkpoint in ``workdir``.
     """
-    runtime.initialize_distributed(config)
+    runtime.initialize_distributed(config, training=False)
     resolved = validate_config(config)
     mesh = runtime.create_mesh()
     model = runtime.create_model(config, resolved)

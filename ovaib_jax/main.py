@@ -79,11 +79,11 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     except ValueError as e:
         console.exit_with(PROGRAM, f"config error: {e}")
     try:
-        paths.makedirs(workdir)
-    except OSError as e:  # e.g. the workdir is a file, or its parent is read-only
-        console.exit_with(PROGRAM, f"cannot use --workdir={workdir}: {e}", status=1)
-    try:
         resolved = check_config(config)
+        try:
+            paths.makedirs(workdir)
+        except OSError as e:  # e.g. the workdir is a file, or its parent is read-only
+            console.exit_with(PROGRAM, f"cannot use --workdir={workdir}: {e}", status=1)
         out = train.train_and_evaluate(config, workdir)
     except FloatingPointError as e:  # a diverged run: the message says what to do
         logging.error("%s", e)

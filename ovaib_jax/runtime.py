@@ -33,13 +33,17 @@ log = logging.getLogger(__name__)
 DATA_AXIS = "data"
 
 
-def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
+def initialize_distributed(config: ml_collections.ConfigDict, *, training: bool = True) -> bool:
     """Calls ``jax.distributed.initialize`` when the config or the environment asks for it.
 
     It is called when ``config.distributed.initialize`` is True (cluster auto-detection:
     TPU pods, SLURM, Open MPI, ...), when ``config.distributed.coordinator_address`` is set
     (explicit, with ``num_processes`` and ``process_id``), or when the environment sets
     ``JAX_COORDINATOR_ADDRESS``. Returns whether JAX runs distributed.
+
+    ``training=False`` (evaluating a recorded run, whose config.json may hold the process
+    count and id of a multi-host run whose coordinator came from the environment): a
+    process count or id without a coordinator is ignored (one process), not an error.
 
     Raises:
       ValueError: settings that cannot start a distributed run (a process count or id
@@ -53,13 +57,17 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> bool:
     address = dist.coordinator_address or None
     n, rank = int(dist.num_processes), int(dist.process_id)
     if not (dist.initialize or address or env_address):
-        if n > 0 or rank >= 0:
+        given = [f"{k}={v}" for k, v, unset in (("num_processes", n, 0), ("process_id", rank, -1))
+                 if v != unset]  # fmt: skip
+        if given and training:
             raise ValueError(
-                f"config.distributed.num_processes={n} / process_id={rank} are set, but "
-                "nothing starts a distributed run: also set "
-                "--config.distributed.coordinator_address=HOST:PORT (or "
-                "--config.distributed.initialize=True on a cluster JAX detects)."
+                f"config.distributed.{' and '.join(given)} set, but nothing starts a "
+                "distributed run: also set --config.distributed.coordinator_address="
+                "HOST:PORT or JAX_COORDINATOR_ADDRESS (or --config.distributed.initialize="
+                "True on a cluster JAX detects)."
             )
+        if given:
+            log.info("Ignoring distributed.%s without a coordinator: one process.", given)
         return False
     for name, value in (("config.distributed.coordinator_address", address),
                         ("JAX_COORDINATOR_ADDRESS", env_address)):  # fmt: skip

@@ -450,7 +450,10 @@ def _check_encoder_value(path: str, value: Any, annotation: str) -> None:
         if not _widths(value, allow_int=annotation.startswith("int |")):
             raise ValueError(f"{path}={value!r} must be a tuple of integers >= 1, e.g. (64, 64).")
     elif path.endswith(".act"):
-        models.activation(value)  # an unknown name lists the valid ones
+        try:
+            models.activation(value)  # an unknown name lists the valid ones
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 def _check_branches(

@@ -260,6 +260,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     fixed = [k for k in changed if not configs.is_under(k, configs.RESUMABLE_FIELDS)]
     if fixed:
         flat = configs.flatten(recorded)
+        flat = {**configs.added_fields(flat), **flat}  # what a field added since reads as
         new = configs.flatten(json.loads(configs.to_json(config)))
         lines = [f"  {k}: {flat.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in fixed]
         raise ResumeError(

@@ -348,7 +348,7 @@ def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
     assert configs.changed_keys(recorded, config) == ["model.dtype"]
 
 
-def test_an_adamw_run_recorded_before_the_decay_mask_reads_as_decaying_everything():
+def test_an_adamw_run_recorded_before_the_decay_mask_reads_as_decaying_everything(tmp_path):
     """Every adamw run before optimizer.weight_decay_mask decayed all parameters: its
     config.json reads as "all" (evaluate rebuilds that optimizer; a rerun with today's
     default "matrices" is another run), while a run without decay reads as the default
@@ -363,6 +363,13 @@ def test_an_adamw_run_recorded_before_the_decay_mask_reads_as_decaying_everythin
     del recorded["optimizer"]["weight_decay_mask"]
     assert configs.from_json(recorded).optimizer.weight_decay_mask == "all"
     assert configs.changed_keys(recorded, config) == ["optimizer.weight_decay_mask"]
+    from ovaib_jax import workdir
+
+    wd = tmp_path / "old_adamw_run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(workdir.ResumeError, match=r"weight_decay_mask: 'all' -> 'matrices'"):
+        workdir.check_resume(config, str(wd))
     config.optimizer.weight_decay_mask = "all"
     assert configs.changed_keys(recorded, config) == []
     recorded["optimizer"]["weight_decay"] = 0.0

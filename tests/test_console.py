@@ -338,7 +338,8 @@ def test_distributed_settings_that_cannot_start_are_one_config_error(tmp_path, c
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
     monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
     cases = [
-        ({"num_processes": 2, "process_id": 0}, r"nothing starts a distributed run"),
+        ({"num_processes": 2, "process_id": 0}, r"num_processes=2 and process_id=0 set, but"),
+        ({"process_id": 1}, r"distributed\.process_id=1 set, but nothing starts"),
         ({"coordinator_address": "localhost"}, r"must be HOST:PORT"),
         ({"coordinator_address": "localhost:1234", "num_processes": 2, "process_id": 2},
          r"process_id=2 must be in \[0, num_processes=2\)"),
@@ -352,6 +353,12 @@ def test_distributed_settings_that_cannot_start_are_one_config_error(tmp_path, c
             main.train_main(config, str(tmp_path / "w"))
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and "config error" in err[0], err
+
+    # Evaluating a recorded multi-host run (its coordinator came from the environment):
+    # one process, no error.
+    config = tiny_config(str(tmp_path))
+    config.distributed.update({"num_processes": 2, "process_id": 0})
+    assert runtime.initialize_distributed(config, training=False) is False
 
     def jax_fails(**kwargs):
         raise ValueError("Number of processes must be defined.")
