@@ -21,6 +21,7 @@ from ovaib_jax.validation import Resolved
 __all__ = [
     "DATA_AXIS",
     "abstract_variables",
+    "by_process",
     "create_mesh",
     "create_model",
     "example_inputs",
@@ -104,10 +105,20 @@ def create_mesh(devices: Any = None) -> jax.sharding.Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices, all hosts).
 
     Built with ``jax.sharding.Mesh`` (automatic axis type): jit propagates shardings
-    itself (see ECOSYSTEM.md on ``jax.make_mesh`` defaulting to explicit axes).
+    itself (see ECOSYSTEM.md on ``jax.make_mesh`` defaulting to explicit axes). The
+    devices are grouped by process (a stable sort, so each process's keep their order):
+    :func:`global_batch` and the evaluation's gathered targets take a global batch's rows
+    in process order, which holds only if every process's devices are contiguous along
+    the axis (``jax.devices()`` does not promise that on every topology).
     """
     devices = jax.devices() if devices is None else devices
-    return jax.sharding.Mesh(np.asarray(devices).reshape(-1), (DATA_AXIS,))
+    return jax.sharding.Mesh(np.asarray(by_process(devices)), (DATA_AXIS,))
+
+
+def by_process(devices: Any) -> list[Any]:
+    """``devices`` (any array shape) as a list grouped by ``process_index``, each
+    process's devices in their given order."""
+    return sorted(np.asarray(devices).reshape(-1), key=lambda d: d.process_index)
 
 
 def create_model(config: ml_collections.ConfigDict, resolved: Resolved) -> models.MultiModalModel:

@@ -166,3 +166,19 @@ def test_a_checkpoint_damaged_on_one_process_is_skipped_by_every_process(tmp_pat
         assert sorted(os.listdir(corrupt)) == ["2"]
     else:
         assert not corrupt.exists()
+
+
+def test_the_mesh_groups_each_processs_devices_together():
+    """global_batch and the evaluation's gathered targets take a global batch's rows in
+    process order, which needs each process's devices contiguous along the data axis;
+    jax.devices() does not promise that on every topology (ids interleaved by host)."""
+    import types
+
+    from ovaib_jax import runtime
+
+    devs = [types.SimpleNamespace(id=i, process_index=i % 2) for i in range(6)]
+    assert [(d.process_index, d.id) for d in runtime.by_process(devs)] == [
+        (0, 0), (0, 2), (0, 4), (1, 1), (1, 3), (1, 5)
+    ]  # fmt: skip
+    real = jax.devices()
+    assert list(runtime.create_mesh(real[::-1]).devices) == real[::-1]  # one process: as given
