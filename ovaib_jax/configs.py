@@ -45,6 +45,7 @@ __all__ = [
     "objective_hparam_names",
     "paper_setup",
     "parse_arg",
+    "run_changes",
     "sibling_config",
     "to_json",
 ]
@@ -362,6 +363,22 @@ def changed_keys(recorded: Mapping[str, Any], config: ml_collections.ConfigDict)
         defaults = {}
     defaults.update(added_fields(was))
     return [k for k in diff if not (k not in was and k in defaults and new[k] == defaults[k])]
+
+
+def run_changes(
+    recorded: Mapping[str, Any], config: ml_collections.ConfigDict
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded value, value in config)}`` for the keys of :func:`changed_keys`
+    that make ``config`` another run than the recorded one (outside
+    :data:`RESUMABLE_FIELDS`), values as JSON holds them ("(absent)" for none; a field
+    added since the record reads as :func:`added_fields` gives it)."""
+    import json
+
+    keys = [k for k in changed_keys(recorded, config) if not is_under(k, RESUMABLE_FIELDS)]
+    was = flatten(recorded)
+    was = {**added_fields(was), **was}
+    now = flatten(json.loads(to_json(config)))
+    return {k: (was.get(k, "(absent)"), now.get(k, "(absent)")) for k in keys}
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -74,14 +74,8 @@ def _config_changes(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     recorded = records.read_config_json(workdir)
     if recorded is None:
         return {}
-    keys = [
-        k
-        for k in configs.changed_keys(recorded, config)
-        if not configs.is_under(k, configs.RESUMABLE_FIELDS)
-    ]
-    was = configs.flatten(configs.from_json(recorded).to_dict())
-    now = configs.flatten(config.to_dict())
-    return {k: {"run": was.get(k), "evaluated": now.get(k)} for k in keys}
+    changes = configs.run_changes(recorded, config)
+    return {k: {"run": was, "evaluated": now} for k, (was, now) in changes.items()}
 
 
 def load_config(

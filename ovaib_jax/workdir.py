@@ -256,13 +256,9 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
                 "config trained them. Restore config.json, or use another --workdir."
             )
         return
-    changed = configs.changed_keys(recorded, config)
-    fixed = [k for k in changed if not configs.is_under(k, configs.RESUMABLE_FIELDS)]
+    fixed = configs.run_changes(recorded, config)
     if fixed:
-        flat = configs.flatten(recorded)
-        flat = {**configs.added_fields(flat), **flat}  # what a field added since reads as
-        new = configs.flatten(json.loads(configs.to_json(config)))
-        lines = [f"  {k}: {flat.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in fixed]
+        lines = [f"  {k}: {was!r} -> {now!r}" for k, (was, now) in fixed.items()]
         raise ResumeError(
             f"{workdir} holds a run trained with another config; a rerun may change only "
             f"{', '.join(configs.RESUMABLE_FIELDS)}. Differs in:\n"
