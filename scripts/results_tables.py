@@ -48,7 +48,7 @@ from ovaib_jax.reporting.report import lower_is_better
 # interval (the published tables), or (--interval bootstrap) the percentile bootstrap they
 # used before 2026-12-02, which covers far less than 95 % at 3-5 seeds (tests/test_stats.py).
 INTERVALS = {"bootstrap": stats.paired_bootstrap, "t": stats.paired_t}
-PAIRED = [stats.paired_t]
+PAIRED = stats.paired_t
 
 
 @dataclass(frozen=True)
@@ -739,7 +739,7 @@ def render_comparison(comp: Comparison, root: str | Source) -> tuple[str, dict]:
             lines.append(f"| {col} | " + " | ".join(cells) + f" | {len(pairs)} |")
             continue
         paired, a, b = (list(v) for v in zip(*pairs))
-        diff = PAIRED[0](a, b)
+        diff = PAIRED(a, b)
         paired = [s.removeprefix("seed_") for s in paired]
         raw[col] = {"a": a, "b": b, "diff": diff._asdict(), "seeds": paired}
         d = comp.digits
@@ -783,7 +783,7 @@ def render_against_best(item: AgainstBest, root: str | Source) -> tuple[str, dic
             lines.append(f"| {col} | " + " | ".join(cells) + " | - |")
             continue
         _, row, a, b = best
-        diff = PAIRED[0](a, b)
+        diff = PAIRED(a, b)
         verdict = {"A better": "best", "B better": "below the best"}.get(
             stats.verdict(diff, "A", "B", higher_is_better=sign > 0), "tie with the best"
         )
@@ -815,7 +815,7 @@ def render_retention(item: Retention, root: str | Source) -> tuple[str, dict]:
             lines.append(f"| {col} | " + " | ".join(["not run"] * 5) + f" | {len(pairs)} |")
             continue
         paired, c, r = (list(v) for v in zip(*pairs))
-        diff = PAIRED[0](c, [f * v for v in r])
+        diff = PAIRED(c, [f * v for v in r])
         verdict = {"A better": "keeps", "B better": "fails"}.get(
             stats.verdict(diff, "A", "B"), "cannot tell"
         )
@@ -880,7 +880,8 @@ def main() -> None:
         help="paired interval of the comparisons (bootstrap: the percentile bootstrap)",
     )  # fmt: skip
     args = parser.parse_args()
-    PAIRED[0] = INTERVALS[args.interval]
+    global PAIRED
+    PAIRED = INTERVALS[args.interval]
     source = Source(args.root, load_archive(args.archive))
     everything, texts = {}, {}
     items = [(t, render) for t in TABLES] + [(c, render_comparison) for c in COMPARISONS]

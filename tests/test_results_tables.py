@@ -391,7 +391,7 @@ def test_comparisons_use_the_t_interval_and_bootstrap_on_request(tmp_path, monke
     )
     row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
     assert row.split(" | ")[4] == "tie" and "+0.018 [-0.052, +0.087]" in row
-    monkeypatch.setattr(rt, "PAIRED", [rt.INTERVALS["bootstrap"]])
+    monkeypatch.setattr(rt, "PAIRED", rt.INTERVALS["bootstrap"])
     row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
     assert row.split(" | ")[4] == "A better"
 

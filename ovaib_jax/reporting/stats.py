@@ -15,8 +15,9 @@ when that is at most :data:`EXACT_LIMIT`: 3125 at 5 seeds), so the interval does
 depend on a random draw; above that it is a seeded Monte-Carlo estimate.
 
 It cannot see tails the seeds did not draw, so over 5 pairs or fewer it is much
-narrower than its level says (above); the tables of docs/RESULTS.md were made with it
-(scripts/results_tables.py), and say so.
+narrower than its level says (above). docs/RESULTS.md's tables used it until 2026-12-02
+and use :func:`paired_t` since (``scripts/results_tables.py --interval bootstrap``
+renders the old ones).
 """
 
 from __future__ import annotations
