@@ -322,3 +322,19 @@ def test_sigkill_and_sigterm_resume_bit_identical(tmp_path, data_dir):
         and 0 <= results["inbatch_retrieval"]["top1"] <= 1
     )
     assert os.path.isdir(os.path.join(ref, "checkpoints", "40"))
+
+
+def test_a_resume_logs_no_missing_metadata_warning(tmp_path, caplog):
+    """Reading an item's metadata on its own (the shape check before a restore) made orbax
+    warn "Metadata file does not exist: .../model/_CHECKPOINT_METADATA" on every resume of
+    a healthy checkpoint; that file sits in the step, one level up."""
+    directory = str(tmp_path / "checkpoints")
+    ckpt = Checkpointer(directory, async_save=False)
+    ckpt.save(1, _tree(1.0), None)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    ckpt = Checkpointer(directory, async_save=False)  # a fresh one, as a resumed run opens
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.restore(_abstract(), with_data=False).step == 1
+    assert "Metadata file does not exist" not in caplog.text, caplog.text
+    ckpt.close()

@@ -378,7 +378,7 @@ def test_published_tables_render_from_their_archive():
         assert render(item, source)[0].strip() == text.strip(), title
 
 
-def test_comparisons_use_the_t_interval_and_bootstrap_on_request(tmp_path, monkeypatch):
+def test_comparisons_use_the_t_interval_and_bootstrap_on_request(tmp_path, monkeypatch, capsys):
     """Three small same-sign differences (0.001, 0.05, 0.002) are a tie under the paired t
     interval (0.0177 +- 0.0697, the default) and "A better" under the percentile
     bootstrap (--interval bootstrap: [min, max] of the resampled means at 3 seeds)."""
@@ -391,8 +391,14 @@ def test_comparisons_use_the_t_interval_and_bootstrap_on_request(tmp_path, monke
     )
     row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
     assert row.split(" | ")[4] == "tie" and "+0.018 [-0.052, +0.087]" in row
-    monkeypatch.setattr(rt, "PAIRED", rt.INTERVALS["bootstrap"])
-    row = rt.render_comparison(comp, str(tmp_path))[0].splitlines()[4]
+    # --interval bootstrap, through the command line
+    monkeypatch.setattr(rt, "PAIRED", rt.PAIRED)  # main rebinds it; restored after the test
+    for name, items in (("TABLES", []), ("COMPARISONS", [comp]), ("AGAINST_BEST", []),
+                        ("RETENTION", [])):  # fmt: skip
+        monkeypatch.setattr(rt, name, items)
+    monkeypatch.setattr(sys, "argv", ["rt", f"--root={tmp_path}", "--interval=bootstrap"])
+    rt.main()
+    row = capsys.readouterr().out.splitlines()[4]
     assert row.split(" | ")[4] == "A better"
 
 
