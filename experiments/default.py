@@ -91,6 +91,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # reads in runs, for less CPU than random reads (see data.make_iterator; examples
     # stored next to each other then share batches).
     config.dataset.shuffle_block = 1
+    # Every training batch inside one epoch: each epoch leaves out the last (dataset size
+    # mod global batch) examples of its shuffled order, and no batch holds an example twice.
+    # False: batches run on across epochs (every example every epoch; the batch at an
+    # epoch boundary may hold an example twice, a positive that is also a negative).
+    config.dataset.epoch_aligned = True
 
     config.model = ml_collections.ConfigDict()
     # Per-modality encoder override, e.g. "x0=mlp,x1=cnn1d" ("" = the dataset's suggestion).

@@ -309,6 +309,7 @@ RESUMABLE_FIELDS = (
 # lacking one reads as having that value: it can be evaluated, and a rerun holding that
 # value continues it.
 ADDED_FIELDS: dict[str, Any] = {
+    "dataset.epoch_aligned": False,
     "dataset.shuffle_block": 1,
     "model.branches": "",
     "model.dtype": "float32",
@@ -379,6 +380,17 @@ def run_changes(
     was = {**added_fields(was), **was}
     now = flatten(json.loads(to_json(config)))
     return {k: (was.get(k, "(absent)"), now.get(k, "(absent)")) for k in keys}
+
+
+def continue_flags(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """The ``--config.KEY=VALUE`` flags that give back the recorded values of
+    :func:`run_changes` (numbers, strings, booleans; "" when none can be written so)."""
+    flags = [
+        f"--config.{k}={was}"
+        for k, (was, _) in changes.items()
+        if isinstance(was, (bool, int, float, str)) and was != "(absent)"
+    ]
+    return " ".join(flags) if len(flags) == len(changes) else ""
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -219,6 +219,7 @@ def _iterator(
         prefetch=int(config.dataset.prefetch),
         keys=keys,
         shuffle_block=int(config.dataset.shuffle_block),
+        epoch_aligned=bool(config.dataset.epoch_aligned),
     )
 
 

@@ -137,9 +137,12 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
             )
             diff = [k for k in diff if k not in eval_only]
         if diff:
+            changes = configs.run_changes(old, config)
+            flags = configs.continue_flags(changes) if sorted(changes) == diff else ""
+            again = f" To continue or keep it, add {flags}." if flags else ""
             raise ValueError(
                 f"{workdir} holds a run trained with another config (differs in {diff}); "
-                "use another --workdir, or delete that run."
+                f"use another --workdir, or delete that run.{again}"
             )
     state_path = paths.join(workdir, STATE_FILE)
     state = {"wall_time_s": 0.0, "status": "running", "error": ""}

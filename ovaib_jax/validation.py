@@ -28,6 +28,7 @@ REQUIRED_FIELDS = (
     "dataset.name", "dataset.builder_config", "dataset.config", "dataset.modalities",
     "dataset.train_split", "dataset.eval_split", "dataset.data_dir", "dataset.manual_dir",
     "dataset.prefetch", "dataset.device_prefetch", "dataset.cache_max_mb", "dataset.shuffle_block",
+    "dataset.epoch_aligned",
     "model.encoders", "model.representation_dim", "model.embedding_dim", "model.head_layers",
     "model.head_hidden", "model.normalize_embeddings", "model.learnable_temperature",
     "model.min_temperature", "model.max_temperature", "model.projector_hidden",

@@ -259,11 +259,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     fixed = configs.run_changes(recorded, config)
     if fixed:
         lines = [f"  {k}: {was!r} -> {now!r}" for k, (was, now) in fixed.items()]
+        flags = configs.continue_flags(fixed)
+        again = f" To continue this run, add {flags}." if flags else ""
         raise ResumeError(
             f"{workdir} holds a run trained with another config; a rerun may change only "
             f"{', '.join(configs.RESUMABLE_FIELDS)}. Differs in:\n"
             + "\n".join(lines)
-            + "\nUse another --workdir for a new run (nothing was changed in this one)."
+            + f"\nUse another --workdir for a new run (nothing was changed in this one).{again}"
         )
     total, was = int(config.num_train_steps), int(recorded.get("num_train_steps", 0))
     latest = max(steps) if steps else 0

@@ -46,8 +46,11 @@ run() {
 }
 trap 'kill -TERM $(jobs -p) 2>/dev/null || true; wait; exit 143' TERM INT
 
-S="run python -m ovaib_jax.sweep --seeds=42,0,1"
-S5="run python -m ovaib_jax.sweep --seeds=42,0,1,2,3"
+# The published runs were trained before epoch-aligned batches (2026-12-02): this order
+# reproduces them, and a rerun over their ROOT skips or resumes them.
+ORDER="--config.dataset.epoch_aligned=False"
+S="run python -m ovaib_jax.sweep --seeds=42,0,1 $ORDER"
+S5="run python -m ovaib_jax.sweep --seeds=42,0,1,2,3 $ORDER"
 T001="--config.objective.tau=0.01"
 # Parity and latent: the probes and retrieval only (the subset table is for mfeat).
 F="--config.final_evaluators=downstream,retrieval"
@@ -258,7 +261,7 @@ for section in $SECTIONS; do
       --objectives=ova_ib_heads $T001 --config.objective.beta=0 --config.model.branches=16,8,8 ;;
   moonshot_retention_more)  # five more seeds (4-8) of moonshot_retention_branches and of
     # the projection rows it is compared with (latent_tau, mfeat_tau at beta = 0)
-    S5B="run python -m ovaib_jax.sweep --seeds=4,5,6,7,8"
+    S5B="run python -m ovaib_jax.sweep --seeds=4,5,6,7,8 $ORDER"
     for D in latent mfeat; do
       [ $D = latent ] && C=experiments/latent.py:beta=0 || C=experiments/mfeat.py
       $S5B --config=$C --workdir=$ROOT/${D}_tau0.01_beta0 $F --objectives=ova_ib $T001 \

@@ -329,7 +329,8 @@ def test_evaluate_set_edge_values():
 
 def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
     """config.json of a run made before model.dtype existed: evaluate reads it with the
-    value that run had, and a rerun with that value is the same run."""
+    value that run had, and a rerun with that value is the same run. (A field whose default
+    is not how the old runs behaved, dataset.epoch_aligned, is a change until set back.)"""
     import json
 
     config = load("default")
@@ -340,6 +341,9 @@ def test_a_config_recorded_before_a_field_existed_still_loads_and_resumes():
         for p in parents:
             node = node[p]
         del node[leaf]
+    assert configs.changed_keys(recorded, config) == ["dataset.epoch_aligned"]
+    assert configs.run_changes(recorded, config) == {"dataset.epoch_aligned": (False, True)}
+    config.dataset.epoch_aligned = False
     assert configs.changed_keys(recorded, config) == []
     restored = configs.from_json(recorded)
     assert restored.model.dtype == "float32" and restored.model.objective_dtype == "float32"
@@ -368,8 +372,9 @@ def test_an_adamw_run_recorded_before_the_decay_mask_reads_as_decaying_everythin
     wd = tmp_path / "old_adamw_run"
     wd.mkdir()
     (wd / "config.json").write_text(json.dumps(recorded))
-    with pytest.raises(workdir.ResumeError, match=r"weight_decay_mask: 'all' -> 'matrices'"):
+    with pytest.raises(workdir.ResumeError, match=r"weight_decay_mask: 'all' -> 'matrices'") as e:
         workdir.check_resume(config, str(wd))
+    assert "To continue this run, add --config.optimizer.weight_decay_mask=all." in str(e.value)
     config.optimizer.weight_decay_mask = "all"
     assert configs.changed_keys(recorded, config) == []
     recorded["optimizer"]["weight_decay"] = 0.0
@@ -396,6 +401,12 @@ def test_a_run_recorded_by_an_earlier_release_is_the_same_run_today():
     with config.unlocked():
         config.seed = 42
         config.eval_every_steps = 300  # as the sweep that recorded it
+    # Batches ran on across epochs then: today's default order is another run, and the
+    # messages name the flag that continues it (scripts/results_sweeps.sh passes it).
+    assert configs.changed_keys(recorded, config) == ["dataset.epoch_aligned"]
+    changes = configs.run_changes(recorded, config)
+    assert configs.continue_flags(changes) == "--config.dataset.epoch_aligned=False"
+    config.dataset.epoch_aligned = False
     # (changed_keys counts a field absent from the record unless ADDED_FIELDS, or the
     # objective's signature for its hyper-parameters, gives the value the run had)
     assert configs.changed_keys(recorded, config) == []

@@ -225,8 +225,9 @@ def test_a_run_trained_with_another_config_stops_the_sweep(tmp_path):
     (rundir / "config.json").write_text(json.dumps(other))
     other["evaluator_kwargs"]["downstream"]["new_key"] = 1  # evaluation only: not reported
     (rundir / "config.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match=r"another config \(differs in \['batch_size'\]\)"):
+    with pytest.raises(ValueError, match=r"another config \(differs in \['batch_size'\]\)") as e:
         sweep.run_one(cfg, "ova_ib", str(rundir))
+    assert str(e.value).endswith("To continue or keep it, add --config.batch_size=32.")
 
 
 def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path):

@@ -10,9 +10,16 @@ the permutation). That stream is cut into global batches of
   batch B see exactly what one process with batch P * B sees;
 * within every epoch of the stream each example is seen exactly once over all
   processes;
-* batches may straddle an epoch boundary (as with ``repeat`` before ``batch``); with
-  ``drop_remainder`` only the incomplete global batch at the very end of a finite run
-  is dropped, so every process yields the same number of batches.
+* with ``epoch_aligned`` (the default) every global batch lies inside one epoch: of
+  each epoch's permutation the first ``n // G * G`` examples are batched (``G`` the
+  global batch) and the other ``n mod G`` left out of that epoch (other ones each
+  shuffled epoch), so no batch holds an example twice (a positive pair that is also a
+  negative one, in a contrastive loss). With ``epoch_aligned=False`` batches run on
+  across epoch boundaries (as with ``repeat`` before ``batch``; the stream of runs
+  recorded before this option): a batch at a boundary may hold an example twice, and
+  with ``drop_remainder`` only the incomplete global batch at the very end of a finite
+  run is dropped. Either way every process yields the same number of batches. (One
+  epoch is the same in both modes.)
 
 Everything is index-based (a grain ``MapDataset`` of batches), so the iterator state is
 a few integers: ``get_state()`` is JSON-serialisable and ``set_state()`` resumes
@@ -899,6 +906,7 @@ class _Stream:
         process_count: int,
         drop_remainder: bool,
         block: int = 1,
+        epoch_aligned: bool = True,
     ):
         self.n = n
         self.block = block
@@ -909,15 +917,37 @@ class _Stream:
         self.process_count = process_count
         # Examples in the stream (sys.maxsize: endless, as grain's ``repeat(None)``).
         self.total = sys.maxsize if num_epochs is None else n * num_epochs
-        if drop_remainder:
+        # Epoch-aligned batches (one epoch needs nothing: its batches are the stream's):
+        # ``self.kept`` examples of each epoch, whole global batches.
+        self.kept = None
+        if epoch_aligned and num_epochs != 1:
+            global_batch = batch_size * process_count
+            if not drop_remainder:
+                raise ValueError(
+                    "Epoch-aligned batches of more than one epoch drop each epoch's last "
+                    "incomplete global batch: pass drop_remainder=True, num_epochs=1, or "
+                    "epoch_aligned=False (batches then run on across epochs)."
+                )
+            if n < global_batch:
+                raise ValueError(
+                    f"The global batch ({global_batch} examples) is larger than the "
+                    f"{n} examples of an epoch: a batch would hold examples twice. Use a "
+                    f"global batch of at most {n}."
+                )
+            self.kept = n // global_batch * global_batch
+            epochs = sys.maxsize // n if num_epochs is None else num_epochs
+            self.stream_batches = epochs * (self.kept // batch_size)
+            self.num_batches = len(range(process_index, self.stream_batches, process_count))
+        elif drop_remainder:
             stream_batches = self.total // batch_size
         else:
             stream_batches = -(-self.total // batch_size)  # exact (no float) for any total
-        if process_count > 1 and drop_remainder and num_epochs is not None:
-            # Keep only complete global batches: every process gets the same count.
-            stream_batches = stream_batches // process_count * process_count
-        self.stream_batches = stream_batches
-        self.num_batches = len(range(process_index, stream_batches, process_count))
+        if self.kept is None:
+            if process_count > 1 and drop_remainder and num_epochs is not None:
+                # Keep only complete global batches: every process gets the same count.
+                stream_batches = stream_batches // process_count * process_count
+            self.stream_batches = stream_batches
+            self.num_batches = len(range(process_index, stream_batches, process_count))
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -965,8 +995,18 @@ class _Stream:
         if not 0 <= index < self.num_batches:
             raise IndexError(f"Batch {index} out of range: {self.num_batches} batches.")
         start = (index * self.process_count + self.process_index) * self.batch_size
+        if self.kept is not None:  # the batch's place in its epoch's kept examples
+            return self.kept_position(start) + np.arange(self.batch_size, dtype=np.int64)
         stop = min(start + self.batch_size, self.total)
         return np.arange(start, stop, dtype=np.int64)
+
+    def kept_position(self, index: int) -> int:
+        """The stream position of the ``index``-th example batched (epoch-aligned batches
+        skip each epoch's last ``n - kept`` positions; otherwise ``index`` itself)."""
+        if self.kept is None:
+            return index
+        epoch, within = divmod(index, self.kept)
+        return epoch * self.n + within
 
     def source_position(self, position: int) -> int:
         """``epoch * n + example index`` of stream ``position`` (the reference path)."""
@@ -1032,8 +1072,10 @@ class _BatchedDataset(grain.MapDataset):
 
 
 class _StreamOrderMapDataset(grain.MapDataset):
-    """Per-example reference of the stream order: element ``pos`` of the repeated source
-    is source element ``epoch * n + perm_epoch[pos % n]`` (the parent takes it mod n)."""
+    """Per-example reference of the stream order: element ``i`` is the example at stream
+    position ``pos`` (``i`` itself, or the ``i``-th kept position of epoch-aligned
+    batches), i.e. element ``epoch * n + perm_epoch[pos % n]`` of the repeated source
+    (the parent takes it mod n)."""
 
     def __init__(self, parent: grain.MapDataset, stream: _Stream, source: Sequence[Example]):
         super().__init__(parent)
@@ -1041,12 +1083,15 @@ class _StreamOrderMapDataset(grain.MapDataset):
         self._source = source  # to name a damaged record file
 
     def __len__(self) -> int:
-        return len(self._parent)
+        kept = self._stream.kept
+        if kept is None:
+            return len(self._parent)
+        return self._stream.stream_batches * self._stream.batch_size  # kept examples
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
-        position = self._stream.source_position(index)
+        position = self._stream.source_position(self._stream.kept_position(index))
         try:
             return self._parent[position]
         except Exception as e:
@@ -1074,6 +1119,7 @@ def make_dataset(
     batched: bool = True,
     keys: Sequence[str] | None = None,
     shuffle_block: int = 1,
+    epoch_aligned: bool = True,
 ) -> grain.MapDataset:
     """The per-process pipeline as a lazy, random-access ``grain.MapDataset`` of batches.
 
@@ -1112,6 +1158,7 @@ def make_dataset(
         process_count=process_count,
         drop_remainder=drop_remainder,
         block=int(shuffle_block),
+        epoch_aligned=bool(epoch_aligned),
     )
     if batched:
         return _BatchedDataset(source, stream, transform, batch_transform, keys)
@@ -1151,6 +1198,7 @@ def make_iterator(
     batched: bool = True,
     keys: Sequence[str] | None = None,
     shuffle_block: int = 1,
+    epoch_aligned: bool = True,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of numpy batches over ``source``.
 
@@ -1166,6 +1214,7 @@ def make_iterator(
         (``jax.process_index()``, ``jax.process_count()``).
       drop_remainder: drop the final incomplete global batch of a finite run;
         ``False`` yields it (then processes may get different batch counts/sizes).
+        Epoch-aligned batches of more than one epoch need it.
       prefetch: batches prepared ahead by background threads; 0 reads synchronously.
       transform: optional function applied to *each example* dict before stacking (a
         Python call per example; it also turns off the columnar ``get_batch`` read).
@@ -1181,6 +1230,12 @@ def make_iterator(
         read in runs of ``B`` records (about half the CPU of random reads of small records;
         see :func:`_read_positions`). Every example is still seen once per epoch; examples
         stored next to each other (a time series, a class-sorted file) then share batches.
+      epoch_aligned: ``True`` (the default): every global batch lies inside one epoch, so
+        no batch holds an example twice; each epoch's last ``n mod G`` examples of its
+        permutation (``G`` the global batch; other examples each shuffled epoch) are left
+        out of that epoch. ``False``: batches run on across epoch boundaries, every
+        example is used in every epoch, and a batch at a boundary may hold an example
+        twice. Needs ``n >= G`` unless ``num_epochs == 1`` (where both modes agree).
 
     Returns:
       A ``grain.DatasetIterator`` yielding ``{key: np.ndarray (batch_size, *shape)}``;
@@ -1203,6 +1258,7 @@ def make_iterator(
         batched=batched,
         keys=keys,
         shuffle_block=shuffle_block,
+        epoch_aligned=epoch_aligned,
     )
     options = grain.ReadOptions(num_threads=min(prefetch, 4), prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(options))
