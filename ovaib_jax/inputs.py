@@ -29,12 +29,12 @@ __all__ = [
     "VALID",
     "InMemorySource",
     "Prefetcher",
+    "cached_nbytes",
     "check_eval_batch",
     "create_data_iterator",
     "data_kwargs",
     "device_batches",
     "eval_batches",
-    "example_nbytes",
 ]
 
 
@@ -137,14 +137,11 @@ class Prefetcher:
         self._thread.join(timeout=10)
 
 
-def example_nbytes(spec: Any) -> int:
-    """Bytes of one decoded example's modalities and targets (an estimate for caching)."""
-    total = 0
-    for m in spec.modalities:
-        total += int(np.prod(m.shape)) * np.dtype(m.dtype).itemsize
-    for t in spec.targets:
-        total += 8 * (t.dim or 1)
-    return total
+def cached_nbytes(source: Any, keys: Sequence[str]) -> int:
+    """Bytes of one example's ``keys`` once decoded (read from the source's first example):
+    what :class:`InMemorySource` holds per example, extra keys included."""
+    example = source[0]
+    return sum(np.asarray(example[k]).nbytes for k in keys)
 
 
 def create_data_iterator(
@@ -205,7 +202,7 @@ def _iterator(
         keep = [m.name for m in spec.modalities] + [t.name for t in spec.targets]
         keys = list(dict.fromkeys([*keep, *extra_keys]))
     limit = float(config.dataset.cache_max_mb or 0) * 2**20
-    if cache and keys is not None and limit and len(source) * example_nbytes(spec) <= limit:
+    if cache and keys is not None and limit and len(source) * cached_nbytes(source, keys) <= limit:
         source = InMemorySource(source, keys=keys)
     return data.make_iterator(
         source,

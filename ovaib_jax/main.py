@@ -105,6 +105,13 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
         console.exit_with(PROGRAM, str(e.naming_flag(MANUAL_DIR_FLAG)), status=1)
     except data.CorruptDataError as e:  # a damaged file: the message says how to rebuild
         console.exit_with(PROGRAM, str(e), status=1)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first saves and stops at the next step)
+        console.exit_with(
+            PROGRAM,
+            "stopped at once (Ctrl-C twice); the last saved checkpoint is kept: rerun the same "
+            "command to resume from it.",
+            status=130,
+        )
     if jax.process_index() == 0 and not out.get("preempted"):
         log_summary(config, resolved, out)
     return out

@@ -121,7 +121,8 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
 
     Raises:
       ValueError: ``workdir`` holds a run trained with another config.
-      KeyboardInterrupt: the run was stopped by SIGTERM (its checkpoint is saved).
+      KeyboardInterrupt: the run was stopped by SIGTERM or Ctrl-C (its checkpoint is
+        saved), or by a second Ctrl-C (its last saved checkpoint is kept).
     """
     old = records.read_config_json(workdir)
     if old:
@@ -176,7 +177,10 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
         record.status, record.error = "busy", str(busy)
         return record
     if out.get("preempted"):
-        raise KeyboardInterrupt(f"{workdir} stopped by SIGTERM; rerun the sweep to resume.")
+        raise KeyboardInterrupt(
+            f"{workdir} stopped (SIGTERM or Ctrl-C) at step {out.get('step')}, its checkpoint "
+            "saved; rerun the sweep to resume."
+        )
     record.results, record.status, record.error = out.get("final"), state["status"], state["error"]
     record.wall_time_s = state["wall_time_s"]
     return record
@@ -225,6 +229,7 @@ def sweep(
     seeds = check_seeds(seeds)
     per_objective, notes = objective_configs(config_file, objectives, overrides or {})
     runs: list[RunRecord] = []
+    busy = []
     for seed in seeds:  # seed-major: after the first pass every objective has one run
         for name, base in per_objective.items():
             config = copy.deepcopy(base)
@@ -234,6 +239,14 @@ def sweep(
             record = run_one(config, name, rundir)
             if record.status != "busy":  # rerun the sweep once it is done to report it
                 runs.append(record)
+            else:
+                busy.append(f"{name} seed {seed}")
+    if busy:
+        notes = [
+            *notes,
+            f"Left out, being trained by another process: {', '.join(busy)} (rerun the sweep "
+            "once they are done to report them).",
+        ]
     embeddings = {}
     for name, config in per_objective.items():
         done = [r for r in runs if r.objective == name and r.results is not None]
@@ -273,8 +286,8 @@ def main(argv: list[str]) -> None:
             overrides=config_flags.get_override_values(flag),
             command=command,
         )
-    except KeyboardInterrupt as e:  # SIGTERM: the run's checkpoint is saved
-        log.warning("%s", e)
+    except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C: the run's checkpoint is saved
+        log.warning("%s", e or "Stopped at once (a second Ctrl-C); rerun the sweep to resume.")
         sys.exit(1)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         flag = "--config.dataset.manual_dir"

@@ -130,27 +130,39 @@ def build(
 
 
 class _Preemption:
-    """SIGTERM -> a flag the loop checks each step (single process).
+    """SIGTERM or a first Ctrl-C (SIGINT) -> a flag the loop checks each step (single
+    process): the run saves its checkpoint at the next step and stops. A second Ctrl-C
+    raises KeyboardInterrupt at once (the last saved checkpoint is kept).
 
     Multi-process runs use orbax's ``reached_preemption`` instead, which agrees across
     processes through the JAX coordination service (whose own SIGTERM handler must not
-    be replaced).
+    be replaced); Ctrl-C there is Python's KeyboardInterrupt.
     """
 
     def __init__(self):
         self.flag = False
+        self.name = ""  # the signal received
         self.checkpointer: checkpointing.Checkpointer | None = None
-        self.previous = None
+        self.previous: dict[int, Any] = {}
         self.distributed = jax.distributed.is_initialized()
         if not self.distributed:
-            try:
-                self.previous = signal.signal(signal.SIGTERM, self._handler)
-            except ValueError:  # not in the main thread
-                self.previous = None
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self.previous[signum] = signal.signal(signum, self._handler)
+                except ValueError:  # not in the main thread
+                    break
 
     def _handler(self, signum, frame):
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT:
+            if self.flag:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            log.warning(
+                "Ctrl-C: the run saves its checkpoint at the next step and stops (press it "
+                "again to stop at once, keeping the last saved checkpoint)."
+            )
         self.flag = True
+        self.name = self.name or signal.Signals(signum).name
 
     def reached(self, step: int) -> bool:
         if self.distributed and self.checkpointer is not None:
@@ -158,8 +170,10 @@ class _Preemption:
         return self.flag
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self.previous = {}
 
 
 @jax.jit
@@ -431,7 +445,12 @@ def _loop(
                 t_last += time.perf_counter() - paused
             result["step"] = s
             if preempted:
-                log.warning("SIGTERM received: saved the checkpoint of step %d and stopped.", s)
+                log.warning(
+                    "%s received: saved the checkpoint of step %d and stopped (rerun the same "
+                    "command to resume).",
+                    preemption.name or "SIGTERM",
+                    s,
+                )
                 result["preempted"] = True
                 return result
         metrics.drain()

@@ -31,6 +31,12 @@
 set -euo pipefail
 ROOT=${1:?usage: bash scripts/results_sweeps.sh ROOT [SECTION ...]}
 shift
+case $ROOT in
+*[[:space:]]*)
+  echo "results_sweeps.sh: ROOT '$ROOT' holds a space; the sweep commands split their" \
+    "arguments on spaces: use a directory without one." >&2
+  exit 2 ;;
+esac
 SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 
 # Every python runs through run(): in the background with this shell waiting on it, so
@@ -40,7 +46,10 @@ SECTIONS=${*:-parity p_sweep latent latent_m5 mfeat mnist_views}
 # The trap signals every background job of this shell (`jobs -p`: a job is listed from
 # the moment it starts, before `$!` could be read). (A shell started with INT ignored, as
 # anything run in the background of a non-interactive shell is, cannot trap INT: TERM.)
+# With CHECK set, run() does nothing: the sections are first walked that way, so that an
+# unknown section stops the script before any sweep runs.
 run() {
+  [ -z "${CHECK:-}" ] || return 0
   "$@" &
   wait $!
 }
@@ -81,7 +90,7 @@ colour_retrieval() {
     --set=evaluator_kwargs.retrieval.candidate_targets=color_bits
 }
 
-for section in $SECTIONS; do
+sweep_section() {  # the sweeps of section $section
   case $section in
   parity)  # p = 1, M = 3, 4, 5: every objective; OVA-IB at beta = 1, + MLP / product
     # projector, + the span + product score (product_weight = 1)
@@ -261,7 +270,9 @@ for section in $SECTIONS; do
       --objectives=ova_ib_heads $T001 --config.objective.beta=0 --config.model.branches=16,8,8 ;;
   moonshot_retention_more)  # five more seeds (4-8) of moonshot_retention_branches and of
     # the projection rows it is compared with (latent_tau, mfeat_tau at beta = 0)
-    S5B="run python -m ovaib_jax.sweep --seeds=4,5,6,7,8 $ORDER"
+    # The seeds of the first five with them: a sweep reports the seeds it is given, and
+    # the published reports of these workdirs hold all ten (finished runs are skipped).
+    S5B="run python -m ovaib_jax.sweep --seeds=42,0,1,2,3,4,5,6,7,8 $ORDER"
     for D in latent mfeat; do
       [ $D = latent ] && C=experiments/latent.py:beta=0 || C=experiments/mfeat.py
       $S5B --config=$C --workdir=$ROOT/${D}_tau0.01_beta0 $F --objectives=ova_ib $T001 \
@@ -320,7 +331,22 @@ for section in $SECTIONS; do
     colour_retrieval ;;
   branches_score_weight)  # the separate encoders' score weight chosen on training data
     # (scripts/score_weight.py), for every finished trifeature_m*_branches run
-    run python scripts/score_weight.py $(ls -d $ROOT/trifeature_m*_branches/*/seed_*) ;;
-  *) echo "unknown section $section" >&2; exit 2 ;;
+    [ -n "${CHECK:-}" ] && return 0
+    shopt -s nullglob
+    runs=("$ROOT"/trifeature_m*_branches/*/seed_*)
+    shopt -u nullglob
+    if [ "${#runs[@]}" -eq 0 ]; then
+      echo "results_sweeps.sh: no $ROOT/trifeature_m*_branches/*/seed_* runs: run the" \
+        "sections trifeature_m3_branches, trifeature_m4_branches, trifeature_m5_branches first." >&2
+      exit 1
+    fi
+    run python scripts/score_weight.py "${runs[@]}" ;;
+  *) echo "results_sweeps.sh: unknown section $section (the sections are the case" \
+       "patterns of this script)" >&2; exit 2 ;;
   esac
-done
+}
+
+CHECK=1
+for section in $SECTIONS; do sweep_section; done  # every name known, before any sweep runs
+CHECK=
+for section in $SECTIONS; do sweep_section; done

@@ -406,3 +406,20 @@ def test_a_section_given_one_value_names_its_keys_and_the_objective_argument(tmp
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "--config.objective is a section, not a value" in err[0], err
     assert "--config=experiments/parity.py:runlocal,objective=NAME" in err[0]
+
+
+def test_a_second_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt out of training (a second Ctrl-C) ended in a traceback; now one
+    line saying the last checkpoint is kept, and exit status 130."""
+    from ovaib_jax import main, train
+
+    def interrupted(config, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+    config = tiny_config(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main.train_main(config, str(tmp_path / "w"))
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert "last saved checkpoint is kept: rerun the same command to resume" in err

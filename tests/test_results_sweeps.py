@@ -79,6 +79,29 @@ def test_unknown_section_is_one_clear_error(tmp_path):
     assert "unknown section no_such_section" in out.stderr
 
 
+def test_bad_sections_and_roots_stop_the_script_before_any_sweep(tmp_path):
+    """A typo'd section after a good one was found only once the good one had run (hours);
+    a ROOT with a space split every --workdir in two; branches_score_weight with no run
+    called score_weight.py with no argument and exited 0."""
+    log = tmp_path / "commands.log"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    for root, sections, status, message in (
+        (tmp_path / "root", ["trifeature_m5_confu", "mfeat-tau"], 2, "unknown section mfeat-tau"),
+        (tmp_path / "my root", ["trifeature_m5_confu"], 2, "holds a space"),
+        (tmp_path / "root", ["branches_score_weight"], 1, "no "),
+    ):
+        out = subprocess.run(
+            ["bash", str(SCRIPT), str(root), *sections], env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == status and message in out.stderr, out.stderr
+        assert not log.exists(), log.read_text()  # no python ran
+
+
 def _commands(tmp_path, *sections: str) -> list[str]:
     """The python command lines the script runs for ``sections``, with a stand-in python
     that records them and succeeds."""
@@ -94,6 +117,17 @@ def _commands(tmp_path, *sections: str) -> list[str]:
     return log.read_text().splitlines()
 
 
+def test_more_seeds_keep_the_published_reports_whole(tmp_path):
+    """moonshot_retention_more ran --seeds=4,5,6,7,8 into workdirs whose published reports
+    hold seeds 42, 0-8: a sweep reports the seeds it is given, so the rerun rewrote them
+    with five seeds. It now names all ten (the five finished ones are skipped)."""
+    lines = _commands(tmp_path, "moonshot_retention_more")
+    assert len(lines) == 4
+    for line in lines:
+        assert "--seeds=42,0,1,2,3,4,5,6,7,8 " in line
+        assert "--config.dataset.epoch_aligned=False" in line  # the published runs' order
+
+
 def test_one_method_at_one_m_is_a_section(tmp_path):
     (line,) = _commands(tmp_path, "trifeature_m5_confu")
     root = tmp_path / "root"
@@ -107,3 +141,41 @@ def test_one_method_at_one_m_is_a_section(tmp_path):
     assert dirs == [
         f"trifeature_m{m}_{k}" for m in (4, 5) for k in ("span_product", "confu", "heads")
     ]
+
+
+def test_published_reports_link_only_figures_that_are_there(tmp_path):
+    """copy_reports.sh copied report.md whole but only some figures: 564 image links of
+    docs/results/*/report.md pointed at files never copied (every PCA plot, and every
+    figure of a single-objective sweep). It now keeps the links whose file it copied."""
+    import json
+    import re
+
+    link = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+    docs = SCRIPT.parents[1] / "docs" / "results"
+    broken = [
+        f"{path.parent.name}/{m.group(1)}"
+        for path in sorted(docs.glob("*/report.md"))
+        for m in link.finditer(path.read_text())
+        if not (path.parent / m.group(1)).exists()
+    ]
+    assert not broken, broken[:10]
+
+    root, dest = tmp_path / "root", tmp_path / "dest"
+    figures = ["curves.png", "pca_a.png", "retrieval_x0_to_x1.png"]
+    for name, objectives in (("multi", ["a", "b"]), ("single", ["a"])):
+        sweep = root / name
+        sweep.mkdir(parents=True)
+        lines = ["# report", "", "## Figures", ""]
+        for fig in figures:
+            (sweep / fig).write_bytes(b"png")
+            lines += [f"![{fig}]({fig})", ""]
+        (sweep / "report.md").write_text("\n".join(lines))
+        (sweep / "report.json").write_text(json.dumps({"objectives": objectives}))
+    env = {**os.environ, "COPY_REPORTS_DEST": str(dest)}
+    script = SCRIPT.parent / "copy_reports.sh"
+    subprocess.run(["bash", str(script), str(root)], env=env, check=True)
+    for name, kept in (("multi", ["curves.png", "retrieval_x0_to_x1.png"]), ("single", [])):
+        text = (dest / name / "report.md").read_text()
+        assert link.findall(text) == kept, text
+        assert sorted(p.name for p in (dest / name).glob("*.png")) == kept
+        assert "were not copied to the repository" in text

@@ -462,3 +462,40 @@ def test_keep_checkpoints_0_keeps_every_checkpoint(data_dir, tmp_path):
     config.keep_checkpoints, config.final_evaluators = 0, ""
     train.train_and_evaluate(config, wd)
     assert state.saved_steps(wd) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_saves_and_stops_and_twice_stops_at_once(finished, tmp_path, monkeypatch, presses):
+    """Ctrl-C raised KeyboardInterrupt wherever the loop was: a traceback, and the steps
+    since the last checkpoint lost. One press now saves at the next step and stops, as
+    SIGTERM does; a second stops at once, keeping the last saved checkpoint. Either way
+    the lock is released and the handlers are given back."""
+    import shutil
+
+    wd = str(tmp_path / "run")
+    shutil.copytree(finished[0], wd)
+    config = tiny_config(finished[1].dataset.data_dir, eval_every_steps=6, eval_num_batches=1)
+    config.num_train_steps = 12
+    reached = train._Preemption.reached
+
+    def press_at_step_8(self, step):
+        if step == 8:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+                end = time.time() + 10
+                while not self.flag and time.time() < end:  # the handler runs in Python
+                    time.sleep(0.001)
+        return reached(self, step)
+
+    monkeypatch.setattr(train._Preemption, "reached", press_at_step_8)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    if presses == 1:
+        out = train.train_and_evaluate(config, wd)
+        assert out["preempted"] and out["step"] == 8
+        assert state.saved_steps(wd)[-1] == 8  # saved where it stopped
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            train.train_and_evaluate(config, wd)
+        assert state.saved_steps(wd)[-1] == 6  # the last saved checkpoint, kept
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    workdir.Lock(wd).acquire().release()

@@ -121,6 +121,8 @@ def seeds_table(
       digits, scale and best may also be ``{column: value}`` mappings (columns absent
       from a mapping get 2 decimals, scale 1, no bold), for tables that mix accuracies
       and errors.
+
+    A cell averaging fewer seeds than the table's fullest cell says so: ``(n=k)``.
     """
     if columns is None:
         columns = list(dict.fromkeys(c for per in results.values() for c in per))
@@ -135,6 +137,8 @@ def seeds_table(
         for c, v in per.items()
         if len(np.atleast_1d(v))
     }
+    counts = {(r, c): len(np.atleast_1d(v)) for r, per in results.items() for c, v in per.items()}
+    full = max(counts.values(), default=0)
     bests = {}
     for c in columns:
         direction, d = _of(best, c, None), _of(digits, c, 2)
@@ -152,6 +156,8 @@ def seeds_table(
             text = format_mean_std(per[c], digits=d, scale=_of(scale, c, 1.0))
             if c in bests and round(means[(r, c)], d) == bests[c]:
                 text = f"**{text}**"
+            if counts[(r, c)] < full:
+                text += f" (n={counts[(r, c)]})"
             cells.append(text)
         body.append(cells)
     return markdown_table([row_header, *columns], body)
@@ -589,6 +595,16 @@ def sweep_report(
     objectives = list(dict.fromkeys(r.objective for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
     tables = sweep_tables(runs)
+    finished = {
+        o: sum(r.objective == o and r.results is not None for r in runs) for o in objectives
+    }
+    if any(n < len(seeds) for n in finished.values()):
+        counts = ", ".join(f"{o} {n}" for o, n in finished.items())
+        notes = [
+            *notes,
+            f"Not every run finished (seeds finished: {counts}, of {len(seeds)}): a cell "
+            "marked (n=k) is the mean of k seeds, and comparisons across rows are not paired.",
+        ]
     lines = [
         f"# Sweep: {title}",
         "",

@@ -1028,3 +1028,36 @@ def test_epoch_aligned_errors_name_the_fix():
         toy_source(9), batch_size=4, seed=0, num_epochs=1, drop_remainder=False, shuffle=False
     )
     assert [len(b["id"]) for b in one_epoch] == [4, 4, 1]
+
+
+def test_the_cache_decision_counts_extra_keys(tmp_path, monkeypatch):
+    """The in-memory cache holds the extra keys an evaluator asks for too; the size check
+    counted only the modalities and targets, so a split whose extra keys pushed it past
+    dataset.cache_max_mb was decoded into memory anyway."""
+    from ovaib_jax import data as data_lib
+    from ovaib_jax import inputs
+    from tests.train_helpers import tiny_config
+
+    config = tiny_config(str(tmp_path), **{"dataset.config.num_train": 40})
+    spec = data_lib.get_spec("ovaib_parity", config="m3", k=2)
+    inputs.create_data_iterator(config, "train", batch_size=8, train=True, spec=spec)  # builds
+    source = data_lib.make_source(
+        "ovaib_parity", "train", build=False, **inputs.data_kwargs(config)
+    )
+    keys = ["x0", "x1", "x2", "label"]
+    base, full = (inputs.cached_nbytes(source, k) for k in (keys, [*keys, "bits"]))
+    assert base == sum(np.asarray(source[0][k]).nbytes for k in keys) and full > base
+    with config.unlocked():  # a limit between the two sizes of the split (in MiB)
+        del config.dataset["cache_max_mb"]
+        config.dataset.cache_max_mb = 40 * (base + full) / 2 / 2**20
+    cached = []
+    monkeypatch.setattr(
+        inputs, "InMemorySource", lambda src, keys: cached.append(keys) or data.ArraySource(
+            data.load_arrays(src, keys=keys)
+        ),
+    )  # fmt: skip
+    for extra in ((), ("bits",)):
+        inputs.create_data_iterator(
+            config, "train", batch_size=8, train=True, spec=spec, extra_keys=extra
+        )
+    assert cached == [keys]  # with "bits" it does not fit: read from the record files

@@ -121,7 +121,7 @@ def test_seeds_table_per_column_options():
         best={"acc": "max", "mse": "min"},
     )
     assert table.splitlines()[2] == "| a | **85.0 ± 7.1** | 0.300 ± 0.141 |"
-    assert table.splitlines()[3] == "| b | 70.0 | **0.100** |"
+    assert table.splitlines()[3] == "| b | 70.0 (n=1) | **0.100** (n=1) |"  # a seed short
     with pytest.raises(ValueError, match="best must be"):
         report.seeds_table(results, best={"acc": "top"})
 
@@ -405,3 +405,20 @@ def test_the_trainer_and_evaluate_start_without_matplotlib():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cells_of_fewer_seeds_say_so():
+    """A row with a seed missing (failed, or busy in another process) was averaged over
+    fewer seeds than the header named, with nothing in the table saying so: a 2-seed
+    mean could take the bold from a 3-seed one."""
+    table = report.seeds_table(
+        {"ova_ib": {"acc": [0.9, 0.8, 0.7]}, "clip": {"acc": [0.86, 0.84]}}, scale=100, best="max"
+    ).splitlines()
+    assert table[2:] == ["| ova_ib | 80.00 ± 10.00 |", "| clip | **85.00 ± 1.41** (n=2) |"]
+    runs = [r for r in _runs() if r.objective != "gram"]
+    runs.append(report.RunRecord("ova_ib", 1, "/r/ova_ib/1", _fake_results(0.1, 1), 60.0))
+    md, _ = report.sweep_report(runs, title="t", command="c")
+    assert "Not every run finished (seeds finished: ova_ib 3, clip 2, of 3)" in md
+    assert "(n=2)" in md
+    full, _ = report.sweep_report(_runs()[:4], title="t", command="c")
+    assert "(n=" not in full and "Not every run finished" not in full
