@@ -83,6 +83,7 @@ DTYPES = ("bfloat16", "float32")
 # FP32 peak is named in the note). On TPUs the default precision runs float32 matmuls
 # as single bfloat16 passes: the bfloat16 peak. JAX devices of TPU v2/v3 are cores.
 PEAKS: tuple[tuple[str, str, float, float, str], ...] = (
+    (r"h200.*nvl", "NVIDIA H200 NVL", 835.5, 417.5, "TF32 (FP32 CUDA cores: 60.0)"),
     (r"h200", "NVIDIA H200", 989.4, 494.7, "TF32 (FP32 CUDA cores: 66.9)"),
     (r"h100.*pcie", "NVIDIA H100 PCIe", 756.0, 378.0, "TF32 (FP32 CUDA cores: 51.2)"),
     (r"h100.*nvl", "NVIDIA H100 NVL", 835.5, 417.5, "TF32 (FP32 CUDA cores: 60.0)"),
@@ -231,6 +232,13 @@ def flops_of(compiled) -> float | None:
         return None
     flops = cost.get("flops")
     return float(flops) if flops and flops > 0 else None
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is XLA running out of device memory (a size that does not fit,
+    skipped), not a fault of the computation (a failure)."""
+    text = str(err).upper()
+    return "RESOURCE_EXHAUSTED" in text or "OUT OF MEMORY" in text
 
 
 def first_line(err: BaseException) -> str:
@@ -431,9 +439,11 @@ def section_loss(chk: Check, objectives: tuple[str, ...]) -> None:
             for label, f in futures.items():
                 try:
                     mem[label] = f.result()
-                except Exception as err:  # e.g. out of memory while autotuning
+                except Exception as err:
                     mem[label] = None
                     unfit[label] = f"compiling failed: {first_line(err)}"
+                    if not out_of_memory(err):  # a fault of the objective, not of the size
+                        chk.failed.append(f"compiling {label} at M={m}, N={n}: {first_line(err)}")
         z_bytes = m * n * d * 4
         for label, b in mem.items():
             if label not in unfit and limit is not None and (b or 0) + 4 * z_bytes > 0.9 * limit:

@@ -433,7 +433,9 @@ def _loop(
                 scalars["train/examples_per_sec"] = rate * config.batch_size
                 writer.write(s, scalars)
                 result["train"] = scalars
-                t_last, step_last = time.perf_counter(), s
+                # Writing the line is the loop's time too (the next window's): with a line
+                # at every step it is a good part of it.
+                t_last, step_last = now, s
             progress.update(s, result["train"] if log_now else None)
             paused = time.perf_counter()
             if ckpt_now or preempted:

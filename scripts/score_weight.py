@@ -28,6 +28,7 @@ Runs whose ``score_weight.json`` exists are skipped.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -56,6 +57,9 @@ def choose(select: dict[str, dict[str, dict[str, float]]]) -> str:
         r = select[w]
         return (r["shape"]["mAP"] + r["colour"]["R@1"]) / 2, float(w)
 
+    bad = [w for w in select if not math.isfinite(merit(w)[0])]
+    if bad:  # NaN compares False: the choice would depend on the weights' order
+        raise ValueError(f"score_weight: no finite retrieval score at weight(s) {bad}.")
     return max(select, key=merit)
 
 
@@ -133,6 +137,14 @@ def score_weight(
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise app.UsageError("Name the run directories (SWEEP/OBJECTIVE/seed_S) to score.")
+    remote = [d for d in argv[1:] if "://" in d]
+    if remote:
+        raise app.UsageError(
+            f"{remote[0]}: score_weight.py reads and writes local run directories; copy the "
+            "runs (checkpoints, config.json, results.json) to a local directory first."
+        )
     for run_dir in argv[1:]:
         if not os.path.exists(os.path.join(run_dir, "results.json")):
             print(f"{run_dir}: not finished (no results.json), skipped")

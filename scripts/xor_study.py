@@ -35,7 +35,8 @@ import optax
 
 from ovaib_jax import losses, records
 
-# name -> (objective name, objective kwargs, whether the objective takes a fresh key)
+# name -> (objective name, objective kwargs); run() passes a fresh key to the objectives
+# that draw negatives (symile, and negatives="shuffled")
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "pairwise_clip": ("pairwise_clip", {"tau": 0.1}),
     "symile": ("symile", {"logit_scale": 1.0}),

@@ -3,8 +3,8 @@ tests, quick compiles (no LLVM optimisation passes; XLA's classic CPU emitters w
 jaxlib has the flag), and one persistent JAX compilation cache for the whole session.
 
 ``OVAIB_TEST_REAL_DEVICES=1`` leaves the devices as they are (no fake CPU devices, no
-forced CPU platform): benchmarks/accelerator_check.py runs the sharding tests so on a GPU
-or TPU host.
+forced CPU platform; float32 matmuls at full precision): benchmarks/accelerator_check.py
+runs the sharding tests so on a GPU or TPU host.
 
 The cache: many tests compile the same program again, in another test or in a training
 subprocess (a resumed run, a sweep's second seed, a README command). The session's
@@ -69,6 +69,11 @@ if os.environ.get("OVAIB_TEST_REAL_DEVICES", "") in ("", "0"):
         accepted = _xla_accepts(_QUICK_COMPILE_FLAGS)
         os.environ["OVAIB_TEST_XLA_FLAGS"] = _QUICK_COMPILE_FLAGS if accepted else ""
     _add_xla_flags(os.environ["OVAIB_TEST_XLA_FLAGS"])
+else:
+    # The tests compare float32 results to 1e-5-1e-4 (sharded against unsharded, against
+    # NumPy references); a GPU's default precision runs float32 matmuls as TF32 (10-bit
+    # mantissa) and a TPU's as bfloat16 passes. Full float32, as on a CPU.
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 _OWN_CACHE = None
 if os.environ.get("OVAIB_TEST_COMPILATION_CACHE", "1") != "0" and not os.environ.get(

@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from tests.train_helpers import ROOT
 
@@ -220,6 +221,11 @@ def test_score_weight_choice_is_the_best_mean_of_map_and_colour_r1():
     assert (
         sw.choose({"0.1": entry(0.6, 0.6), "0.3": entry(0.5, 0.7), "0": entry(0.7, 0.5)}) == "0.3"
     )
+    # A NaN score compared False: "1" won or lost by the order of the weights.
+    with pytest.raises(ValueError, match=r"no finite retrieval score at weight\(s\) \['1'\]"):
+        sw.choose({"1": entry(float("nan"), 0.5), "0.3": entry(0.75, 0.75)})
+    with pytest.raises(sw.app.UsageError, match="local run directories"):
+        sw.main(["score_weight.py", "gs://bucket/res/sweep/ova_ib_heads/seed_0"])
 
 
 def test_score_weight_derived_run_sits_beside_the_sweep():

@@ -236,12 +236,13 @@ def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_pat
 def test_steps_per_sec_leaves_out_evaluations_checkpoints_and_compilation(
     data_dir, tmp_path, monkeypatch
 ):
-    """The logged steps/s counts the training steps' time only: an evaluation and a
+    """The logged steps/s counts the training loop's time only: an evaluation and a
     checkpoint between two log lines were charged to the next window, and the first
     window held the first step's compilation. The trainer's clock is a fake one that only
     the evaluation and the first step's call move (by 100 s each), so the windows of steps
     1-6 and 7-12 take no time unless those are counted in them (6 steps / 100 s = 0.06
-    steps/s on the old code)."""
+    steps/s on the old code). Writing a train line is the loop's own time (10 s here):
+    it was left out, so log_every_steps=1 looked as fast as 100."""
     import dataclasses
     import time
 
@@ -274,6 +275,13 @@ def test_steps_per_sec_leaves_out_evaluations_checkpoints_and_compilation(
 
         return dataclasses.replace(run, train_step=first_call_slow)
 
+    real_write = train.records.MetricWriter.write
+
+    def slow_write(self, step, scalars):
+        clock.now += 10.0 if "train/loss" in scalars else 0.0
+        return real_write(self, step, scalars)
+
+    monkeypatch.setattr(train.records.MetricWriter, "write", slow_write)
     monkeypatch.setattr(train, "time", clock)
     monkeypatch.setattr(train, "_evaluate", slow)
     monkeypatch.setattr(train, "build", build)
@@ -285,7 +293,9 @@ def test_steps_per_sec_leaves_out_evaluations_checkpoints_and_compilation(
     train.train_and_evaluate(config, workdir)
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     rate = [x["train/steps_per_sec"] for x in lines if x["step"] in (6, 12) and "train/loss" in x]
-    assert len(rate) == 2 and min(rate) > 1.0, rate
+    # Step 6's window: nothing counted (the compilation left out); step 12's: the line
+    # of step 6, 10 s, and neither the evaluation nor the checkpoint.
+    assert len(rate) == 2 and rate[0] > 1.0 and rate[1] == pytest.approx(0.6), rate
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):

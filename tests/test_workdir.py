@@ -481,9 +481,12 @@ def test_ctrl_c_saves_and_stops_and_twice_stops_at_once(finished, tmp_path, monk
     def press_at_step_8(self, step):
         if step == 8:
             for _ in range(presses):
+                flag = self.flag
                 os.kill(os.getpid(), signal.SIGINT)
                 end = time.time() + 10
-                while not self.flag and time.time() < end:  # the handler runs in Python
+                # The handler runs in Python, soon: the first sets the flag, the second
+                # raises KeyboardInterrupt out of this loop.
+                while self.flag == flag and time.time() < end:
                     time.sleep(0.001)
         return reached(self, step)
 

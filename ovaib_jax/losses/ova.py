@@ -148,7 +148,10 @@ def ova_sufficiency(
         negatives the loss cannot reward dependence that is only visible jointly against
         tuples that are themselves jointly consistent; "shuffled" contrasts the joint
         against the product of the marginals. Candidates' per-tuple quantities are then
-        computed on the gathered global batch on every device.
+        computed on the gathered global batch on every device. At M = 2 the one remaining
+        modality's permuted rows are the batch's own vectors, so each query's positive
+        also stands once among its negatives (an exact tie, and a log-2 floor on the
+        loss of a perfect critic): use "batch" there.
       key: PRNG key for "shuffled" (same on every device); None gives deterministic
         cyclic shifts (see :func:`shuffled_rows`).
       axis_name: mesh axis the batch is sharded over, inside ``jax.shard_map``.

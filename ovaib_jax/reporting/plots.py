@@ -234,6 +234,31 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
 
 
+def _label_colours(labels: np.ndarray | None) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Colours of the points by label: up to 20 classes one distinct colour each (tab10,
+    then tab20: a cyclic colour map reused colours past 10 classes), more a continuous
+    map. Returns (values for ``scatter(c=...)``, keyword arguments of the scatter and the
+    colour bar, and the class names of the bar's ticks)."""
+    if labels is None:
+        return None, {"scatter": {}, "colorbar": {}}
+    classes = np.unique(labels)
+    if len(classes) > 20 or (labels.dtype.kind == "f" and len(classes) > 10):
+        return labels, {"scatter": {"cmap": "viridis"}, "colorbar": {}}
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    k = len(classes)
+    base = colormaps["tab10" if k <= 10 else "tab20"]
+    cmap = ListedColormap([base(i) for i in range(k)])
+    norm = BoundaryNorm(np.arange(k + 1) - 0.5, k)
+    index = np.searchsorted(classes, labels)
+    return index, {
+        "scatter": {"cmap": cmap, "norm": norm},
+        "colorbar": {"ticks": np.arange(k)},
+        "ticklabels": [str(c) for c in classes],
+    }
+
+
 def plot_embedding_pca(
     z: np.ndarray,
     labels: np.ndarray | None,
@@ -268,23 +293,25 @@ def plot_embedding_pca(
     names = list(modality_names or [f"m{i}" for i in range(m)])
     fig = _figure(figsize=(5.0, 4.2))
     ax = fig.subplots()
-    colour = None if labels is None else np.asarray(labels).reshape(n)[keep]
+    colour, style = _label_colours(None if labels is None else np.asarray(labels).reshape(n)[keep])
     sc = None
     for i in range(m):
         sc = ax.scatter(
             proj[i, :, 0],
             proj[i, :, 1],
             c=colour,
-            cmap="tab10" if colour is not None else None,
             marker=_MARKERS[i % len(_MARKERS)],
             s=10,
             alpha=0.7,
             label=names[i],
+            **style["scatter"],
         )
     if m > 1:
         ax.legend(fontsize=7, markerscale=1.5)
     if colour is not None and sc is not None:
-        fig.colorbar(sc, ax=ax, label="label")
+        bar = fig.colorbar(sc, ax=ax, label="label", **style["colorbar"])
+        if "ticklabels" in style:
+            bar.set_ticklabels(style["ticklabels"])
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     if title:
@@ -322,7 +349,10 @@ def sweep_figures(
     out_dir = os.fspath(out_dir)
     figures: dict[str, str] = {}
     metrics = {}
-    for r in runs:
+    for r in runs:  # finished runs only: a diverged or stopped one would cut every curve
+        # short (the steps all runs logged) or make its mean NaN
+        if r.results is None:
+            continue
         path = paths.join(r.workdir, METRICS_FILE)
         if paths.exists(path):
             metrics.setdefault(r.objective, []).append(path)
@@ -338,7 +368,7 @@ def sweep_figures(
         if keys:
             name = "curves.png"
             plot_training_curves(metrics, paths.join(out_dir, name), keys=keys)
-            figures["training curves (mean and min-max over seeds)"] = name
+            figures["training curves of the finished runs (mean and min-max over seeds)"] = name
     per_obj = report.per_objective(runs)
     summary = report.summarize(per_obj)
     for header, cols in report.subset_scores(per_obj).items():

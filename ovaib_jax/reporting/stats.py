@@ -35,7 +35,8 @@ EXACT_LIMIT = 100_000  # enumerate every resample when n**n is at most this
 
 
 class PairedDifference(NamedTuple):
-    """Mean of ``a - b`` over the pairs and its bootstrap interval ``[lo, hi]``."""
+    """Mean of ``a - b`` over the pairs and its interval ``[lo, hi]`` (a paired t or a
+    bootstrap interval, whichever function made it)."""
 
     mean: float
     lo: float
@@ -147,8 +148,8 @@ def _multinomial(counts: np.ndarray) -> float:
 
 
 def verdict(diff: PairedDifference, a: str, b: str, higher_is_better: bool = True) -> str:
-    """``"a > b"``, ``"b > a"`` or ``"tie"`` (the interval covers 0) from ``diff`` of
-    ``a - b``; ``"n/a"`` when the interval is not finite."""
+    """``"{a} better"``, ``"{b} better"`` or ``"tie"`` (the interval covers 0) from
+    ``diff`` of ``a - b``; ``"n/a"`` when the interval is not finite."""
     if not (math.isfinite(diff.lo) and math.isfinite(diff.hi)):
         return "n/a"
     if diff.lo <= 0 <= diff.hi:

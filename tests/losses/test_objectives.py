@@ -85,7 +85,14 @@ def test_value_and_every_aux_entry_match_literal_reference(case, m):
     z = _z(m, n=n, seed=m)
     fn = _fn(case)
     got = fn(z, **kwargs)  # eager: op-by-op compiles are shared across cases
-    chex.assert_trees_all_close(got, reference(np.asarray(z)), rtol=2e-5, atol=2e-5)
+    want = reference(np.asarray(z))
+    if case == "ova_sufficiency_shuffled" and m == 2:
+        # One remaining modality: each query's positive also stands among its shuffled
+        # negatives, an exact tie that rounding breaks (float32 here, float64 there; one
+        # way on one CPU, the other on another), so the accuracies are not compared.
+        got = (got[0], {k: v for k, v in got[1].items() if "accuracy" not in k})
+        want = (want[0], {k: v for k, v in want[1].items() if "accuracy" not in k})
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
 
 
 class EagerAndJitTest(chex.TestCase):

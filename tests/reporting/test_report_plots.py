@@ -422,3 +422,37 @@ def test_cells_of_fewer_seeds_say_so():
     assert "(n=2)" in md
     full, _ = report.sweep_report(_runs()[:4], title="t", command="c")
     assert "(n=" not in full and "Not every run finished" not in full
+
+
+def test_pca_classes_get_distinct_colours_and_curves_leave_out_unfinished_runs(
+    tmp_path, monkeypatch
+):
+    """tab10 reused its colours past 10 classes (parity's 16 labels shared 6 pairs); a
+    diverged run's metrics cut every objective's curve to the steps it logged, or made
+    its mean NaN."""
+    from matplotlib import colormaps
+
+    labels = np.repeat(np.arange(16), 3)
+    index, style = plots._label_colours(labels)
+    colours = {style["scatter"]["cmap"](style["scatter"]["norm"](i)) for i in range(16)}
+    assert len(colours) == 16 and style["ticklabels"] == [str(i) for i in range(16)]
+    np.testing.assert_array_equal(index, labels)
+    index, style = plots._label_colours(np.array([3, 7, 3]))  # classes in order, 2 colours
+    np.testing.assert_array_equal(index, [0, 1, 0])
+    assert style["scatter"]["cmap"].colors == [colormaps["tab10"](i) for i in range(2)]
+
+    runs = []
+    for seed, results, last in ((42, _fake_results(0.0, 0), 100), (0, None, 30)):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        with open(d / "metrics.jsonl", "w") as f:
+            for step in range(10, last + 1, 10):
+                loss = float("nan") if results is None and step == last else 1.0 / step
+                f.write(json.dumps({"step": step, "train/loss": loss}) + "\n")
+        runs.append(report.RunRecord("ova_ib", seed, str(d), results, 1.0))
+    seen = {}
+    monkeypatch.setattr(
+        plots, "plot_training_curves", lambda metrics, *a, **k: seen.update(metrics)
+    )
+    plots.sweep_figures(runs, tmp_path / "out")
+    assert seen == {"ova_ib": [plots.paths.join(str(tmp_path / "42"), plots.METRICS_FILE)]}
