@@ -125,6 +125,7 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
         saved), or by a second Ctrl-C (its last saved checkpoint is kept).
     """
     old = records.read_config_json(workdir)
+    eval_only: list[str] = []
     if old:
         diff = configs.changed_keys(old, config)
         eval_only = [k for k in diff if configs.is_under(k, configs.EVALUATION_FIELDS)]
@@ -149,6 +150,7 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     state = {"wall_time_s": 0.0, "status": "running", "error": ""}
     state.update(records.read_json(state_path) or {})
     record = RunRecord(objective, int(config.seed), workdir, None, 0.0)
+    record.other_evaluation = tuple(eval_only)
     results = records.read_results(workdir)
     finished = results is not None and results.get("step") == config.num_train_steps
     if state["status"] == "failed" or finished:

@@ -245,6 +245,10 @@ def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path
     (rundir / sweep.STATE_FILE).write_text(json.dumps({"status": "failed", "error": "x"}))
     record = sweep.run_one(cfg, "ova_ib", str(rundir))
     assert (record.status, record.error) == ("failed", "x")
+    # ... but the report says its results were evaluated otherwise (they were averaged in
+    # with the others' without a word).
+    assert "final_evaluators" in record.other_evaluation
+    assert any(k.startswith("evaluator_kwargs.downstream") for k in record.other_evaluation)
     cfg.unlock()
     cfg.objective.product_weight = 0.5  # not the default: another run
     with pytest.raises(ValueError, match=r"differs in \['objective.product_weight'\]"):

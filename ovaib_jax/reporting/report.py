@@ -185,6 +185,8 @@ class RunRecord:
       wall_time_s: wall-clock seconds spent on it by the sweep (all attempts).
       status: ``"ok"`` or ``"failed"``.
       error: the error message of a failed run.
+      other_evaluation: the evaluation settings (dotted config keys) in which the run's
+        recorded config differs from the sweep's: its results were evaluated with those.
     """
 
     objective: str
@@ -194,6 +196,7 @@ class RunRecord:
     wall_time_s: float
     status: str = "ok"
     error: str = ""
+    other_evaluation: tuple[str, ...] = ()
 
 
 def lower_is_better(key: str) -> bool:
@@ -598,6 +601,16 @@ def sweep_report(
     finished = {
         o: sum(r.objective == o and r.results is not None for r in runs) for o in objectives
     }
+    other = [r for r in runs if r.other_evaluation and r.results is not None]
+    if other:
+        listed = "; ".join(
+            f"{r.objective} seed {r.seed} ({', '.join(r.other_evaluation)})" for r in other
+        )
+        notes = [
+            *notes,
+            f"Evaluated with other settings than this command's, which their results keep "
+            f"(re-evaluate them with python -m ovaib_jax.evaluate --set=...): {listed}.",
+        ]
     if any(n < len(seeds) for n in finished.values()):
         counts = ", ".join(f"{o} {n}" for o, n in finished.items())
         notes = [

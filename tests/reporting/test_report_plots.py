@@ -422,6 +422,17 @@ def test_cells_of_fewer_seeds_say_so():
     assert "(n=2)" in md
     full, _ = report.sweep_report(_runs()[:4], title="t", command="c")
     assert "(n=" not in full and "Not every run finished" not in full
+    runs = _runs()[:4]
+    runs[1].other_evaluation = ("evaluator_kwargs.retrieval.candidate_targets",)
+    md, summary = report.sweep_report(runs, title="t", command="c")
+    assert (
+        "Evaluated with other settings than this command's, which their results keep (re-"
+        "evaluate them with python -m ovaib_jax.evaluate --set=...): clip seed 42 "
+        "(evaluator_kwargs.retrieval.candidate_targets)." in md
+    )
+    assert summary["runs"][1]["other_evaluation"] == (
+        "evaluator_kwargs.retrieval.candidate_targets",
+    )
 
 
 def test_pca_classes_get_distinct_colours_and_curves_leave_out_unfinished_runs(
