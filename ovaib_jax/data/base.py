@@ -140,6 +140,15 @@ def spec_features(spec: DatasetSpec) -> dict[str, tfds.features.FeatureConnector
     return features
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """TFDS's DatasetInfo, without the look-up of a pre-computed one in TFDS's bucket when
+    the dataset is not built yet: none of ours is there (and TFDS's GCS access is off),
+    and the look-up left an empty ``/tmp/tmp*tfds`` directory per builder made."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class SpecBuilder(tfds.core.GeneratorBasedBuilder):
     """A GeneratorBasedBuilder whose ``DatasetInfo`` is derived from its :class:`DatasetSpec`.
 
@@ -257,7 +266,7 @@ class SpecBuilder(tfds.core.GeneratorBasedBuilder):
         if clash:
             raise ValueError(f"{self.name}: extra_features() redefines {sorted(clash)}.")
         features.update(self.extra_features())
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=inspect.cleandoc(self.__doc__ or self.spec.description),
             features=tfds.features.FeaturesDict(features),

@@ -379,3 +379,23 @@ def test_custom_config_message_is_silenced_other_warnings_pass(tmp_path, caplog)
         "Using custom data configuration: not from TFDS"
     ]
     assert "Using another configuration: kept" in messages
+
+
+def test_a_builder_of_an_unbuilt_dataset_leaves_no_temp_directory(tmp_path, monkeypatch):
+    """TFDS looked a dataset not built yet up in its bucket, through a temp directory it
+    never removed: one empty /tmp/tmp*tfds per builder made (thousands after test runs)."""
+    import tempfile
+
+    made = []
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        path = real(*args, **kwargs)
+        made.append(path)
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    for name in ("ovaib_parity", "uci_mfeat", "wesad"):
+        builder = data.get_builder(name, data_dir=str(tmp_path / name))
+        assert not builder.is_prepared()
+    assert made == []
