@@ -36,15 +36,21 @@ def _wait_for(predicate, timeout: float = 20.0) -> bool:
     return predicate()
 
 
+def _fake_python(tmp_path, body: str) -> dict[str, str]:
+    """The environment of a run of the script with a stand-in `python` (a shell script of
+    ``body``) first on PATH."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    return {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_killing_the_script_stops_its_python(tmp_path, sig):
     # A stand-in `python` first on PATH: records its pid, then sleeps as a long run would.
     pid_file = tmp_path / "python.pid"
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 120\n")
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    env = _fake_python(tmp_path, f"echo $$ > {pid_file}\nexec sleep 120")
     script = subprocess.Popen(
         ["bash", str(SCRIPT), str(tmp_path / "root"), "parity"],
         env=env,
@@ -84,11 +90,7 @@ def test_bad_sections_and_roots_stop_the_script_before_any_sweep(tmp_path):
     a ROOT with a space split every --workdir in two; branches_score_weight with no run
     called score_weight.py with no argument and exited 0."""
     log = tmp_path / "commands.log"
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    env = _fake_python(tmp_path, f'echo "$*" >> {log}')
     for root, sections, status, message in (
         (tmp_path / "root", ["trifeature_m5_confu", "mfeat-tau"], 2, "unknown section mfeat-tau"),
         (tmp_path / "my root", ["trifeature_m5_confu"], 2, "holds a space"),
@@ -106,11 +108,7 @@ def _commands(tmp_path, *sections: str) -> list[str]:
     """The python command lines the script runs for ``sections``, with a stand-in python
     that records them and succeeds."""
     log = tmp_path / "commands.log"
-    fake = tmp_path / "bin" / "python"
-    fake.parent.mkdir(exist_ok=True)
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    env = _fake_python(tmp_path, f'echo "$*" >> {log}')
     subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "root"), *sections], env=env, check=True, timeout=60
     )
