@@ -385,8 +385,10 @@ def run_changes(
 def continue_flags(changes: Mapping[str, tuple[Any, Any]]) -> str:
     """The ``--config.KEY=VALUE`` flags that give back the recorded values of
     :func:`run_changes` (numbers, strings, booleans; "" when none can be written so)."""
+    import shlex
+
     flags = [
-        f"--config.{k}={was}"
+        shlex.quote(f"--config.{k}={was}")
         for k, (was, _) in changes.items()
         if isinstance(was, (bool, int, float, str)) and was != "(absent)"
     ]

@@ -35,6 +35,7 @@ __all__ = [
     "data_kwargs",
     "device_batches",
     "eval_batches",
+    "prepare_dataset",
 ]
 
 
@@ -144,6 +145,17 @@ def cached_nbytes(source: Any, keys: Sequence[str]) -> int:
     return sum(np.asarray(example[k]).nbytes for k in keys)
 
 
+def prepare_dataset(config: ml_collections.ConfigDict) -> None:
+    """Builds ``config.dataset`` where it is not built yet (process 0 alone; the others
+    wait for it)."""
+    if jax.process_index() == 0:
+        data.prepare(config.dataset.name, **data_kwargs(config))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ovaib_dataset_built")
+
+
 def create_data_iterator(
     config: ml_collections.ConfigDict,
     split: str,
@@ -165,13 +177,7 @@ def create_data_iterator(
     ``cache_max_mb=0``) is read from its record files at every batch, decoded with numpy
     (``data.make_iterator``), with the same batches.
     """
-    kwargs = data_kwargs(config)
-    if jax.process_index() == 0:
-        data.prepare(config.dataset.name, **kwargs)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("ovaib_dataset_built")
+    prepare_dataset(config)
     return _iterator(
         config, split, batch_size=batch_size // jax.process_count(), train=train, spec=spec,
         extra_keys=extra_keys, drop_remainder=drop_remainder,

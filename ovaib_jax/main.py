@@ -108,7 +108,7 @@ def train_main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     except KeyboardInterrupt:  # a second Ctrl-C (the first saves and stops at the next step)
         console.exit_with(
             PROGRAM,
-            "stopped at once (Ctrl-C twice); the last saved checkpoint is kept: rerun the same "
+            "stopped at once (Ctrl-C); the last saved checkpoint is kept: rerun the same "
             "command to resume from it.",
             status=130,
         )

@@ -150,12 +150,14 @@ def run_one(config: ml_collections.ConfigDict, objective: str, workdir: str) -> 
     state = {"wall_time_s": 0.0, "status": "running", "error": ""}
     state.update(records.read_json(state_path) or {})
     record = RunRecord(objective, int(config.seed), workdir, None, 0.0)
-    record.other_evaluation = tuple(eval_only)
     results = records.read_results(workdir)
     finished = results is not None and results.get("step") == config.num_train_steps
     if state["status"] == "failed" or finished:
         record.results, record.wall_time_s = results, state["wall_time_s"]
         record.status, record.error = ("failed", state["error"]) if not finished else ("ok", "")
+        # Kept as they are: evaluated with the recorded settings (a run that goes on now is
+        # evaluated with the command's, which its config.json then records).
+        record.other_evaluation = tuple(eval_only)
         log.info("Skipping %s (%s).", workdir, record.status)
         return record
     paths.makedirs(workdir)
@@ -289,7 +291,7 @@ def main(argv: list[str]) -> None:
             command=command,
         )
     except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C: the run's checkpoint is saved
-        log.warning("%s", e or "Stopped at once (a second Ctrl-C); rerun the sweep to resume.")
+        log.warning("%s", str(e) or "Stopped at once (Ctrl-C); rerun the sweep to resume.")
         sys.exit(1)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         flag = "--config.dataset.manual_dir"

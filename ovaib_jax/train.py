@@ -106,6 +106,8 @@ def build(
     step_fn = step.make_train_step(model, tx, objective, rng, mesh)
     train_iter = None
     if with_data:
+        inputs.prepare_dataset(config)
+        inputs.check_eval_batch(config)  # the splits exist now: batches must fit in them
         train_iter = inputs.create_data_iterator(
             config,
             config.dataset.train_split,
@@ -113,7 +115,6 @@ def build(
             train=True,
             spec=resolved.spec,
         )
-        inputs.check_eval_batch(config)  # the splits exist now: batches must fit in them
     ckpt = None
     if workdir is not None:
         ckpt = state.open_checkpointer(
@@ -141,6 +142,7 @@ class _Preemption:
 
     def __init__(self):
         self.flag = False
+        self.interrupts = 0  # Ctrl-C presses
         self.name = ""  # the signal received
         self.checkpointer: checkpointing.Checkpointer | None = None
         self.previous: dict[int, Any] = {}
@@ -155,7 +157,8 @@ class _Preemption:
     def _handler(self, signum, frame):
         del frame
         if signum == signal.SIGINT:
-            if self.flag:  # a second Ctrl-C: stop now
+            self.interrupts += 1
+            if self.interrupts > 1:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             log.warning(
                 "Ctrl-C: the run saves its checkpoint at the next step and stops (press it "
@@ -304,15 +307,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         lock.release()
         raise
     preemption.checkpointer = run.checkpointer
-    closers = [preemption.restore]  # in closing order; the writer and batches join below
+    closers = []  # in closing order; the writer and batches join in front below
     if run.checkpointer is not None:
         closers.append(run.checkpointer.close)  # raises if the last save failed
     closers.append(lock.release)
+    # Last: a Ctrl-C while the last save completes still finds the handler that raises
+    # KeyboardInterrupt, and the lock is released before it propagates.
+    closers.append(preemption.restore)
     try:  # the first writes too (a disk that is still full on the rerun): one error
         start = int(host.to_host(run.state.step))
         workdir_lib.record_start(config, workdir, start)  # only a config that builds
         writer = records.MetricWriter(workdir, start)
-        closers.insert(1, writer.close)
+        closers.insert(0, writer.close)
         batches = inputs.device_batches(
             run.train_iter, run.mesh, run.modality_names, int(config.dataset.device_prefetch)
         )
@@ -344,13 +350,14 @@ def _write_failed(workdir: str, ckpt: checkpointing.Checkpointer | None, error: 
 
 
 def _close_all(closers: list[Callable[[], Any]]) -> BaseException | None:
-    """Calls every closer even if some fail; returns the first failure (logged, not
-    raised, when the run is already failing with another error)."""
+    """Calls every closer even if some fail (a KeyboardInterrupt too: the lock is still
+    released); returns the first failure (logged, not raised, when the run is already
+    failing with another error)."""
     first = None
     for close in closers:
         try:
             close()
-        except Exception as e:
+        except BaseException as e:
             log.debug("Closing %s: %s", close, e)
             first = first or e
     return first

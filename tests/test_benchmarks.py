@@ -109,6 +109,13 @@ def test_matmul_macs_counts_every_compiled_matmul():
         "}\n"
     )
     assert bench.matmul_macs(conv) == 8 * 16 * 32
+    # Operands printed with tiled layouts (TPU), holding parentheses: the operand list
+    # was cut at the first ")".
+    tiled = conv.replace(
+        "convolution(%p0, %p1)",
+        "convolution(f32[8,32]{1,0:T(8,128)} %p0, f32[32,16]{1,0:T(8,128)} %p1)",
+    )
+    assert bench.matmul_macs(tiled) == 8 * 16 * 32
 
 
 def _loss_benchmark():

@@ -203,6 +203,12 @@ def test_batch_sizes_larger_than_the_splits_fail_before_training(tmp_path):
         config.batch_size = 512  # both splits: one error naming both flags
     with pytest.raises(ValueError, match=r"batch_size=512 .*256 examples.*eval_batch_size=0"):
         inputs.check_eval_batch(config)
+    # The trainer's own path checks before it makes the train iterator (whose epoch-aligned
+    # stream refused the batch first, with a traceback instead of this message).
+    from ovaib_jax import train
+
+    with pytest.raises(console.ConfigError, match=r"--config.batch_size=512 is larger"):
+        train.build(config)
     config.batch_size, config.eval_batch_size = 16, 64
     inputs.check_eval_batch(config)  # fits
     config.eval_batch_size, config.final_evaluators = 128, ""

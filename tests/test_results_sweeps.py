@@ -94,7 +94,7 @@ def test_bad_sections_and_roots_stop_the_script_before_any_sweep(tmp_path):
     for root, sections, status, message in (
         (tmp_path / "root", ["trifeature_m5_confu", "mfeat-tau"], 2, "unknown section mfeat-tau"),
         (tmp_path / "my root", ["trifeature_m5_confu"], 2, "holds a space"),
-        (tmp_path / "root", ["branches_score_weight"], 1, "no "),
+        (tmp_path / "root", ["branches_score_weight"], 1, "trifeature_m*_branches/*/seed_* runs"),
     ):
         out = subprocess.run(
             ["bash", str(SCRIPT), str(root), *sections], env=env, capture_output=True,

@@ -502,3 +502,26 @@ def test_ctrl_c_saves_and_stops_and_twice_stops_at_once(finished, tmp_path, monk
         assert state.saved_steps(wd)[-1] == 6  # the last saved checkpoint, kept
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     workdir.Lock(wd).acquire().release()
+
+
+def test_a_ctrl_c_after_a_sigterm_is_a_first_press():
+    """SIGTERM and Ctrl-C shared one flag: a Ctrl-C after a SIGTERM stopped at once
+    instead of letting the run save."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    preemption = train._Preemption()
+    try:
+
+        def send(sig, until):
+            os.kill(os.getpid(), sig)
+            end = time.time() + 10
+            while not until() and time.time() < end:
+                time.sleep(0.001)
+
+        send(signal.SIGTERM, lambda: preemption.flag)
+        assert preemption.reached(1) and preemption.name == "SIGTERM"
+        send(signal.SIGINT, lambda: preemption.interrupts == 1)  # no KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            send(signal.SIGINT, lambda: False)
+    finally:
+        preemption.restore()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
