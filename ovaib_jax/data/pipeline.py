@@ -936,18 +936,17 @@ class _Stream:
                 )
             self.kept = n // global_batch * global_batch
             epochs = sys.maxsize // n if num_epochs is None else num_epochs
-            self.stream_batches = epochs * (self.kept // batch_size)
-            self.num_batches = len(range(process_index, self.stream_batches, process_count))
-        elif drop_remainder:
-            stream_batches = self.total // batch_size
+            stream_batches = epochs * (self.kept // batch_size)  # whole global batches
         else:
-            stream_batches = -(-self.total // batch_size)  # exact (no float) for any total
-        if self.kept is None:
+            if drop_remainder:
+                stream_batches = self.total // batch_size
+            else:
+                stream_batches = -(-self.total // batch_size)  # exact (no float) for any total
             if process_count > 1 and drop_remainder and num_epochs is not None:
                 # Keep only complete global batches: every process gets the same count.
                 stream_batches = stream_batches // process_count * process_count
-            self.stream_batches = stream_batches
-            self.num_batches = len(range(process_index, stream_batches, process_count))
+        self.stream_batches = stream_batches
+        self.num_batches = len(range(process_index, stream_batches, process_count))
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
 
