@@ -75,13 +75,6 @@ else:
     # mantissa) and a TPU's as bfloat16 passes. Full float32, as on a CPU.
     os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
-# Python's own bytecode cache: the suite starts about a hundred Python processes (xdist
-# workers, training and sweep subprocesses), each importing this package; a sandbox that
-# sets PYTHONDONTWRITEBYTECODE made every one compile its source again (0.7 s a process
-# here). The __pycache__ directories are ignored by git.
-if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
-    sys.dont_write_bytecode = False
-
 _OWN_CACHE = None
 if os.environ.get("OVAIB_TEST_COMPILATION_CACHE", "1") != "0" and not os.environ.get(
     "JAX_COMPILATION_CACHE_DIR"
