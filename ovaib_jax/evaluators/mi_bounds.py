@@ -10,7 +10,9 @@ class) and cut into batches of ``batch_size`` (the last partial batch is dropped
   config's ``loss_kwargs``) and every ``mi_bound/*`` entry of its aux, averaged over
   batches.
   Their meaning is the objective's (``mi_bound/m{m}`` for OVA and Symile,
-  ``mi_bound/{p}->{q}`` for pairwise CLIP, ``mi_bound/anchor_to_rest`` for GRAM...);
+  ``mi_bound/{p}->{q}`` for pairwise CLIP, ``mi_bound/anchor_to_rest`` for GRAM...).
+  With product-of-marginals negatives (OVA's ``negatives="shuffled"``, Symile's) the
+  bound is on the total correlation TC(z), not on I(z_m ; z_-m) (docs/THEORY.md 3'');
 * a common yardstick whatever the objective: the One-vs-All sufficiency bound
   ``log N - L_m`` of ``ovaib_jax.losses.ova_sufficiency`` (``tau = ova_tau``) per
   modality, a lower bound on I(z_m ; z_-m) (SPEC section 1).

@@ -148,10 +148,9 @@ def ova_sufficiency(
         negatives the loss cannot reward dependence that is only visible jointly against
         tuples that are themselves jointly consistent; "shuffled" contrasts the joint
         against the product of the marginals. Candidates' per-tuple quantities are then
-        computed on the gathered global batch on every device. At M = 2 the one remaining
-        modality's permuted rows are the batch's own vectors, so each query's positive
-        also stands once among its negatives (an exact tie, and a log-2 floor on the
-        loss of a perfect critic): use "batch" there.
+        computed on the gathered global batch on every device. Needs M >= 3 (an error
+        at M = 2, where the one remaining modality's permuted rows are the batch's own
+        vectors: each query's positive would also stand among its negatives).
       key: PRNG key for "shuffled" (same on every device); None gives deterministic
         cyclic shifts (see :func:`shuffled_rows`).
       axis_name: mesh axis the batch is sharded over, inside ``jax.shard_map``.
@@ -159,9 +158,10 @@ def ova_sufficiency(
 
     Returns:
       ``(loss, aux)``; aux: ``sufficiency`` (= loss), ``sufficiency/m{m}`` (L_m),
-      ``mi_bound/m{m}`` (log N - L_m), ``accuracy`` and ``accuracy/m{m}`` (in-batch
-      top-1 of retrieving sample n's remaining tuple from z_m), ``pos_score`` and
-      ``neg_score`` (mean raw scores).
+      ``mi_bound/m{m}`` (log N - L_m: a lower bound on I(z_m; z_-m) with batch
+      negatives, on the total correlation TC(z) with shuffled ones, docs/THEORY.md 3''),
+      ``accuracy`` and ``accuracy/m{m}`` (in-batch top-1 of retrieving sample n's
+      remaining tuple from z_m), ``pos_score`` and ``neg_score`` (mean raw scores).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -211,6 +211,13 @@ def _check_sufficiency_args(
         raise ValueError(f"{name}: negatives must be one of {NEGATIVE_MODES}, got {negatives!r}.")
     z = _core.check_embeddings(z, name)
     _core.check_chunk_size(chunk_size, name)
+    if negatives == "shuffled" and z.shape[0] == 2:
+        raise ValueError(
+            f"{name}: negatives='shuffled' needs M >= 3 modalities, got M = 2. With one "
+            "remaining modality its shuffled rows are the batch's own vectors: the same "
+            "negatives as negatives='batch', plus a copy of each query's positive among "
+            "them. Use negatives='batch'."
+        )
     n_global = z.shape[1] * _core.axis_size(axis_name)
     if exclude_positive and n_global < 2:
         raise ValueError(f"{name}: exclude_positive=True needs a batch of N >= 2, got {n_global}.")
