@@ -356,6 +356,13 @@ def _resolve_hparams(section: dict[str, Any], modalities: tuple) -> tuple[dict[s
                 f"config.objective.anchor={anchor!r} is not a modality index for M = {m} "
                 f"({names}); give a modality name or an index in [0, {m})."
             )
+    if hparams.get("negatives") == "shuffled" and m == 2:
+        raise ValueError(
+            "config.objective.negatives='shuffled' needs M >= 3 modalities; 2 are selected "
+            f"({[x.name for x in modalities]}): the one remaining modality's shuffled rows "
+            "are the batch's own vectors, so each positive would stand among its negatives. "
+            "Use negatives='batch', or select three or more modalities."
+        )
     projector = False
     if "projector" in hparams:
         choice = hparams.pop("projector")

@@ -183,6 +183,18 @@ def test_triangle_needs_three_modalities():
     _bad(mutate, r"exactly 3 modalities; 4 are selected")
 
 
+def test_shuffled_negatives_need_three_modalities():
+    def mutate(c):
+        c.objective.negatives = "shuffled"
+        c.dataset.modalities = "x0,x2"
+
+    _bad(mutate, r"negatives='shuffled' needs M >= 3 modalities; 2 are selected \(\['x0', 'x2'\]\)")
+    config = load("default")
+    with config.unlocked():
+        config.objective.negatives = "shuffled"
+    validate_config(config, device_count=1, process_count=1)  # M = 3: valid
+
+
 def test_batch_not_divisible_by_devices():
     _bad(lambda c: setattr(c, "batch_size", 100), r"not divisible by the 8 devices.*96", 8)
 
