@@ -445,18 +445,26 @@ def _is_barrier_error(e: BaseException) -> bool:
     return isinstance(e, AssertionError) and "sync_global_devices" in str(e)
 
 
+class _DropMissingItemMetadata(logging.Filter):
+    """Drops orbax's "Metadata file does not exist: ..." records, and only those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
 @contextlib.contextmanager
 def _quiet_absl():
-    """Silences absl's warnings for a while: orbax warns "Metadata file does not exist:
+    """Drops one absl warning for a while: orbax warns "Metadata file does not exist:
     .../<item>/_CHECKPOINT_METADATA" when an item's metadata is read on its own (that
-    file sits one level up, in the step), which read as damage on every resume."""
+    file sits one level up, in the step), which read as damage on every resume. Only that
+    message: another thread's warnings in the meantime still reach the log."""
     logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    drop = _DropMissingItemMetadata()
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ovaib_jax import checkpointing
 from ovaib_jax.checkpointing import (
     Checkpointer,
     CheckpointMismatchError,
@@ -338,3 +339,18 @@ def test_a_resume_logs_no_missing_metadata_warning(tmp_path, caplog):
         assert ckpt.restore(_abstract(), with_data=False).step == 1
     assert "Metadata file does not exist" not in caplog.text, caplog.text
     ckpt.close()
+
+
+def test_the_metadata_warning_filter_lets_every_other_warning_through(caplog):
+    """While an item's metadata is read, only orbax's missing-metadata warning is dropped:
+    absl's logger was silenced whole, so another thread's warning in that window (a
+    failed background write, say) was lost."""
+    absl_logger = logging.getLogger("absl")
+    with caplog.at_level(logging.WARNING):
+        with checkpointing._quiet_absl():
+            absl_logger.warning("Metadata file does not exist: /x/model/_CHECKPOINT_METADATA")
+            absl_logger.warning("a background write failed: %s", "disk full")
+        absl_logger.warning("Metadata file does not exist: /y")  # outside: kept
+    assert "a background write failed: disk full" in caplog.text
+    assert "/x/model" not in caplog.text
+    assert "/y" in caplog.text
