@@ -29,7 +29,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ovaib_jax import configs, console, data, evaluation, paths, records, runtime
+from ovaib_jax import configs, console, data, evaluation, inputs, paths, records, runtime
 from ovaib_jax.checkpointing import CheckpointMismatchError, NoRestorableCheckpointError
 from ovaib_jax.validation import validate_config
 
@@ -55,6 +55,8 @@ def evaluate_checkpoint(
     restored = evaluation.restore(config, workdir, step)
     names = configs.evaluator_names(config) + configs.evaluator_names(config, "final_evaluators")
     names = list(dict.fromkeys(names)) or DEFAULT_EVALUATORS
+    inputs.prepare_dataset(config)
+    inputs.check_evaluator_keys(config, names)  # before any split is embedded
     results = {"step": restored.step, **restored.evaluation(names).run(restored.variables)}
     changes = _config_changes(config, workdir)
     if changes:  # the results are not the run's as trained: say so in them
@@ -148,6 +150,8 @@ def evaluate_main(
         results = evaluate_checkpoint(config, workdir, step, out)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         console.exit_with(PROGRAM, str(e.naming_flag(manual_dir_flag)), status=1)
+    except console.ConfigError as e:  # found once the dataset is built
+        console.exit_with(PROGRAM, f"config error: {e}")
     except (
         data.CorruptDataError,  # a damaged data file: the message says how to rebuild
         FileNotFoundError,

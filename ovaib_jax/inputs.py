@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ovaib_jax import configs, console, data
+from ovaib_jax import configs, console, data, evaluators
 from ovaib_jax.runtime import global_batch
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Prefetcher",
     "cached_nbytes",
     "check_eval_batch",
+    "check_evaluator_keys",
     "create_data_iterator",
     "data_kwargs",
     "device_batches",
@@ -325,6 +326,48 @@ def check_eval_batch(config: ml_collections.ConfigDict) -> None:
         )
     if problems:
         raise console.ConfigError(" ".join(problems))
+
+
+def check_evaluator_keys(
+    config: ml_collections.ConfigDict, names: Sequence[str] | None = None
+) -> None:
+    """Checks that every stored field an evaluator reads (a target its config names, e.g.
+    ``evaluator_kwargs.downstream.targets``) is a field of the built dataset, so that a
+    typo is one error before training rather than a KeyError at the final evaluation.
+    Call it once the dataset is built.
+
+    Args:
+      config: the run's config.
+      names: the evaluators to check (default: those of ``evaluators`` and
+        ``final_evaluators``).
+
+    Raises:
+      ovaib_jax.console.ConfigError: (a ValueError) naming each evaluator's unknown
+        fields and the dataset's targets and other stored fields.
+    """
+    if names is None:
+        names = configs.evaluator_names(config) + configs.evaluator_names(
+            config, "final_evaluators"
+        )
+    kwargs = config.evaluator_kwargs or {}
+    wanted = {n: evaluators.create(n, kwargs.get(n)).extra_keys() for n in dict.fromkeys(names)}
+    if not any(wanted.values()):
+        return
+    split = config.dataset.eval_split
+    source = data.make_source(config.dataset.name, split, build=False, **data_kwargs(config))
+    stored = set(source[0])
+    spec = data.get_spec(config.dataset.name, **configs.dataset_kwargs(config))
+    modalities = {m.name for m in spec.modalities}
+    problems = [
+        f"config.evaluator_kwargs.{n} names {missing}, which {config.dataset.name} does not store"
+        for n, keys in wanted.items()
+        if (missing := [k for k in keys if k not in stored])
+    ]
+    if problems:
+        fields = sorted(stored - modalities)
+        raise console.ConfigError(
+            "; ".join(problems) + f" (its targets and other stored fields are {fields})."
+        )
 
 
 class _OnDemand:

@@ -108,6 +108,7 @@ def build(
     if with_data:
         inputs.prepare_dataset(config)
         inputs.check_eval_batch(config)  # the splits exist now: batches must fit in them
+        inputs.check_evaluator_keys(config)  # and the fields evaluators read exist
         train_iter = inputs.create_data_iterator(
             config,
             config.dataset.train_split,

@@ -215,6 +215,49 @@ def test_batch_sizes_larger_than_the_splits_fail_before_training(tmp_path):
     inputs.check_eval_batch(config)  # never evaluated (eval_every_steps = 0): no error
 
 
+def test_an_evaluator_field_the_dataset_does_not_store_is_one_error_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    """A target an evaluator's config names that the dataset does not store (a typo) was
+    found by the final evaluation, after the whole run, as a KeyError traceback; it is one
+    config error now, before training (and before ovaib_jax.evaluate embeds a split)."""
+    import ml_collections
+
+    from ovaib_jax import evaluate, evaluation, main, train
+
+    config = tiny_config(str(tmp_path), final_evaluators="downstream")
+    with config.unlocked():
+        config.evaluator_kwargs.downstream = ml_collections.ConfigDict({"targets": ("label",)})
+    data.prepare(config.dataset.name, **inputs.data_kwargs(config))
+    inputs.check_evaluator_keys(config)  # a declared target
+    config.evaluator_kwargs.downstream.targets = ("is_parity",)
+    inputs.check_evaluator_keys(config)  # a stored field that is not a declared target
+    config.evaluator_kwargs.downstream.targets = ("labell", "label")
+    want = (
+        "config.evaluator_kwargs.downstream names ['labell'], which ovaib_parity does not "
+        "store (its targets and other stored fields are ['bits', 'is_parity', 'label'])."
+    )
+    with pytest.raises(console.ConfigError) as e:
+        inputs.check_evaluator_keys(config)
+    assert str(e.value) == want
+    inputs.check_evaluator_keys(config, names=["retrieval"])  # downstream does not run
+    with pytest.raises(console.ConfigError):
+        train.build(config)
+    capsys.readouterr()  # the dataset build's progress bars
+    with pytest.raises(SystemExit) as e:
+        main.train_main(config, str(tmp_path / "w"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"ovaib_jax.main: config error: {want}\n"
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")  # nothing trained
+    monkeypatch.setattr(
+        evaluation, "restore", lambda *a: types.SimpleNamespace(step=0, evaluation=None)
+    )
+    with pytest.raises(SystemExit) as e:
+        evaluate.evaluate_main(config, str(tmp_path / "w"))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"ovaib_jax.evaluate: config error: {want}\n"
+
+
 def _main(*flags: str, module: str = "ovaib_jax.main") -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", module, *flags]
