@@ -1085,7 +1085,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--sections",
         default="1,2,3,4,5",
-        help="comma-separated sections to run (default all; 5 needs --symile-reference)",
+        help="comma-separated sections to run (default all; 5 needs --symile-reference; "
+        "1m: only section 1's M sweep, e.g. with more --rounds)",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -1096,6 +1097,9 @@ def main(argv: list[str] | None = None) -> Path:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    unknown = sorted(sections - {"1", "1m", "2", "3", "4", "5"})
+    if unknown:  # else it would run nothing and write an empty report
+        parser.error(f"unknown --sections {unknown}; valid: 1, 1m, 2, 3, 4, 5.")
 
     today = datetime.date.today().isoformat()
     dev = device_name()
@@ -1128,6 +1132,8 @@ def main(argv: list[str] | None = None) -> Path:
         section_m_sweep(rep, sizes)
         if sizes.breakdown:
             section_breakdown(rep, sizes)
+    elif "1m" in sections:
+        section_m_sweep(rep, sizes)
     if "2" in sections:
         section_literal(rep, sizes, args.literal_forward_only)
     if "3" in sections:

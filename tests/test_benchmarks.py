@@ -193,3 +193,14 @@ def test_input_benchmark_quick(tmp_path):
     assert re.search(r"\| `prefetch=0` \| \*\*\d+\.\d+\*\* \(.*\) (PASS|MISS) \|", text), text
     runs = text.split("## 3.")[1]
     assert re.search(r"\| uncached \(`cache_max_mb=0`\) \| \d+ \| \d+\.\d+ \(median", runs), runs
+
+
+def test_unknown_sections_are_an_error_not_an_empty_report(tmp_path, capsys):
+    """A misspelt section ran nothing and wrote a report with no table; the M sweep alone
+    is "1m"."""
+    bench = _loss_benchmark()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--sections", "1,7", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "unknown --sections ['7']; valid: 1, 1m, 2, 3, 4, 5." in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
