@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -385,8 +386,6 @@ def run_changes(
 def continue_flags(changes: Mapping[str, tuple[Any, Any]]) -> str:
     """The ``--config.KEY=VALUE`` flags that give back the recorded values of
     :func:`run_changes` (numbers, strings, booleans; "" when none can be written so)."""
-    import shlex
-
     flags = [
         shlex.quote(f"--config.{k}={was}")
         for k, (was, _) in changes.items()
