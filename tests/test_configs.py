@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 
 import pytest
 
@@ -481,3 +482,25 @@ def test_encoder_settings_of_the_wrong_type_are_config_errors():
         config.model.cnn1d.kernel_size = 0
     with pytest.raises(ValueError, match=r"model\.cnn1d\.kernel_size=0 must be an integer >= 1"):
         validate_config(config, device_count=1, process_count=1)
+
+
+def test_continue_flags_are_shell_quoted():
+    """A recorded string with a space or a quote was written bare: pasted into a shell,
+    the flag split in two."""
+    changes = {
+        "dataset.modalities": ("x0, x2", "x0,x1,x2"),
+        "model.encoders": ("x0='mlp'", ""),
+        "seed": (3, 4),
+    }
+    flags = configs.continue_flags(changes)
+    assert flags == (
+        "'--config.dataset.modalities=x0, x2' '--config.model.encoders=x0='\"'\"'mlp'\"'\"''"
+        " --config.seed=3"
+    )
+    assert shlex.split(flags) == [
+        "--config.dataset.modalities=x0, x2",
+        "--config.model.encoders=x0='mlp'",
+        "--config.seed=3",
+    ]
+    # A value it cannot write (a tuple) leaves the whole command unsaid.
+    assert configs.continue_flags({**changes, "model.mlp.hidden": ((16,), (32,))}) == ""

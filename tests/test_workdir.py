@@ -525,3 +525,21 @@ def test_a_ctrl_c_after_a_sigterm_is_a_first_press():
     finally:
         preemption.restore()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_every_closer_runs_when_one_raises_keyboard_interrupt():
+    """A second Ctrl-C during the final save raised KeyboardInterrupt out of the
+    checkpointer's close, and the closers after it (the lock's release) never ran."""
+    ran = []
+
+    def interrupted():
+        ran.append("checkpointer")
+        raise KeyboardInterrupt
+
+    def failing():
+        ran.append("writer")
+        raise OSError("disk full")
+
+    first = train._close_all([interrupted, failing, lambda: ran.append("lock")])
+    assert ran == ["checkpointer", "writer", "lock"]
+    assert isinstance(first, KeyboardInterrupt)  # the first failure is returned
