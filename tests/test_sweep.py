@@ -255,6 +255,24 @@ def test_a_run_that_differs_only_in_evaluation_settings_is_the_same_run(tmp_path
         sweep.run_one(cfg, "ova_ib", str(rundir))
 
 
+def test_a_run_that_goes_on_is_evaluated_with_the_commands_settings(tmp_path, monkeypatch):
+    """An unfinished run whose record differs only in evaluation settings trains on and is
+    evaluated with the command's settings: its record must not say "other evaluation"
+    (it did, whenever config.json differed, finished or not)."""
+    config = os.path.join(ROOT, "experiments", "parity.py")
+    cfg = sweep.objective_configs(config, ["ova_ib"], {})[0]["ova_ib"]
+    rundir = tmp_path / "ova_ib" / "seed_42"
+    rundir.mkdir(parents=True)
+    old = json.loads(cfg.to_json_best_effort())
+    old["final_evaluators"] = ["downstream"]
+    (rundir / "config.json").write_text(json.dumps(old))
+    final = {"retrieval": {"R@1": 0.5}}
+    monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: {"final": final, "step": 1})
+    record = sweep.run_one(cfg, "ova_ib", str(rundir))
+    assert (record.status, record.results) == ("ok", final)
+    assert record.other_evaluation == ()
+
+
 def test_a_run_held_by_another_process_is_skipped_not_fatal(tmp_path):
     """Sweeps of one workdir in several processes (disjoint seeds, to use more cores): a
     run another process is training is skipped with a note, its files untouched."""
