@@ -32,7 +32,7 @@ PAPER = {
     "vfpd": ("vfpd", 1e-4, ("contact",), 1.0),
     "vfpdo": ("vfpdo", 1e-4, ("contact",), 1.0),
     "mujoco_push": ("", 1e-3, ("position",), 1.0),
-    "mosei": ("senti", 1e-5, ("label",), 1.0),
+    "mosei": ("raw", 1e-5, ("label",), 1.0),
     "wesad": ("", 1e-3, None, 0.5),
 }
 
@@ -72,6 +72,27 @@ def test_paper_defaults_applied():
     assert config.model.embedding_dim == config.model.representation_dim == 256
     assert load("mosei").optimizer.learning_rate == 1e-5
     assert load("vision_touch", "variant=vfpdo").dataset.builder_config == "vfpdo"
+
+
+@pytest.mark.parametrize(
+    ("arg", "shapes"),
+    [
+        # SPEC section 6: visual x713, acoustic 32x74, text 32x300 (the raw release)
+        ("", {"vision": (32, 713), "audio": (32, 74), "text": (32, 300)}),
+        ("features=senti", {"vision": (50, 35), "audio": (50, 74), "text": (50, 300)}),
+    ],
+)
+def test_mosei_paper_config_has_the_spec_shapes(arg, shapes):
+    from ovaib_jax import data
+
+    config = load("paper/mosei", arg)
+    spec = data.get_spec(config.dataset.name, **configs.dataset_kwargs(config))
+    assert {m.name: tuple(m.shape) for m in spec.modalities} == shapes
+
+
+def test_mosei_unknown_features_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"features=facet: expected one of \['raw', 'senti'\]"):
+        load("mosei", "features=facet")
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
