@@ -268,6 +268,12 @@ def sweep(
     return summary
 
 
+def stopped_message(e: KeyboardInterrupt) -> str:
+    """The line a stopped sweep logs: the run's own message (step and checkpoint), or for
+    a bare KeyboardInterrupt (a second Ctrl-C stops at once) a generic one."""
+    return str(e) or "Stopped at once (Ctrl-C); rerun the sweep to resume."
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
     from ml_collections import config_flags
@@ -291,7 +297,7 @@ def main(argv: list[str]) -> None:
             command=command,
         )
     except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C: the run's checkpoint is saved
-        log.warning("%s", str(e) or "Stopped at once (Ctrl-C); rerun the sweep to resume.")
+        log.warning("%s", stopped_message(e))
         sys.exit(1)
     except data.MissingDataError as e:  # the raw files of a manual dataset
         flag = "--config.dataset.manual_dir"

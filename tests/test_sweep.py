@@ -327,3 +327,12 @@ def test_final_evaluators_run_once_and_results_are_completed_on_rerun(tmp_path):
     assert train.train_and_evaluate(config, workdir)["final"] == redone  # read, not redone
     assert os.path.getmtime(os.path.join(workdir, "results.json")) == mtime
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == logged
+
+
+def test_a_stopped_sweep_says_how_it_stopped():
+    """A run stopped by SIGTERM or one Ctrl-C carries its step; a second Ctrl-C raises a
+    bare KeyboardInterrupt, whose message is empty: the sweep still says what to do."""
+    assert sweep.stopped_message(KeyboardInterrupt("w stopped at step 3")) == "w stopped at step 3"
+    assert sweep.stopped_message(KeyboardInterrupt()) == (
+        "Stopped at once (Ctrl-C); rerun the sweep to resume."
+    )
