@@ -58,6 +58,55 @@ def guarded_gram_schmidt(
     return qs, rs
 
 
+def gram_schmidt_with_coefficients(
+    vectors: Sequence[jax.Array], lam=1e-8
+) -> tuple[list[jax.Array], list[list[jax.Array]]]:
+    """:func:`guarded_gram_schmidt` (the same arithmetic on the vectors), and each basis
+    vector as a combination of the inputs: ``q_k = sum_{i <= k} c[k][i] * vectors[i]``.
+
+    The coefficients replay the pass's arithmetic with its scalars (projection
+    coefficients and guarded inverse norms taken from the vectors), as
+    :func:`leave_one_out_coefficients` does, which keeps float32 accuracy on nearly
+    collinear inputs. Differentiable by automatic differentiation (K <= M vectors of
+    (..., d): O(K^2) small operations).
+
+    Args:
+      vectors: K arrays (..., d).
+      lam: rank guard, as in :func:`span_basis`.
+
+    Returns:
+      ``(qs, c)``: K arrays (..., d), and ``c[k]`` a list of k + 1 arrays (...).
+    """
+    qs: list[jax.Array] = []
+    coefs: list[list[jax.Array]] = []
+    for k, a in enumerate(vectors):
+        v = a
+        c = [jnp.zeros(a.shape[:-1], a.dtype) for _ in range(k)] + [jnp.ones(a.shape[:-1], a.dtype)]
+        for q, cq in zip(qs, coefs):
+            t = jnp.sum(q * v, axis=-1)
+            v = v - t[..., None] * q
+            c = [ci - t * cqi for ci, cqi in zip(c, cq)] + c[len(cq) :]
+        q, r = _guarded_unit(v, lam)
+        inv = jax.lax.rsqrt(r + lam)
+        qs.append(q)
+        coefs.append([ci * inv for ci in c])
+    return qs, coefs
+
+
+def continue_gram_schmidt(basis: Sequence[jax.Array], vectors: Sequence[jax.Array], lam=1e-8):
+    """The guarded Gram-Schmidt vectors of ``vectors`` after the basis vectors ``basis``
+    (already computed, e.g. by :func:`gram_schmidt_with_coefficients`): the last
+    ``len(vectors)`` outputs of :func:`guarded_gram_schmidt` of ``basis``'s inputs
+    followed by ``vectors``. Returns ``len(vectors)`` arrays (..., d)."""
+    out: list[jax.Array] = []
+    for a in vectors:
+        v = a
+        for q in (*basis, *out):
+            v = _project_out(q, v)
+        out.append(_guarded_unit(v, lam)[0])
+    return out
+
+
 def span_basis(
     a: jax.Array, lam: float = 1e-8, *, normalized: bool = False
 ) -> tuple[jax.Array, jax.Array]:

@@ -18,9 +18,10 @@ import numpy as np
 
 from ovaib_jax.losses import _core
 from ovaib_jax.losses._basis import (
+    continue_gram_schmidt,
+    gram_schmidt_with_coefficients,
     guarded_gram_schmidt,
     leave_one_out_bases,
-    leave_one_out_coefficients,
 )
 
 Projector = Callable[[jax.Array, int], jax.Array]
@@ -320,12 +321,12 @@ def _sufficiency(
         and (chunk_size is None or chunk_size >= n)
         and shared_pairs
     ):
-        return _pairs_sufficiency(queries, lam, scale, exclude_positive, w, axis_name)
+        return _halves_sufficiency(queries, lam, scale, exclude_positive, w, axis_name)
     if projector is None:
         # Every leave-one-out basis of the local tuples, from one shared Gram-Schmidt pass
         # (SPEC "Efficient forms" (a)): the candidates of "batch" negatives, the positives
         # of "shuffled" ones.
-        local = leave_one_out_bases(queries, lam)
+        local = _span_order_bases(queries, lam)
         if w is not None:
             local = [
                 jnp.concatenate(
@@ -344,7 +345,9 @@ def _sufficiency(
             else:
                 rest_all = _core.all_gather(jnp.stack(_rest(queries, m)), axis_name, axis=1)
                 shuffled = shuffled_rows(rest_all, None if keys is None else keys[m])
-                cands = span_candidates(list(shuffled))
+                natural = _rest(list(range(m_count)), m)  # shuffled's order
+                order = [natural.index(i) for i in span_order(m, m_count)]
+                cands = span_candidates([shuffled[i] for i in order])
                 positive = _paired_span_scores(q, local[m], w)
 
             def score_block(cols, q=q, cands=cands):
@@ -380,54 +383,86 @@ def _sufficiency(
     return _core.mean_of_terms(results, "sufficiency", math.log(n_global))
 
 
-# The shared-pair path is taken up to this M. Its per-candidate combinations are O(M^2)
-# element-wise terms per modality on N x N arrays, each a separate pass on a CPU (its
-# matmuls alone take 0.70-0.72 of the floor at M = 7-8, timed without a profiler,
-# benchmarks/results/loss_benchmark_2026-12-02_cpu.md; those passes take the rest), so
-# its gain over the stacked bases shrinks with M: after / stacked, forward+backward at N = 1024,
-# d = 256, head to head on 2 CPU cores (2026-12-01, 11 rounds): 0.85 at M = 5, 0.91 at
-# M = 6; 1.03 and 1.04 at M = 7 and 8 (9 rounds), where the stacked bases are kept (they
-# also compile faster there: 2.2-3.5 s against 6.0-9.2 s, forward+backward). At M = 2-4,
-# 0.49, 0.74, 0.83 in the loss benchmark's run 12 (0.47-0.85 over runs 4-12).
-_PAIRS_MAX_M = 6
+# The two-halves path is taken up to this M (it compiles in about 6 s forward+backward at
+# M = 8, the stacked bases in 2-4 s). Timed against the floor (loss benchmark, N = 1024,
+# d = 256, 2 CPU cores, 2026-12-02): 0.84 at M = 8 and 0.79 at M = 7, where the shared
+# pairs of every modality (its earlier form) read 0.97 and 0.91 and the stacked bases
+# 0.99 and 0.94; about the same as the shared pairs at M = 3-6.
+_PAIRS_MAX_M = 8
 
 
-def _pairs_sufficiency(
+def _rows_half(m_count: int) -> list[int]:
+    """The modalities whose queries are the rows of their score matrices in the
+    two-halves path (m <= (M-1)/2); the others' queries are the columns."""
+    return [m for m in range(m_count) if _queries_as_rows(m, m_count)]
+
+
+def span_order(m: int, m_count: int) -> list[int]:
+    """The order in which a candidate's remaining modalities (all but m) are
+    orthogonalised for modality m's score: the other half of the modalities first
+    (:func:`_rows_half` and the rest), then m's own half, each in modality order. The
+    span, and so the score as lam -> 0, does not depend on the order; the rank guard
+    (weights along the Gram-Schmidt directions) does, by O(lam)."""
+    rows = _rows_half(m_count)
+    cols = [i for i in range(m_count) if i not in rows]
+    first, second = (cols, rows) if m in rows else (rows, cols)
+    return first + [i for i in second if i != m]
+
+
+def _span_order_bases(queries: list[jax.Array], lam) -> list[jax.Array]:
+    """Every modality's leave-one-out bases (M-1, N, d), each orthogonalised in
+    :func:`span_order`: two shared passes, one over the modalities in order (the
+    column-half modalities' bases) and one over them starting at the column half (the
+    row half's)."""
+    m_count = len(queries)
+    rows = _rows_half(m_count)
+    natural = leave_one_out_bases(queries, lam)
+    perm = [i for i in range(m_count) if i not in rows] + rows
+    rotated = leave_one_out_bases([queries[i] for i in perm], lam)
+    return [rotated[perm.index(m)] if m in rows else natural[m] for m in range(m_count)]
+
+
+def _halves_sufficiency(
     queries: list[jax.Array], lam, scale, exclude_positive: bool, w, axis_name
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`_sufficiency` with batch negatives on one device's whole batch, in one block.
 
-    Every basis vector of a candidate's leave-one-out span is a combination of that
-    candidate's unit embeddings (:func:`~ovaib_jax.losses._basis.leave_one_out_coefficients`),
-    so modality m's projections are combinations of the dot products ``U_m U_l^T`` of its
-    queries with every other modality's unit embeddings, weighted per candidate. The
-    matrix ``U_i U_j^T`` serves modality i (queries as rows) and, read by columns,
-    modality j: modalities m <= (M-1)/2 take their queries as rows, the others as
-    columns (reduced over axis 0, no transposed copy). A pair whose matrix is needed in
-    the other orientation is computed a second time (cheaper on CPU than a transpose).
-    ``C(M,2) + sum_m min(m, M-1-m)`` matmuls of N x N x d forward (8 at M = 4, 1 at M = 2)
-    against M (M-1) for the stacked bases (12, 2), and as many fewer in the backward pass.
+    The modalities are split in two halves, R (m <= (M-1)/2) and C. For a modality of one
+    half, a candidate's span is orthogonalised in :func:`span_order`: the other half H
+    first, then the rest of the modality's own half. The first |H| basis vectors are the
+    guarded Gram-Schmidt basis of H alone, the same for every modality of the half, and
+    are written as per-candidate combinations of H's unit embeddings
+    (:func:`~ovaib_jax.losses._basis.gram_schmidt_with_coefficients`): the query's
+    projections on them are combinations of the pair matrices ``U_r U_c^T`` (r in R, c in
+    C), each computed once and shared by its two modalities (read by rows for r, by
+    columns for c, no transposed copy). The remaining basis vectors (the own half's,
+    orthogonalised after H) are formed on the vectors and met by one matmul each.
+    Matmuls of N x N x d forward: |R| |C| + sum over modalities of (own half - 1), 40 at
+    M = 8 against 56 for the stacked bases (8 against 12 at M = 4); the element-wise
+    combinations are over |H| <= M/2 + 1 pair matrices, not M - 1.
     ``queries``: the M unit embeddings (N, d); ``w`` the product weight or None.
     """
     m_count, n = len(queries), queries[0].shape[0]
-    coefs = leave_one_out_coefficients(queries, lam)
-    pairs: dict[tuple[int, int], jax.Array] = {}
-
-    def dots(i: int, j: int) -> jax.Array:
-        """``U_i U_j^T`` (N, N): rows are modality i's samples."""
-        if (i, j) not in pairs:
-            pairs[i, j] = queries[i] @ queries[j].T
-        return pairs[i, j]
-
+    rows = _rows_half(m_count)
+    cols = [i for i in range(m_count) if i not in rows]
+    halves = {}
+    for half in (rows, cols):
+        basis, coefs = gram_schmidt_with_coefficients([queries[i] for i in half], lam)
+        halves[tuple(half)] = (basis, tuple(tuple(c) for c in coefs))
+    pairs = {(r, c): queries[r] @ queries[c].T for r in rows for c in cols}
     results = []
     for m in range(m_count):
-        others = _rest(list(range(m_count)), m)
-        as_rows = _queries_as_rows(m, m_count)
+        as_rows = m in rows
+        other, own = (cols, rows) if as_rows else (rows, cols)
+        basis, coefs = halves[tuple(other)]
+        rest = continue_gram_schmidt(basis, [queries[i] for i in own if i != m], lam)
         if as_rows:  # s[n, k]: query n, candidate k
-            mats = tuple(dots(m, l) for l in others)
+            mats = tuple(pairs[m, c] for c in other)
+            direct = tuple(queries[m] @ b.T for b in rest)
         else:  # s[k, n]
-            mats = tuple(dots(l, m) for l in others)
-        s = _span_norm(mats, tuple(tuple(c) for c in coefs[m]), 1 if as_rows else 0)
+            mats = tuple(pairs[r, m] for r in other)
+            direct = tuple(b @ queries[m].T for b in rest)
+        s = _span_norm(mats, coefs, direct, 1 if as_rows else 0)
         if w is not None:
             prod = _core.l2_normalize(functools.reduce(jnp.multiply, _rest(queries, m)))
             s = s + w * (queries[m] @ prod.T if as_rows else prod @ queries[m].T)
@@ -441,15 +476,17 @@ def _pairs_sufficiency(
                 exclude_positive=exclude_positive,
             )
         else:
-            rows = _core.column_stats_as_rows(s, scale=scale, exclude_positive=exclude_positive)
-            stats = _core.Contrast(rows, None, n, n, False)
+            col_stats = _core.column_stats_as_rows(
+                s, scale=scale, exclude_positive=exclude_positive
+            )
+            stats = _core.Contrast(col_stats, None, n, n, False)
         results.append(_core.infonce(stats, scale=scale, axis_name=axis_name))
     return _core.mean_of_terms(results, "sufficiency", math.log(n))
 
 
 def _queries_as_rows(m: int, m_count: int) -> bool:
-    """Whether the shared-pair path gives modality m its queries as the rows of its pair
-    matrices (m <= (M-1)/2) rather than as their columns."""
+    """Whether the two-halves path gives modality m its queries as the rows of its score
+    matrix (m <= (M-1)/2) rather than as its columns."""
     return 2 * m <= m_count - 1
 
 
@@ -469,23 +506,28 @@ def _span_combinations(mats: tuple, coefs: tuple, axis: int) -> list[jax.Array]:
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _span_norm(mats: tuple, coefs: tuple, axis: int) -> jax.Array:
-    """The projection scores ``sqrt(sum_j p_j^2 + 1e-12)`` (N, N) of the combinations
-    :func:`_span_combinations`. A hand-written VJP: the backward pass forms ``r * p_j``
-    as combinations of ``r * mats`` and the coefficient cotangents as column sums of
-    ``dp_j * mats[i]`` (automatic differentiation of the same expression was slower; XLA
-    still materialises some of the N x N intermediates, see the loss benchmark)."""
-    return _norm_of_squares(sum(jnp.square(p) for p in _span_combinations(mats, coefs, axis)))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _span_norm(mats: tuple, coefs: tuple, direct: tuple, axis: int) -> jax.Array:
+    """The projection scores ``sqrt(sum_j p_j^2 + sum_k y_k^2 + 1e-12)`` (N, N) of the
+    combinations ``p_j`` (:func:`_span_combinations`) and the direct projections
+    ``direct`` (each (N, N)). A hand-written VJP: the backward pass forms ``r * p_j``
+    again from ``mats`` (not kept from the forward) and the coefficient cotangents as
+    sums of ``dp_j * mats[i]`` over the query axis (automatic differentiation of the same
+    expression was slower; XLA still materialises some of the N x N intermediates, see
+    the loss benchmark)."""
+    total = sum(jnp.square(p) for p in _span_combinations(mats, coefs, axis))
+    for y in direct:
+        total = total + jnp.square(y)
+    return _norm_of_squares(total)
 
 
-def _span_norm_fwd(mats, coefs, axis):
-    s = _span_norm(mats, coefs, axis)
-    return s, (mats, coefs, s)
+def _span_norm_fwd(mats, coefs, direct, axis):
+    s = _span_norm(mats, coefs, direct, axis)
+    return s, (mats, coefs, direct, s)
 
 
 def _span_norm_bwd(axis, res, g):
-    mats, coefs, s = res
+    mats, coefs, direct, s = res
     r = g / s  # d s / d p_j = p_j / s
     # dp_j = r * p_j, written as combinations of r * mats (not of the forward's p_j,
     # which common-subexpression elimination would then keep alive from the forward)
@@ -501,7 +543,7 @@ def _span_norm_bwd(axis, res, g):
         tuple(jnp.sum(dp[j] * mats[i], axis=1 - axis) for i in range(j + 1))
         for j in range(len(coefs))
     )
-    return tuple(d_mats), d_coefs
+    return tuple(d_mats), d_coefs, tuple(r * y for y in direct)
 
 
 _span_norm.defvjp(_span_norm_fwd, _span_norm_bwd)

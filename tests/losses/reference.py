@@ -138,6 +138,21 @@ def ova_score_guarded(zq: np.ndarray, rest: np.ndarray, lam: float) -> float:
     return math.sqrt(sum(float(q @ u) ** 2 for q in qs))
 
 
+def span_order(m: int, m_count: int) -> list[int]:
+    """Positions, among the M-1 remaining modalities in modality order, in the order the
+    objective orthogonalises them for modality m (``ova.span_order``): with the first half
+    H = {k : 2k <= M-1}, a modality of H takes the modalities outside H first, then H; a
+    modality outside H takes H first, then the others."""
+    first_half = [k for k in range(m_count) if 2 * k <= m_count - 1]
+    second_half = [k for k in range(m_count) if k not in first_half]
+    if m in first_half:
+        order = second_half + [k for k in first_half if k != m]
+    else:
+        order = first_half + [k for k in second_half if k != m]
+    natural = [k for k in range(m_count) if k != m]
+    return [natural.index(k) for k in order]
+
+
 def ova_sufficiency(
     z,
     tau=0.01,
@@ -151,7 +166,8 @@ def ova_sufficiency(
     """``product_weight``: see :func:`ova_score_pair`. ``shuffled``: candidate j != i is
     the tuple (rest_k[(j + k) mod N] for k = 1..M-1) (deterministic product-of-marginals
     negatives), the diagonal the true tuple. ``guarded``: score with
-    :func:`ova_score_guarded` (exact for any lam) instead of the ridge of eq. 11."""
+    :func:`ova_score_guarded` (exact for any lam), the remaining vectors taken in
+    :func:`span_order`, instead of the ridge of eq. 11."""
     z = np.asarray(z, np.float64)
     m_count, n, _ = z.shape
     stats = []
@@ -167,7 +183,7 @@ def ova_sufficiency(
                 if projector is not None:
                     s[i, j] = _cos(z[m, i], projector(tup[:, None], m)[0])
                 elif guarded:
-                    s[i, j] = ova_score_guarded(z[m, i], tup, lam)
+                    s[i, j] = ova_score_guarded(z[m, i], tup[span_order(m, m_count)], lam)
                 else:
                     s[i, j] = ova_score_pair(z[m, i], tup, lam, product_weight)
         stats.append(_contrast(s, 1.0 / tau, exclude_positive=exclude_positive))
