@@ -61,8 +61,8 @@ import numpy as np  # noqa: E402
 from ovaib_jax import losses  # noqa: E402
 from ovaib_jax.losses import _core, ova  # noqa: E402
 from ovaib_jax.losses._basis import (  # noqa: E402
+    gram_schmidt_with_coefficients,
     leave_one_out_bases,
-    leave_one_out_coefficients,
     projected_sq_norm,
     span_basis,
 )
@@ -616,20 +616,30 @@ def _bases_only(z: jax.Array) -> jax.Array:
 
 
 def _coefficients_only(z: jax.Array) -> jax.Array:
-    """The shared-pair path's basis coefficients, reduced to a scalar."""
-    coefs = leave_one_out_coefficients(list(l2_normalize(z)))
-    return sum(jnp.sum(c) for per_set in coefs for row in per_set for c in row)
+    """The two-halves path's basis coefficients (each half's Gram-Schmidt basis as
+    combinations of its unit embeddings), reduced to a scalar."""
+    q = list(l2_normalize(z))
+    rows = ova._rows_half(len(q))
+    halves = (rows, [i for i in range(len(q)) if i not in rows])
+    coefs = [gram_schmidt_with_coefficients([q[i] for i in h])[1] for h in halves]
+    return sum(jnp.sum(c) for per_half in coefs for row in per_half for c in row)
 
 
 def _pair_matrices_only(z: jax.Array) -> jax.Array:
-    """The N x N matmuls of the shared-pair path (each pair, plus the pairs a modality
-    needs in the other orientation), reduced to a scalar."""
+    """The N x N matmuls of the two-halves path (each pair of modalities of different
+    halves once; for each modality, one per other modality of its own half, here against
+    that modality's unit embeddings in place of its basis vectors), reduced to a scalar."""
     q = l2_normalize(z)
     m_count = z.shape[0]
-    pairs = {(i, j) for i in range(m_count) for j in range(i + 1, m_count)}
-    for m in range(m_count):  # as ova._pairs_sufficiency orients modality m
-        as_rows = ova._queries_as_rows(m, m_count)
-        pairs |= {(m, k) if as_rows else (k, m) for k in range(m_count) if k != m}
+    rows = ova._rows_half(m_count)
+    pairs = {(r, c) for r in rows for c in range(m_count) if c not in rows}
+    pairs |= {(a, b) for a in rows for b in rows if a != b}
+    pairs |= {
+        (a, b)
+        for a in range(m_count)
+        for b in range(m_count)
+        if a != b and a not in rows and b not in rows
+    }
     return sum(jnp.sum(q[i] @ q[j].T) for i, j in sorted(pairs))
 
 
@@ -660,11 +670,11 @@ def section_breakdown(rep: Report, s: Sizes) -> None:
         block(fwd_bwd(_bases_only), z),
         floor,
     )
-    cases["their coefficients alone (the shared-pair path's, summed)"] = (
+    cases["their coefficients alone (the two-halves path's, summed)"] = (
         block(fwd_bwd(_coefficients_only), z),
         floor,
     )
-    cases["pair matrices alone (the shared-pair path's matmuls, summed)"] = (
+    cases["pair matrices alone (the two-halves path's matmuls, summed)"] = (
         block(fwd_bwd(_pair_matrices_only), z),
         floor,
     )
@@ -732,7 +742,7 @@ def _ova_ib_before(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
 
 def _ova_ib_stacked(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
     """``ova_ib`` (beta = 1) through the library's stacked-bases path (each modality's
-    queries against all M-1 basis vectors of every candidate), which the shared-pair path
+    queries against all M-1 basis vectors of every candidate), which the two-halves path
     replaced where it applies and which sharded and chunked batches still take."""
     queries = list(l2_normalize(z))
     loss_s, aux = ova._sufficiency(
@@ -758,8 +768,9 @@ def section_m_sweep(rep: Report, s: Sizes) -> None:
         "(per-modality Gram-Schmidt, masked InfoNCE statistics), timed in the same rounds; "
         "'after / before' is timed head to head. 'stacked': the library's stacked-bases "
         "path (`_ova_ib_stacked`: each modality's queries against all M-1 basis vectors of "
-        "every candidate, the path of sharded and chunked batches), which the shared-pair "
-        "path (pair matrices U_i U_j^T shared by their two modalities) replaced on one "
+        "every candidate, the path of sharded and chunked batches), which the two-halves "
+        "path (pair matrices U_r U_c^T of the two halves, shared by their two modalities) "
+        "replaced on one "
         "device; 'after / stacked' timed head to head. Every M of every column is measured "
         "in each "
         f"of the {s.rounds} interleaved rounds (order alternating), medians of the per-round "

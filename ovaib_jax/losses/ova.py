@@ -98,13 +98,15 @@ def ova_sufficiency(
     score matrix is one matmul of the unit queries with all stacked basis vectors followed
     by a sum of squares over the M-1 blocks of N columns. No N x N x d tensor, no per-pair
     solve. With batch negatives on one device (unsharded, or a mesh axis of size 1) in
-    one block and M <= 6, every basis vector is instead written as a per-candidate
-    combination of the unit embeddings
-    (:func:`~ovaib_jax.losses._basis.leave_one_out_coefficients`), so that the
-    projections come from the matrices ``U_i U_j^T`` of the pairs of modalities, each
-    shared by the two modalities of the pair: C(M,2) + about M^2/4 matmuls instead of
-    M (M-1) (8 instead of 12 at M = 4, 21 instead of 30 at M = 6), with
-    the same accuracy (the combinations' scalars come from Gram-Schmidt on the vectors).
+    one block and M <= 8, the modalities are split in two halves and each candidate's
+    span is orthogonalised the other half first: those basis vectors are per-candidate
+    combinations of the other half's unit embeddings
+    (:func:`~ovaib_jax.losses._basis.gram_schmidt_with_coefficients`), so the projections
+    on them come from the pair matrices ``U_r U_c^T`` of an r and a c of different halves,
+    each shared by its two modalities; the own half's basis vectors are met by one matmul
+    each: |R| |C| + |R| (|R|-1) + |C| (|C|-1) matmuls instead of M (M-1) (8 instead of 12
+    at M = 4, 40 instead of 56 at M = 8), with the same accuracy (the combinations'
+    scalars come from Gram-Schmidt on the vectors).
     The score is ``sqrt(||Q z^||^2 + 1e-12)`` (within 1e-6 of the norm, finite gradient
     at 0). Reverse-mode differentiation only (the shared bases and the combinations
     carry hand-written VJPs): ``jax.grad`` / ``jax.vjp``, not ``jax.jvp`` /
@@ -113,7 +115,11 @@ def ova_sufficiency(
     Decisions (SPEC):
       * ``lam`` is the paper's ridge term (1e-8). The basis form uses it as a relative rank
         guard on the *normalised* remaining embeddings (exact as lam -> 0, where the score
-        is invariant to the scale and sign of each remaining embedding).
+        is invariant to the scale and sign of each remaining embedding). The guard acts
+        along the Gram-Schmidt directions, so it depends on the order, by O(lam): every
+        path takes a candidate's remaining modalities in :func:`span_order` (the other
+        half of the modalities first), so sharded, chunked and one-device batches
+        compute one score.
       * ``exclude_positive=False`` (default) keeps the positive in the denominator
         (standard InfoNCE, for which ``I(z_m; z_-m) >= log N - L_m``); True gives the
         paper's literal ``sum_{n' != n}`` (then ``log N - L_m`` is reported but is not
@@ -286,7 +292,7 @@ def _sufficiency(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`ova_sufficiency` on validated inputs: ``z`` (M, N, d) float32 and
     ``queries`` the unit vectors of its M modalities (a list of (N, d)).
-    ``shared_pairs=False`` keeps the stacked bases where the shared-pair path would
+    ``shared_pairs=False`` keeps the stacked bases where the two-halves path would
     apply (the loss benchmark times both)."""
     name = "ova_sufficiency"
     m_count, n, d = z.shape
