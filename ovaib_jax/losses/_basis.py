@@ -65,9 +65,10 @@ def gram_schmidt_with_coefficients(
     vector as a combination of the inputs: ``q_k = sum_{i <= k} c[k][i] * vectors[i]``.
 
     The coefficients replay the pass's arithmetic with its scalars (projection
-    coefficients and guarded inverse norms taken from the vectors), as
-    :func:`leave_one_out_coefficients` does, which keeps float32 accuracy on nearly
-    collinear inputs. Differentiable by automatic differentiation (K <= M vectors of
+    coefficients and guarded inverse norms taken from the vectors): a residual norm
+    derived from the small Gram matrices instead would lose ~1e-7 / r of accuracy on
+    nearly collinear inputs (tests/losses/test_basis.py), while these scalars keep the
+    accuracy of the basis. Differentiable by automatic differentiation (K <= M vectors of
     (..., d): O(K^2) small operations).
 
     Args:
@@ -322,87 +323,3 @@ def projected_sq_norm(x: jax.Array, basis: jax.Array) -> jax.Array:
     c, k, d = basis.shape
     proj = x @ basis.reshape(c * k, d).T  # (n, C*K)
     return jnp.sum(jnp.square(proj.reshape(x.shape[0], c, k)), axis=-1)
-
-
-def leave_one_out_coefficients(vectors: Sequence[jax.Array], lam=1e-8) -> list[list[list]]:
-    """The bases of :func:`leave_one_out_bases` as combinations of the input vectors.
-
-    Basis vector j of set m is ``b = sum_i c[m][j][i] * vectors[others[i]]`` with
-    ``others`` the inputs but m, in order, and i <= j (Gram-Schmidt is triangular). A
-    query's projections onto every basis are then combinations of its dot products with
-    the *inputs*, which all M sets share; OVA-IB's shared-pair path uses that to compute
-    each pair of modalities' dot products once.
-
-    The coefficients replay the shared pass's arithmetic on coefficient vectors, with the
-    scalars (projection coefficients and guarded inverse norms) taken from the pass on
-    the vectors themselves: a residual norm derived from the small Gram matrices instead
-    would lose ~1e-7 / r of accuracy on nearly collinear inputs (see
-    ``test_nearly_collinear_spans_keep_float32_accuracy``), while these scalars keep the
-    accuracy of :func:`leave_one_out_bases`. Reverse-mode differentiable through a
-    hand-written VJP of the scalars (the same backward replay as the bases').
-
-    Args:
-      vectors: M >= 2 arrays (..., d), as for :func:`leave_one_out_bases`.
-      lam: rank guard (may be traced; it gets a gradient).
-
-    Returns:
-      ``c[m][j]``: for each set m and basis vector j < M - 1, j + 1 arrays (...).
-    """
-    vectors = tuple(jnp.asarray(v, jnp.float32) for v in vectors)
-    m_count = len(vectors)
-    ops, _, bases = _loo_tape(m_count)
-    factors = _loo_factors(vectors, jnp.asarray(lam, jnp.float32))
-    # coef[id] (..., M): value id = sum_i coef[id][..., i] * vectors[i]; one array op per
-    # tape operation (scalar per-input dicts made XLA compile for minutes at M = 8).
-    eye = jnp.eye(m_count, dtype=jnp.float32)
-    coef: dict[int, jax.Array] = {}
-
-    def get(i: int) -> jax.Array:
-        return coef[i] if i in coef else eye[i]
-
-    for op, f in zip(ops, factors):
-        f = f[..., None]
-        if op[0] == "proj":  # v_out = v_in - t q
-            _, q, v_in, v_out = op
-            coef[v_out] = get(v_in) - f * get(q)
-        else:  # q = s v
-            _, v, q = op
-            coef[q] = f * get(v)
-    out = []
-    for m, ids in enumerate(bases):
-        others = [i for i in range(m_count) if i != m]
-        out.append([[coef[v][..., others[i]] for i in range(j + 1)] for j, v in enumerate(ids)])
-    return out
-
-
-def _loo_scalars(vectors: tuple, lam: jax.Array) -> tuple[list, tuple]:
-    """Every value of the tape and each operation's scalar factor, in operation order
-    (shape (...), not (..., 1))."""
-    val, factor = _loo_run(vectors, lam)
-    ops = _loo_tape(len(vectors))[0]
-    return val, tuple(factor[op[-1]][..., 0] for op in ops)
-
-
-@jax.custom_vjp
-def _loo_factors(vectors: tuple, lam: jax.Array) -> tuple:
-    return _loo_scalars(vectors, lam)[1]
-
-
-def _loo_factors_fwd(vectors: tuple, lam: jax.Array):
-    val, factors = _loo_scalars(vectors, lam)
-    return factors, (tuple(val), factors, lam)
-
-
-def _loo_factors_bwd(res, cotangents):
-    val, factors, lam = res
-    grad: list[jax.Array | None] = [None] * len(val)
-    return _replay_backward(
-        val,
-        tuple(f[..., None] for f in factors),
-        lam,
-        grad,
-        tuple(ct[..., None] for ct in cotangents),
-    )
-
-
-_loo_factors.defvjp(_loo_factors_fwd, _loo_factors_bwd)

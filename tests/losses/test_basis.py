@@ -2,8 +2,9 @@
 values as one guarded Gram-Schmidt per leave-one-out set, its hand-written VJP against
 automatic differentiation of that per-set computation (inputs, ``lam``, inside
 ``shard_map``), and the float32 accuracy of the scores on nearly collinear spans against
-a float64 literal guarded Gram-Schmidt. The same for the bases written as combinations of
-the inputs (``_basis.leave_one_out_coefficients``, OVA-IB's shared-pair path)."""
+a float64 literal guarded Gram-Schmidt. The bases written as combinations of the inputs
+(``_basis.gram_schmidt_with_coefficients``, OVA-IB's two-halves path): they rebuild the
+basis, and the path's scores keep the same accuracy."""
 
 import functools
 
@@ -15,11 +16,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ovaib_jax import losses
-from ovaib_jax.losses import _basis
+from ovaib_jax.losses import _basis, ova
 from ovaib_jax.losses._basis import (
     guarded_gram_schmidt,
     leave_one_out_bases,
-    leave_one_out_coefficients,
     span_basis,
 )
 from ovaib_jax.losses._core import l2_normalize
@@ -119,13 +119,15 @@ def test_lam_gradient_inside_shard_map():
     np.testing.assert_allclose(float(got[1]), float(want[1]), rtol=1e-5)
 
 
-def _guarded_scores64(u, lam):
+def _guarded_scores64(u, lam, order=None):
     """float64 literal guarded Gram-Schmidt (``span_basis``'s docstring) of every
-    leave-one-out set, and the squared scores ``||Q_{-m, j} u_{m, i}||^2``: (M, N, N)."""
+    leave-one-out set, and the squared scores ``||Q_{-m, j} u_{m, i}||^2``: (M, N, N).
+    ``order(m)``: the remaining modalities in the order they are orthogonalised
+    (default: modality order)."""
     m_count, n, _ = u.shape
     out = np.zeros((m_count, n, n))
     for m in range(m_count):
-        rest = np.delete(u, m, axis=0)
+        rest = u[order(m)] if order else np.delete(u, m, axis=0)
         for j in range(n):
             qs = []
             for a in rest[:, j]:
@@ -155,70 +157,54 @@ def test_nearly_collinear_spans_keep_float32_accuracy(sigma):
     np.testing.assert_allclose(got, _guarded_scores64(u64, 1e-8), atol=3e-6 / sigma)
 
 
-def _combined(coefs, vectors):
-    """Basis vectors (M lists of M-1 arrays (N, d)) from their coefficients."""
-    m_count = len(vectors)
-    out = []
-    for m in range(m_count):
-        others = [k for k in range(m_count) if k != m]
-        out.append(
-            [sum(c[:, None] * vectors[others[i]] for i, c in enumerate(row)) for row in coefs[m]]
-        )
-    return out
-
-
-@pytest.mark.parametrize("m, lam", [(2, 0.5), (3, 1e-8), (4, 0.5), (6, 1e-8)])
-def test_coefficients_rebuild_the_bases(m, lam):
-    """Each basis vector of every leave-one-out set is the combination of the set's
-    inputs (in order, triangular) that the coefficients say."""
-    z = _inputs(m, n=6, d=16, seed=5)
-    u = _units(z)
-    coefs = jax.jit(lambda z: leave_one_out_coefficients(_units(z), lam))(z)
-    bases = jax.jit(lambda z: leave_one_out_bases(_units(z), lam))(z)
-    assert [len(row) for row in coefs[0]] == list(range(1, m))  # triangular
-    for got, want in zip(_combined(coefs, u), bases):
-        np.testing.assert_allclose(np.stack(got), np.asarray(want), atol=2e-6)
-
-
 @pytest.mark.parametrize(
-    "m, degenerate, lam", [(2, False, 0.5), (3, True, 1e-8), (4, False, 0.5), (4, True, 1e-8)]
+    "k, degenerate, lam", [(1, False, 0.5), (2, False, 1e-8), (4, True, 1e-8), (5, False, 0.5)]
 )
-def test_coefficients_vjp_matches_automatic_differentiation(m, degenerate, lam):
-    """The hand-written VJP of the Gram-Schmidt scalars (``_loo_factors``) against
-    automatic differentiation of the same forward pass, for the embeddings and lam."""
-    z = _inputs(m, n=6, d=16, degenerate=degenerate, seed=3)
-    n_ops = len(_basis._loo_tape(m)[0])
-    w = jax.random.normal(jax.random.key(9), (n_ops, 6))
-
-    def loss(factors_fn, z, lam):
-        factors = factors_fn(tuple(_units(z)), jnp.asarray(lam, jnp.float32))
-        return sum(jnp.sum(jnp.sin(f) * w[i]) for i, f in enumerate(factors))
-
-    got = jax.jit(jax.grad(functools.partial(loss, _basis._loo_factors), (0, 1)))(z, lam)
-    want = jax.jit(
-        jax.grad(functools.partial(loss, lambda v, lam: _basis._loo_scalars(v, lam)[1]), (0, 1))
-    )(z, lam)
-    assert np.all(np.isfinite(np.asarray(got[0])))
-    # (At M = 2 every scalar is |u|^-1 of a unit vector: its gradient is rounding noise.)
-    scale = max(float(jnp.max(jnp.abs(want[0]))), 1e-2)
-    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=1e-5 * scale)
-    np.testing.assert_allclose(float(got[1]), float(want[1]), rtol=1e-4, atol=1e-6 * scale)
+def test_coefficients_rebuild_the_basis_and_the_pass_continues(k, degenerate, lam):
+    """``gram_schmidt_with_coefficients`` of the first k vectors: its basis is
+    ``guarded_gram_schmidt``'s, and each basis vector is the triangular combination of the
+    inputs that its coefficients say (to the rounding of the combination: a duplicated
+    input's dropped direction has coefficients ~1 / sqrt(lam)); ``continue_gram_schmidt``
+    after it gives the rest of ``guarded_gram_schmidt`` of all the vectors."""
+    u = _units(_inputs(k + 2, d=16, degenerate=degenerate, seed=5))
+    qs, coefs = jax.jit(lambda u: _basis.gram_schmidt_with_coefficients(u[:k], lam))(u)
+    rest = jax.jit(lambda q, u: _basis.continue_gram_schmidt(q, u[k:], lam))(qs, u)
+    want = guarded_gram_schmidt(u, lam)[0]
+    assert [len(c) for c in coefs] == list(range(1, k + 1))  # triangular
+    for q, c, w in zip(qs, coefs, want[:k]):
+        np.testing.assert_allclose(np.asarray(q), np.asarray(w), atol=1e-6)
+        combined = sum(ci[:, None] * u[i] for i, ci in enumerate(c))
+        # float32 rounding of the combination: ~1e-7 sum |c_i|, with c_i up to
+        # 1 / sqrt(lam) for a direction the guard drops (a duplicated input)
+        bound = 2e-6 * (1.0 + float(sum(jnp.max(jnp.abs(ci)) for ci in c)))
+        np.testing.assert_allclose(np.asarray(combined), np.asarray(w), atol=bound)
+    for got, w in zip(rest, want[k:]):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(w), atol=1e-6)
 
 
 @pytest.mark.parametrize("sigma", [1e-2, 1e-3])
-def test_nearly_collinear_scores_from_pair_dot_products(sigma):
-    """The shared-pair path's scores, combinations of the dot products U_m U_l^T with the
-    coefficients, keep the float32 accuracy of the bases on nearly collinear spans (the
-    same tolerance as ``test_nearly_collinear_spans_keep_float32_accuracy``)."""
-    m, n, d = 4, 12, 32
+def test_nearly_collinear_scores_of_the_two_halves(sigma):
+    """The two-halves path's scores (OVA-IB on one device): projections on the other
+    half's basis as combinations of the dot products U_m U_l^T with the coefficients,
+    plus the own half's basis vectors met directly, keep the float32 accuracy of the
+    bases on nearly collinear spans (the tolerance of
+    ``test_nearly_collinear_spans_keep_float32_accuracy``), against the float64 literal
+    guarded Gram-Schmidt in the path's order (``ova.span_order``)."""
+    m, n, d = 5, 12, 32
     rng = np.random.default_rng(0)
     z = rng.normal(size=(1, n, d)) + sigma * rng.normal(size=(m, n, d))
     u64 = z / np.linalg.norm(z, axis=-1, keepdims=True)
     u = list(jnp.asarray(u64, jnp.float32))
-    coefs = leave_one_out_coefficients(u, 1e-8)
+    rows = ova._rows_half(m)
     got = []
     for k in range(m):
-        dots = [u[k] @ u[l].T for l in range(m) if l != k]
-        proj = [sum(c[None, :] * dots[i] for i, c in enumerate(row)) for row in coefs[k]]
+        order = ova.span_order(k, m)
+        other = [i for i in order if (i in rows) != (k in rows)]
+        qs, coefs = _basis.gram_schmidt_with_coefficients([u[i] for i in other], 1e-8)
+        own = _basis.continue_gram_schmidt(qs, [u[i] for i in order[len(other) :]], 1e-8)
+        dots = [u[k] @ u[i].T for i in other]
+        proj = [sum(c[None, :] * dots[i] for i, c in enumerate(row)) for row in coefs]
+        proj += [u[k] @ q.T for q in own]
         got.append(sum(jnp.square(p) for p in proj))
-    np.testing.assert_allclose(np.stack(got), _guarded_scores64(u64, 1e-8), atol=3e-6 / sigma)
+    want = _guarded_scores64(u64, 1e-8, order=lambda k: ova.span_order(k, m))
+    np.testing.assert_allclose(np.stack(got), want, atol=3e-6 / sigma)
