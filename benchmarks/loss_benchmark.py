@@ -62,7 +62,6 @@ from ovaib_jax import losses  # noqa: E402
 from ovaib_jax.losses import _core, ova  # noqa: E402
 from ovaib_jax.losses._basis import (  # noqa: E402
     gram_schmidt_with_coefficients,
-    leave_one_out_bases,
     projected_sq_norm,
     span_basis,
 )
@@ -596,7 +595,7 @@ def _suff_parts(z: jax.Array, part: str) -> jax.Array:
     """Sub-parts of ova_sufficiency's computation, each a complete scalar loss."""
     m_count = z.shape[0]
     q = l2_normalize(z)
-    shared = None if part == "matmul" else leave_one_out_bases(list(q))  # as the library
+    shared = None if part == "matmul" else ova._span_order_bases(list(q), 1e-8)  # as the library
     total = 0.0
     for m in range(m_count):
         rest = jnp.moveaxis(remaining(z, m), 0, 1)  # (N, M-1, d)
@@ -611,8 +610,10 @@ def _suff_parts(z: jax.Array, part: str) -> jax.Array:
 
 
 def _bases_only(z: jax.Array) -> jax.Array:
-    """The M Gram-Schmidt bases of ova_sufficiency, reduced to a scalar."""
-    return sum(jnp.sum(jnp.square(b)) for b in leave_one_out_bases(list(l2_normalize(z))))
+    """The M leave-one-out Gram-Schmidt bases of the stacked-bases path (each in
+    ``ova.span_order``: two shared passes), reduced to a scalar."""
+    bases = ova._span_order_bases(list(l2_normalize(z)), 1e-8)
+    return sum(jnp.sum(jnp.square(b)) for b in bases)
 
 
 def _coefficients_only(z: jax.Array) -> jax.Array:
@@ -748,7 +749,7 @@ def _ova_ib_stacked(z: jax.Array, tau: float = TAU, lam: float = 1e-8) -> tuple:
     loss_s, aux = ova._sufficiency(
         z, queries, tau=tau, lam=lam, exclude_positive=False, projector=None,
         product_weight=0.0, negatives="batch", key=None, axis_name=None, chunk_size=None,
-        shared_pairs=False,
+        two_halves=False,
     )  # fmt: skip
     loss_m, aux_m = ova._minimality(queries, None)
     aux.update(aux_m)

@@ -33,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "WEIGHT_DECAY_MASKS",
     "added_fields",
+    "all_evaluator_names",
     "apply_overrides",
     "changed_keys",
     "dataset_kwargs",
@@ -156,6 +157,13 @@ def evaluator_names(config: ml_collections.ConfigDict, field: str = "evaluators"
     if isinstance(value, str):
         return [s.strip() for s in value.split(",") if s.strip()]
     return list(value)
+
+
+def all_evaluator_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The evaluators of ``evaluators`` then ``final_evaluators``, each once, in order."""
+    return list(
+        dict.fromkeys(evaluator_names(config) + evaluator_names(config, "final_evaluators"))
+    )
 
 
 # --------------------------------------------------------------------------- loading

@@ -53,8 +53,7 @@ def evaluate_checkpoint(
     returns its content.
     """
     restored = evaluation.restore(config, workdir, step)
-    names = configs.evaluator_names(config) + configs.evaluator_names(config, "final_evaluators")
-    names = list(dict.fromkeys(names)) or DEFAULT_EVALUATORS
+    names = configs.all_evaluator_names(config) or DEFAULT_EVALUATORS
     inputs.prepare_dataset(config)
     inputs.check_evaluator_keys(config, names)  # before any split is embedded
     results = {"step": restored.step, **restored.evaluation(names).run(restored.variables)}

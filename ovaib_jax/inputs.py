@@ -346,9 +346,7 @@ def check_evaluator_keys(
         fields and the dataset's targets and other stored fields.
     """
     if names is None:
-        names = configs.evaluator_names(config) + configs.evaluator_names(
-            config, "final_evaluators"
-        )
+        names = configs.all_evaluator_names(config)
     kwargs = config.evaluator_kwargs or {}
     wanted = {n: evaluators.create(n, kwargs.get(n)).extra_keys() for n in dict.fromkeys(names)}
     if not any(wanted.values()):

@@ -6,6 +6,7 @@ import glob
 import os
 import shlex
 
+import ml_collections
 import pytest
 
 from ovaib_jax import configs, losses
@@ -525,3 +526,13 @@ def test_continue_flags_are_shell_quoted():
     ]
     # A value it cannot write (a tuple) leaves the whole command unsaid.
     assert configs.continue_flags({**changes, "model.mlp.hidden": ((16,), (32,))}) == ""
+
+
+def test_all_evaluator_names_keeps_the_order_once_each():
+    config = ml_collections.ConfigDict(
+        {"evaluators": "heldout_loss, retrieval", "final_evaluators": "downstream,retrieval,"}
+    )
+    assert configs.all_evaluator_names(config) == ["heldout_loss", "retrieval", "downstream"]
+    config.evaluators = ""
+    config.final_evaluators = ""
+    assert configs.all_evaluator_names(config) == []

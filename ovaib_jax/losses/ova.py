@@ -288,11 +288,11 @@ def _sufficiency(
     key: jax.Array | None,
     axis_name: _core.AxisName | None,
     chunk_size: int | None,
-    shared_pairs: bool = True,
+    two_halves: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """:func:`ova_sufficiency` on validated inputs: ``z`` (M, N, d) float32 and
     ``queries`` the unit vectors of its M modalities (a list of (N, d)).
-    ``shared_pairs=False`` keeps the stacked bases where the two-halves path would
+    ``two_halves=False`` keeps the stacked bases where the two-halves path would
     apply (the loss benchmark times both)."""
     name = "ova_sufficiency"
     m_count, n, d = z.shape
@@ -325,7 +325,7 @@ def _sufficiency(
         and negatives == "batch"
         and _core.axis_size(axis_name) == 1
         and (chunk_size is None or chunk_size >= n)
-        and shared_pairs
+        and two_halves
     ):
         return _halves_sufficiency(queries, lam, scale, exclude_positive, w, axis_name)
     if projector is None:
