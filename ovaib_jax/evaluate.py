@@ -56,7 +56,10 @@ def evaluate_checkpoint(
     names = configs.all_evaluator_names(config) or DEFAULT_EVALUATORS
     inputs.prepare_dataset(config)
     inputs.check_evaluator_keys(config, names)  # before any split is embedded
-    results = {"step": restored.step, **restored.evaluation(names).run(restored.variables)}
+    results = {
+        "step": restored.step,
+        **restored.evaluation(names, prepared=True).run(restored.variables),
+    }
     changes = _config_changes(config, workdir)
     if changes:  # the results are not the run's as trained: say so in them
         results["config_changes"] = changes

@@ -35,6 +35,10 @@ class Evaluation:
       mesh: the run's mesh.
       model: the run's model.
       names: evaluator names (default: ``config.evaluators``).
+      prepared: the dataset is built already (``train.build`` with data and
+        ``evaluate.evaluate_checkpoint`` build it once); otherwise the first
+        :meth:`embed` builds it where it is not built yet (:func:`inputs.prepare_dataset`,
+        one barrier across processes), and no later one checks again.
     """
 
     config: ml_collections.ConfigDict
@@ -42,6 +46,7 @@ class Evaluation:
     mesh: jax.sharding.Mesh
     model: models.MultiModalModel
     names: Sequence[str] | None = None
+    prepared: bool = False
 
     def __post_init__(self):
         names = configs.evaluator_names(self.config) if self.names is None else self.names
@@ -66,6 +71,9 @@ class Evaluation:
         declared = {t.name for t in spec.targets} | set(names)
         extra = tuple(dict.fromkeys(k for k in extra_keys if k not in declared))
         batch_size = int(self.config.eval_batch_size or self.config.batch_size)
+        if not self.prepared:
+            inputs.prepare_dataset(self.config)
+            self.prepared = True
 
         def embed(local):
             z, reps = self._embed(variables, runtime.global_batch(local, self.mesh, names))
@@ -119,9 +127,12 @@ class Restored:
     variables: Any
     step: int
 
-    def evaluation(self, names: Sequence[str] | None = None) -> Evaluation:
-        """An :class:`Evaluation` of ``names`` (default: ``config.evaluators``)."""
-        return Evaluation(self.config, self.resolved, self.mesh, self.model, names)
+    def evaluation(
+        self, names: Sequence[str] | None = None, *, prepared: bool = False
+    ) -> Evaluation:
+        """An :class:`Evaluation` of ``names`` (default: ``config.evaluators``);
+        ``prepared``: the dataset is built already (see :class:`Evaluation`)."""
+        return Evaluation(self.config, self.resolved, self.mesh, self.model, names, prepared)
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Restored:

@@ -166,10 +166,13 @@ def create_data_iterator(
     spec: Any = None,
     extra_keys: Sequence[str] = (),
     drop_remainder: bool = True,
+    prepare: bool = True,
 ) -> Any:
     """This process's grain iterator over ``split`` (global ``batch_size`` / processes).
 
-    The dataset is built (if needed) by process 0 alone, then opened by every process.
+    With ``prepare`` (the default) the dataset is first built where it is not built yet,
+    by process 0 alone (:func:`prepare_dataset`, a barrier across processes); a caller
+    that has prepared it already passes ``prepare=False``. Then every process opens it.
     Training iterators shuffle and repeat forever; evaluation iterators read the split
     once, in order. With ``spec`` (the DatasetSpec) given, batches hold the modalities,
     the targets and ``extra_keys`` (other stored fields an evaluator reads, e.g. a latent
@@ -178,7 +181,8 @@ def create_data_iterator(
     ``cache_max_mb=0``) is read from its record files at every batch, decoded with numpy
     (``data.make_iterator``), with the same batches.
     """
-    prepare_dataset(config)
+    if prepare:
+        prepare_dataset(config)
     return _iterator(
         config, split, batch_size=batch_size // jax.process_count(), train=train, spec=spec,
         extra_keys=extra_keys, drop_remainder=drop_remainder,
@@ -246,14 +250,16 @@ def eval_batches(
     boolean key :data:`VALID` marking its real rows; a process whose share of the split
     has one batch fewer yields an all-padding one instead, so that every process yields
     the same number of batches of the same shape (the global arrays stay rectangular).
+
+    The dataset must be built (:func:`prepare_dataset`; ``train.build`` and
+    ``evaluate.evaluate_checkpoint`` do it once before evaluating): this runs at every
+    evaluation, and a build check with its barrier each time would be wasted.
     """
     processes = jax.process_count()
     local = batch_size // processes
-    # The iterator first: it builds the dataset where it is not built yet (process 0,
-    # then every process waits for it), as for training.
     it = create_data_iterator(
         config, split, batch_size=batch_size, train=False, spec=spec,
-        extra_keys=extra_keys, drop_remainder=False,
+        extra_keys=extra_keys, drop_remainder=False, prepare=False,
     )  # fmt: skip
     n = len(data.make_source(config.dataset.name, split, build=False, **data_kwargs(config)))
     count = math.ceil(math.ceil(n / local) / processes)

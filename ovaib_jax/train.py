@@ -77,8 +77,10 @@ class Run:
 
     def evaluation(self, names: list[str] | None = None) -> Evaluation:
         """An :class:`~ovaib_jax.evaluation.Evaluation` of ``names`` (default:
-        ``config.evaluators``) with this run's model."""
-        return Evaluation(self.config, self.resolved, self.mesh, self.model, names)
+        ``config.evaluators``) with this run's model (the dataset is prepared once: by
+        :func:`build` with data, else by the evaluation's first embedding)."""
+        prepared = self.train_iter is not None  # build prepared it
+        return Evaluation(self.config, self.resolved, self.mesh, self.model, names, prepared)
 
 
 def build(
@@ -115,6 +117,7 @@ def build(
             batch_size=config.batch_size,
             train=True,
             spec=resolved.spec,
+            prepare=False,  # prepared above
         )
     ckpt = None
     if workdir is not None:

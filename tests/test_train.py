@@ -138,14 +138,21 @@ def test_eight_devices_equal_one_device():
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-def test_train_evaluate_and_resume(data_dir, tmp_path):
+def test_train_evaluate_and_resume(data_dir, tmp_path, monkeypatch):
     """The loop writes config.json, metrics.jsonl, TensorBoard and checkpoints; evaluate
     restores the model and its loss equals the objective on the first eval batch; a second
-    call resumes from the last checkpoint."""
+    call resumes from the last checkpoint. Each of them prepares the dataset once (a
+    barrier on multi-host; training prepared it twice and every evaluation again)."""
+    prepared = []
+    prepare = inputs.prepare_dataset
+    monkeypatch.setattr(inputs, "prepare_dataset", lambda c: prepared.append(1) or prepare(c))
     workdir = str(tmp_path / "run")
-    config = tiny_config(data_dir, eval_every_steps=6, eval_num_batches=2)
+    config = tiny_config(data_dir, eval_every_steps=3, eval_num_batches=2)
+    config.final_evaluators = "heldout_loss"
     out = train.train_and_evaluate(config, workdir)
     assert out["step"] == 6 and not out["preempted"]
+    assert out["final"]["heldout_loss"]["loss"] > 0  # two evaluations and the final one
+    assert len(prepared) == 1
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     train_lines = [x for x in lines if "train/loss" in x]
     assert [x["step"] for x in train_lines] == [2, 3, 4, 6]  # log steps and checkpoint 3
@@ -171,7 +178,7 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     config.eval_batch_size = 64
     config.evaluators = "heldout_loss,inbatch_retrieval,retrieval"
     results = evaluate.evaluate_checkpoint(config, workdir)
-    assert results["step"] == 6
+    assert results["step"] == 6 and len(prepared) == 2
     saved = json.load(open(os.path.join(workdir, "eval", "results.json")))
     assert saved["heldout_loss"]["loss"] == pytest.approx(results["heldout_loss"]["loss"])
     run, variables, first = _restored_with_test_batch(config, workdir, data_dir)
@@ -200,9 +207,10 @@ def test_train_evaluate_and_resume(data_dir, tmp_path):
     # Resume: 4 more steps start from step 6.
     config.num_train_steps = 10
     out = train.train_and_evaluate(config, workdir)
-    assert out["step"] == 10
+    assert out["step"] == 10 and len(prepared) == 4
     steps = [json.loads(x)["step"] for x in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [s for s in steps if s > 6] == [8, 9, 10, 10]  # train at 8, 9 (checkpoint), 10; eval 10
+    # train at 8, 9 (checkpoint, eval), 10 (eval, final evaluation)
+    assert [s for s in steps if s > 6] == [8, 9, 9, 10, 10, 10]
 
 
 def test_heads_on_separate_encoder_branches_train_and_evaluate(data_dir, tmp_path):
