@@ -275,6 +275,9 @@ def test_a_typo_in_a_config_key_is_one_line_with_a_suggestion(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# ml_collections' config_flags loads the experiment file with importlib's deprecated
+# load_module (its code, not ours; a warning Python hides outside __main__).
+@pytest.mark.filterwarnings("ignore:the load_module\\(\\) method is deprecated:DeprecationWarning")
 def test_a_key_the_objective_does_not_take_names_the_objectives_that_do(tmp_path, capsys,
                                                                          monkeypatch):  # fmt: skip
     """In process: ml_collections reads the overrides from sys.argv."""

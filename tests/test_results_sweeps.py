@@ -46,6 +46,9 @@ def _fake_python(tmp_path, body: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
 
 
+# Popen forks and at once execs bash: JAX's at-fork warning (threads in a forked child)
+# does not apply.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_killing_the_script_stops_its_python(tmp_path, sig):
     # A stand-in `python` first on PATH: records its pid, then sleeps as a long run would.
