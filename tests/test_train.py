@@ -151,9 +151,11 @@ def test_train_evaluate_and_resume(data_dir, tmp_path, monkeypatch):
     config.final_evaluators = "heldout_loss"
     out = train.train_and_evaluate(config, workdir)
     assert out["step"] == 6 and not out["preempted"]
-    assert out["final"]["heldout_loss"]["loss"] > 0  # two evaluations and the final one
-    assert len(prepared) == 1
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    # Two periodic evaluations and the final one ran, with one prepare in all.
+    assert [x["step"] for x in lines if "eval/inbatch_retrieval/top1" in x] == [3, 6]
+    assert [x["step"] for x in lines if "final/heldout_loss/loss" in x] == [6]
+    assert len(prepared) == 1
     train_lines = [x for x in lines if "train/loss" in x]
     assert [x["step"] for x in train_lines] == [2, 3, 4, 6]  # log steps and checkpoint 3
     for key in (
