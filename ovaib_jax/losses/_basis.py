@@ -141,8 +141,10 @@ def span_basis(
     return jnp.stack(qs, axis=-2), jnp.stack(rs, axis=-1)
 
 
-def leave_one_out_bases(vectors: Sequence[jax.Array], lam=1e-8) -> list[jax.Array]:
-    """The guarded bases of all M leave-one-out sets of M vectors, from one shared pass.
+def leave_one_out_bases(
+    vectors: Sequence[jax.Array], lam=1e-8, sets: Sequence[int] | None = None
+) -> list[jax.Array]:
+    """The guarded bases of the M leave-one-out sets of M vectors, from one shared pass.
 
     Basis m spans every vector but vector m, in order: it equals (same operations, same
     rounding) :func:`span_basis` of ``[vectors[k] for k != m]`` with ``normalized=True``.
@@ -150,8 +152,8 @@ def leave_one_out_bases(vectors: Sequence[jax.Array], lam=1e-8) -> list[jax.Arra
     Gram-Schmidt basis ``q_0..q_{m-1}`` of those vectors), and a later vector k > m enters
     set m's Gram-Schmidt already orthogonalised against them: that partial residual is an
     intermediate of the shared pass. Only the remaining projections, among the vectors
-    after m, are done per set. Cost: C(M, 2) + C(M, 3) vector projections (9 at M = 4, 83
-    at M = 8) instead of M C(M-1, 2) (12 and 168).
+    after m, are done per set. Cost: C(M, 2) + C(M, 3) - 1 vector projections (9 at M = 4,
+    83 at M = 8) instead of M C(M-1, 2) (12 and 168).
 
     Differentiable in reverse mode (``grad``, ``vjp``) through a hand-written VJP that
     replays the projections backwards from the saved residuals (XLA's fusion of the
@@ -161,22 +163,48 @@ def leave_one_out_bases(vectors: Sequence[jax.Array], lam=1e-8) -> list[jax.Arra
     Args:
       vectors: M >= 2 arrays (..., d) (the caller normalises them: the guard is relative).
       lam: rank guard, as in :func:`span_basis` (may be traced; it gets a gradient).
+      sets: the left-out indices m whose bases are wanted (default: all M, in order).
+        Only the operations those bases need are done (forward and backward), with
+        the same arithmetic: a basis is the same whichever others are built with it.
 
     Returns:
-      M arrays (M-1, ..., d): basis m, basis vectors first (stacked for one matmul).
+      One array (M-1, ..., d) per set m (basis m, basis vectors first, stacked for one
+      matmul), in the order of ``sets``.
     """
     vectors = tuple(jnp.asarray(v, jnp.float32) for v in vectors)
-    return list(_loo_bases(vectors, jnp.asarray(lam, jnp.float32)))
+    m_count = len(vectors)
+    sets = tuple(range(m_count)) if sets is None else tuple(int(m) for m in sets)
+    if not sets or any(not 0 <= m < m_count for m in sets):
+        raise ValueError(f"leave_one_out_bases: sets {sets} must be indices in [0, {m_count}).")
+    return list(_loo_bases(vectors, jnp.asarray(lam, jnp.float32), sets))
 
 
 @functools.cache
-def _loo_tape(m_count: int) -> tuple[tuple, int, tuple]:
+def _loo_tape(m_count: int, sets: tuple[int, ...] | None = None) -> tuple[tuple, int, tuple]:
     """The operations of :func:`leave_one_out_bases` for M vectors, on value ids.
 
     Ids 0..M-1 are the inputs. An operation is ``("proj", q, v_in, v_out)``
     (``v_out = v_in - (q . v_in) q``) or ``("unit", v, q)`` (``q = v / sqrt(|v|^2 +
-    lam)``). Returns (operations, number of values, ids of the M bases' vectors).
+    lam)``). Returns (operations, number of values, ids of the bases' vectors), for the
+    leave-one-out sets ``sets`` (default all M): only the operations their bases need,
+    in the order of the whole tape (the value ids are those of the whole tape).
     """
+    ops, count, bases = _full_loo_tape(m_count)
+    if sets is None:
+        return ops, count, bases
+    bases = tuple(bases[m] for m in sets)
+    needed = {i for ids in bases for i in ids}
+    kept = []
+    for op in reversed(ops):  # a value is needed if a needed value is made from it
+        if op[-1] in needed:
+            kept.append(op)
+            needed.update(op[1:-1])
+    return tuple(reversed(kept)), count, bases
+
+
+@functools.cache
+def _full_loo_tape(m_count: int) -> tuple[tuple, int, tuple]:
+    """:func:`_loo_tape` of all M sets: the shared pass, then each set's own projections."""
     ops: list[tuple] = []
     count = [m_count]
 
@@ -215,10 +243,11 @@ def _loo_tape(m_count: int) -> tuple[tuple, int, tuple]:
     return tuple(ops), count[0], tuple(bases)
 
 
-def _loo_run(vectors: tuple, lam: jax.Array) -> tuple[list, dict]:
-    """Forward pass of the tape: every value, and each operation's scalar factor (the
-    projection coefficient ``t`` of a "proj", ``1 / sqrt(|v|^2 + lam)`` of a "unit")."""
-    ops, count, _ = _loo_tape(len(vectors))
+def _loo_run(vectors: tuple, lam: jax.Array, sets: tuple[int, ...]) -> tuple[list, dict]:
+    """Forward pass of the tape of ``sets``: every value (None where the tape does not
+    make it), and each operation's scalar factor (the projection coefficient ``t`` of a
+    "proj", ``1 / sqrt(|v|^2 + lam)`` of a "unit")."""
+    ops, count, _ = _loo_tape(len(vectors), sets)
     val = list(vectors) + [None] * (count - len(vectors))
     factor = {}
     for op in ops:
@@ -235,63 +264,54 @@ def _loo_run(vectors: tuple, lam: jax.Array) -> tuple[list, dict]:
     return val, factor
 
 
-@jax.custom_vjp
-def _loo_bases(vectors: tuple, lam: jax.Array) -> tuple:
-    val, _ = _loo_run(vectors, lam)
-    return tuple(jnp.stack([val[i] for i in ids]) for ids in _loo_tape(len(vectors))[2])
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _loo_bases(vectors: tuple, lam: jax.Array, sets: tuple[int, ...]) -> tuple:
+    return _loo_bases_fwd(vectors, lam, sets)[0]
 
 
-def _loo_bases_fwd(vectors: tuple, lam: jax.Array):
-    val, factor = _loo_run(vectors, lam)
-    bases = tuple(jnp.stack([val[i] for i in ids]) for ids in _loo_tape(len(vectors))[2])
+def _loo_bases_fwd(vectors: tuple, lam: jax.Array, sets: tuple[int, ...]):
+    val, factor = _loo_run(vectors, lam, sets)
+    ids_of = _loo_tape(len(vectors), sets)[2]
+    bases = tuple(jnp.stack([val[i] for i in ids]) for ids in ids_of)
     return bases, (tuple(val), factor, lam)
 
 
-def _loo_bases_bwd(res, cotangents):
+def _loo_bases_bwd(sets, res, cotangents):
     val, factor, lam = res
-    ops, count, bases = _loo_tape(len(cotangents))
+    n_in = len(cotangents[0]) + 1  # a basis has M - 1 vectors
+    ops, count, bases = _loo_tape(n_in, sets)
     grad: list[jax.Array | None] = [None] * count
     for ids, ct in zip(bases, cotangents):
         for j, i in enumerate(ids):
             grad[i] = ct[j] if grad[i] is None else grad[i] + ct[j]
     factors = tuple(factor[op[-1]] for op in ops)
-    return _replay_backward(val, factors, lam, grad, None)
+    return _replay_backward(ops, n_in, val, factors, lam, grad)
 
 
-def _replay_backward(val, factors, lam, grad, factor_cts):
-    """The tape replayed backwards from the values' cotangents ``grad`` (a list over value
-    ids, None where zero) and optional cotangents of each operation's scalar factor
-    (``factor_cts``, in operation order, shape (..., 1)): ``t = q . v_in`` of a
-    projection, ``s = (|v|^2 + lam)^(-1/2)`` of a normalisation. Returns the inputs'
-    cotangents and lam's."""
-    n_in = len(val) - len(factors)  # every operation makes one new value
-    ops = _loo_tape(n_in)[0]
-    if factor_cts is None:
-        factor_cts = (None,) * len(ops)
+def _replay_backward(ops, n_in, val, factors, lam, grad):
+    """The tape ``ops`` (on ``n_in`` inputs) replayed backwards from the values'
+    cotangents ``grad`` (a list over value ids, None where zero), with each operation's
+    saved scalar factor (``factors``, in operation order, shape (..., 1)): ``t = q .
+    v_in`` of a projection, ``s = (|v|^2 + lam)^(-1/2)`` of a normalisation. Returns the
+    inputs' cotangents and lam's."""
 
     def add(i: int, g: jax.Array) -> None:
         grad[i] = g if grad[i] is None else grad[i] + g
 
-    def plus(a, b):  # a + b where either may be None (zero)
-        return b if a is None else a if b is None else a + b
-
     d_lam = jnp.zeros((), jnp.float32)
-    for op, f, ct in zip(reversed(ops), reversed(factors), reversed(factor_cts)):
+    for op, f in zip(reversed(ops), reversed(factors)):
+        g = grad[op[-1]]
+        if g is None:
+            continue
         if op[0] == "proj":  # v_out = v_in - t q, t = q . v_in
-            _, q, v_in, v_out = op
-            g = grad[v_out]
-            d_t = plus(ct, None if g is None else -jnp.sum(val[q] * g, axis=-1, keepdims=True))
-            if d_t is None:
-                continue
-            add(v_in, plus(g, d_t * val[q]))
-            add(q, plus(d_t * val[v_in], None if g is None else -f * g))
+            _, q, v_in, _ = op
+            d_t = -jnp.sum(val[q] * g, axis=-1, keepdims=True)
+            add(v_in, g + d_t * val[q])
+            add(q, d_t * val[v_in] - f * g)
         else:  # q = v s, s = (|v|^2 + lam)^(-1/2)
-            _, v, q = op
-            g = grad[q]
-            d_s = plus(ct, None if g is None else jnp.sum(val[v] * g, axis=-1, keepdims=True))
-            if d_s is None:
-                continue
-            add(v, plus(None if g is None else f * g, -(f * f * f * d_s) * val[v]))
+            _, v, _ = op
+            d_s = jnp.sum(val[v] * g, axis=-1, keepdims=True)
+            add(v, f * g - (f * f * f * d_s) * val[v])
             d_lam = d_lam - 0.5 * jnp.sum(f * f * f * d_s)
     # Inside shard_map a replicated lam's cotangent is the sum of every device's part.
     extra = tuple(sorted(_varying_axes(d_lam) - _varying_axes(lam)))

@@ -417,15 +417,17 @@ def span_order(m: int, m_count: int) -> list[int]:
 
 def _span_order_bases(queries: list[jax.Array], lam) -> list[jax.Array]:
     """Every modality's leave-one-out bases (M-1, N, d), each orthogonalised in
-    :func:`span_order`: two shared passes, one over the modalities in order (the
-    column-half modalities' bases) and one over them starting at the column half (the
-    row half's)."""
+    :func:`span_order`: two shared passes, one over the modalities in order building the
+    column-half modalities' bases, one over them starting at the column half building
+    the row half's (each pass does only the work of its half's bases)."""
     m_count = len(queries)
     rows = _rows_half(m_count)
-    natural = leave_one_out_bases(queries, lam)
-    perm = [i for i in range(m_count) if i not in rows] + rows
-    rotated = leave_one_out_bases([queries[i] for i in perm], lam)
-    return [rotated[perm.index(m)] if m in rows else natural[m] for m in range(m_count)]
+    cols = [i for i in range(m_count) if i not in rows]
+    perm = cols + rows
+    bases = dict(zip(cols, leave_one_out_bases(queries, lam, sets=cols)))
+    rotated = [queries[i] for i in perm]
+    bases.update(zip(rows, leave_one_out_bases(rotated, lam, sets=[perm.index(m) for m in rows])))
+    return [bases[m] for m in range(m_count)]
 
 
 def _halves_sufficiency(
